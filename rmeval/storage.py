@@ -1,0 +1,555 @@
+"""Local paths, ``file://`` and ``gs://bucket/prefix`` behind one small interface.
+
+Every network call goes through this module: it owns the Google client, the retry policy
+(google-cloud-storage's own predicate: 429, 5xx, connection resets) and the translation of
+permanent failures into :class:`StoreError` lines that say what to do next.
+
+Writes are atomic: a local file is written to a temporary name in the same directory and
+renamed; a GCS object is uploaded in one request with ``if_generation_match=0`` unless
+``overwrite`` is asked for, so a reader never sees half an object and nothing is clobbered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import IO, BinaryIO
+
+from rmeval.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+GCS_SCHEME = "gs://"
+FILE_SCHEME = "file://"
+_AUTH_HINT = (
+    "run `gcloud auth application-default login` "
+    "(or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file)"
+)
+DEFAULT_BLOCK_SIZE = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object. ``name`` is relative to the listed root, '/'-separated."""
+
+    uri: str
+    name: str
+    size: int
+    updated: datetime | None
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+def is_gcs(uri: str) -> bool:
+    return str(uri).startswith(GCS_SCHEME)
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    rest = str(uri)[len(GCS_SCHEME) :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StoreError(f"{uri}: not a gs:// URI with a bucket name (expected gs://BUCKET/PREFIX)")
+    return bucket, key
+
+
+def local_path(uri: str | os.PathLike) -> Path:
+    """The filesystem path of a local path or ``file://`` URI."""
+    s = os.fspath(uri)
+    if s.startswith(FILE_SCHEME):
+        s = s[len(FILE_SCHEME) :]
+    if is_gcs(s):
+        raise StoreError(f"{uri}: expected a local path, got a gs:// URI")
+    return Path(s)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local path or URI with '/'."""
+    out = os.fspath(base)
+    for p in parts:
+        p = p.strip("/")
+        if not p:
+            continue
+        out = out.rstrip("/") + "/" + p if out else p
+    return out
+
+
+def basename(uri: str | os.PathLike) -> str:
+    return os.fspath(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent(uri: str | os.PathLike) -> str:
+    s = os.fspath(uri).rstrip("/")
+    head, _, _ = s.rpartition("/")
+    return head
+
+
+# --------------------------------------------------------------------------- GCS client
+
+_client_lock = threading.Lock()
+_clients: dict[tuple[str | None, str | None], object] = {}
+
+
+def _retry():
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    initial = float(os.environ.get("RMEVAL_GCS_RETRY_INITIAL", "1.0"))
+    maximum = float(os.environ.get("RMEVAL_GCS_RETRY_MAXIMUM", "32.0"))
+    timeout = float(os.environ.get("RMEVAL_GCS_RETRY_TIMEOUT", "300.0"))
+    return DEFAULT_RETRY.with_delay(initial=initial, maximum=maximum).with_timeout(timeout)
+
+
+def gcs_client(uri: str = "gs://"):
+    """The shared google-cloud-storage client (Application Default Credentials, or the
+    emulator named by ``STORAGE_EMULATOR_HOST`` with anonymous credentials)."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST") or None
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
+    key = (emulator, project)
+    with _client_lock:
+        client = _clients.get(key)
+        if client is not None:
+            return client
+        from google.cloud import storage
+
+        if emulator:
+            from google.auth.credentials import AnonymousCredentials
+
+            client = storage.Client(project=project or "rmeval", credentials=AnonymousCredentials())
+        else:
+            import google.auth
+            from google.auth.exceptions import DefaultCredentialsError
+
+            try:
+                creds, default_project = google.auth.default(
+                    scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
+                )
+            except DefaultCredentialsError as exc:
+                raise StoreError(f"{uri}: no Google credentials found: {_AUTH_HINT}") from exc
+            client = storage.Client(project=project or default_project, credentials=creds)
+        _clients[key] = client
+        return client
+
+
+@contextlib.contextmanager
+def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
+    """Translate google exceptions into one-line StoreErrors naming the URI."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as aexc
+
+    try:
+        yield
+    except StoreError:
+        raise
+    except gexc.NotFound as exc:
+        raise StoreError(f"{uri}: not found (check the bucket and prefix)") from exc
+    except (gexc.Unauthorized, gexc.Forbidden) as exc:
+        raise StoreError(f"{uri}: permission denied ({exc.code}): {_AUTH_HINT}, and check the bucket's IAM") from exc
+    except gexc.PreconditionFailed as exc:
+        raise StoreError(f"{uri}: already exists; pass --overwrite to replace it") from exc
+    except (aexc.DefaultCredentialsError, aexc.RefreshError) as exc:
+        raise StoreError(f"{uri}: cannot authenticate to Google Cloud: {_AUTH_HINT}") from exc
+    except gexc.RetryError as exc:
+        raise StoreError(f"{uri}: gave up after retries: {exc.cause or exc}") from exc
+    except gexc.GoogleAPICallError as exc:
+        raise StoreError(f"{uri}: storage error {exc.code}: {exc.message}") from exc
+    except Exception as exc:  # InvalidResponse from resumable-media, transport errors
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 412 and writing:
+            raise StoreError(f"{uri}: already exists; pass --overwrite to replace it") from exc
+        if status in (401, 403):
+            raise StoreError(f"{uri}: permission denied ({status}): {_AUTH_HINT}") from exc
+        if status == 404:
+            raise StoreError(f"{uri}: not found (check the bucket and prefix)") from exc
+        if isinstance(exc, (OSError, ValueError)) or status is not None or type(exc).__module__.startswith(("google", "requests", "urllib3")):
+            raise StoreError(f"{uri}: storage error: {exc}") from exc
+        raise
+
+
+def _blob(uri: str):
+    bucket, key = split_gcs(uri)
+    if not key:
+        raise StoreError(f"{uri}: names a bucket, not an object")
+    return gcs_client(uri).bucket(bucket).blob(key)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def list_objects(uri: str | os.PathLike, match: str | None = None) -> Iterator[ObjectInfo]:
+    """Every object under ``uri`` (recursively), optionally only those whose base name
+    matches the glob ``match``. Sorted by name for local paths; GCS returns name order."""
+    uri = os.fspath(uri)
+    if is_gcs(uri):
+        yield from _list_gcs(uri, match)
+    else:
+        yield from _list_local(uri, match)
+
+
+def _list_local(uri: str, match: str | None) -> Iterator[ObjectInfo]:
+    root = local_path(uri)
+    if not root.exists():
+        raise StoreError(f"{uri}: no such file or directory")
+    if root.is_file():
+        paths = [root]
+        base = root.parent
+    else:
+        base = root
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            paths.extend(Path(dirpath) / f for f in sorted(filenames))
+    for p in paths:
+        if match and not fnmatchcase(p.name, match):
+            continue
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # vanished while listing
+            continue
+        yield ObjectInfo(
+            uri=str(p) if not uri.startswith(FILE_SCHEME) else FILE_SCHEME + str(p),
+            name=p.relative_to(base).as_posix(),
+            size=st.st_size,
+            updated=datetime.fromtimestamp(st.st_mtime, tz=timezone.utc),
+        )
+
+
+def _list_gcs(uri: str, match: str | None) -> Iterator[ObjectInfo]:
+    bucket, key = split_gcs(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    client = gcs_client(uri)
+    found = False
+    with _gcs_errors(uri):
+        pages = client.list_blobs(bucket, prefix=prefix, page_size=1000, retry=_retry()).pages
+        for page in pages:
+            for blob in page:
+                if blob.name.endswith("/"):  # "directory" placeholder objects
+                    continue
+                found = True
+                name = blob.name[len(prefix) :]
+                if match and not fnmatchcase(name.rsplit("/", 1)[-1], match):
+                    continue
+                yield ObjectInfo(f"{GCS_SCHEME}{bucket}/{blob.name}", name, int(blob.size or 0), blob.updated)
+        if not found and key and not key.endswith("/"):
+            blob = client.bucket(bucket).get_blob(key, retry=_retry())
+            if blob is not None and (not match or fnmatchcase(basename(key), match)):
+                yield ObjectInfo(uri, basename(key), int(blob.size or 0), blob.updated)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        return local_path(uri).exists()
+    with _gcs_errors(uri):
+        return _blob(uri).exists(retry=_retry())
+
+
+def size(uri: str | os.PathLike) -> int:
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        p = local_path(uri)
+        try:
+            return p.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"{uri}: no such file") from None
+    bucket, key = split_gcs(uri)
+    with _gcs_errors(uri):
+        blob = gcs_client(uri).bucket(bucket).get_blob(key, retry=_retry())
+    if blob is None:
+        raise StoreError(f"{uri}: not found (check the bucket and prefix)")
+    return int(blob.size or 0)
+
+
+def delete(uri: str | os.PathLike, missing_ok: bool = True) -> None:
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        p = local_path(uri)
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists() or not missing_ok:
+            p.unlink()
+        return
+    from google.api_core.exceptions import NotFound
+
+    try:
+        with _gcs_errors(uri, writing=True):
+            try:
+                _blob(uri).delete(retry=_retry())
+            except NotFound:
+                if not missing_ok:
+                    raise
+    except StoreError:
+        if not missing_ok:
+            raise
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_range(uri: str | os.PathLike, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of an object (fewer at end of file)."""
+    uri = os.fspath(uri)
+    if start < 0 or end < start:
+        raise ValueError(f"bad byte range [{start}, {end}) for {uri}")
+    if end == start:
+        return b""
+    if not is_gcs(uri):
+        try:
+            with open(local_path(uri), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        except FileNotFoundError:
+            raise StoreError(f"{uri}: no such file") from None
+    from google.api_core.exceptions import RequestRangeNotSatisfiable
+
+    try:
+        with _gcs_errors(uri):
+            # GCS ranges are inclusive at the end.
+            return _blob(uri).download_as_bytes(start=start, end=end - 1, checksum=None, retry=_retry())
+    except StoreError as exc:
+        if isinstance(exc.__cause__, RequestRangeNotSatisfiable):
+            return b""
+        raise
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        try:
+            return local_path(uri).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{uri}: no such file") from None
+        except IsADirectoryError:
+            raise StoreError(f"{uri}: is a directory, expected a file") from None
+    with _gcs_errors(uri):
+        return _blob(uri).download_as_bytes(retry=_retry())
+
+
+def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
+    try:
+        return read_bytes(uri).decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{os.fspath(uri)}: not valid {encoding} text (byte {exc.start})") from None
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable raw reader that fetches byte ranges on demand through :func:`read_range`."""
+
+    def __init__(self, uri: str, total_size: int | None = None):
+        super().__init__()
+        self.uri = uri
+        self._size = size(uri) if total_size is None else total_size
+        self._pos = 0
+        self.bytes_fetched = 0
+        self.requests = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"bad whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, b) -> int:
+        want = min(len(b), max(0, self._size - self._pos))
+        if want == 0:
+            return 0
+        data = read_range(self.uri, self._pos, self._pos + want)
+        n = len(data)
+        b[:n] = data
+        self._pos += n
+        self.bytes_fetched += n
+        self.requests += 1
+        return n
+
+
+def open_reader(uri: str | os.PathLike, block_size: int = DEFAULT_BLOCK_SIZE) -> BinaryIO:
+    """A seekable binary reader. Local: the file itself. GCS: ranged reads of ``block_size``
+    bytes on demand, never the whole object."""
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        p = local_path(uri)
+        try:
+            return open(p, "rb")  # noqa: SIM115 - the caller owns it
+        except FileNotFoundError:
+            raise StoreError(f"{uri}: no such file") from None
+        except IsADirectoryError:
+            raise StoreError(f"{uri}: is a directory, expected a file") from None
+    return io.BufferedReader(RangeReader(uri), buffer_size=block_size)  # type: ignore[return-value]
+
+
+def download_file(uri: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy one object to a local file (atomically)."""
+    uri = os.fspath(uri)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_local_file(dest, overwrite=True) as tmp:
+        if is_gcs(uri):
+            with _gcs_errors(uri):
+                _blob(uri).download_to_filename(str(tmp), retry=_retry())
+        else:
+            try:
+                shutil.copyfile(local_path(uri), tmp)
+            except FileNotFoundError:
+                raise StoreError(f"{uri}: no such file") from None
+    return dest
+
+
+def download_tree(uri: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy every object under ``uri`` into the local directory ``dest``."""
+    dest = Path(dest)
+    n = 0
+    for obj in list_objects(uri):
+        target = dest / safe_relative(obj.name, what=obj.uri)
+        download_file(obj.uri, target)
+        n += 1
+    if n == 0:
+        raise StoreError(f"{os.fspath(uri)}: nothing to download (empty or missing)")
+    return dest
+
+
+def safe_relative(name: str, what: str = "name") -> Path:
+    """A relative path that cannot escape its root (no '..', no absolute parts, no NUL)."""
+    from rmeval.naming import safe_relpath
+
+    return Path(safe_relpath(name, what=what))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_local_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the same directory as ``path``; on success move it into
+    place (no-clobber unless ``overwrite``); on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and path.exists():
+        raise StoreError(f"{path}: already exists; pass --overwrite to replace it")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _commit_local(tmp, path, overwrite)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _commit_local(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic and fails if path exists
+    except FileExistsError:
+        raise StoreError(f"{path}: already exists; pass --overwrite to replace it") from None
+    except OSError:  # filesystem without hard links
+        if path.exists():
+            raise StoreError(f"{path}: already exists; pass --overwrite to replace it") from None
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def open_writer(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[bytes]]:
+    """A binary file to write; it becomes visible at ``uri`` only when the block ends
+    without error. GCS: one upload with ``if_generation_match=0`` unless ``overwrite``."""
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        with atomic_local_file(local_path(uri), overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+            yield f
+        return
+    with tempfile.NamedTemporaryFile(prefix="rmeval-upload-", delete=False) as f:
+        tmp = Path(f.name)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        upload_file(tmp, uri, overwrite=overwrite)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
+    with open_writer(uri, overwrite=overwrite) as f:
+        f.write(data)
+
+
+def write_text(uri: str | os.PathLike, text: str, overwrite: bool = False) -> None:
+    write_bytes(uri, text.encode("utf-8"), overwrite=overwrite)
+
+
+def upload_file(src: str | os.PathLike, uri: str | os.PathLike, overwrite: bool = False) -> None:
+    """Copy a local file to ``uri`` (local or gs://), atomically and without clobbering."""
+    uri = os.fspath(uri)
+    src = Path(src)
+    if not is_gcs(uri):
+        with atomic_local_file(local_path(uri), overwrite=overwrite) as tmp:
+            shutil.copyfile(src, tmp)
+        return
+    kwargs = {} if overwrite else {"if_generation_match": 0}
+    with _gcs_errors(uri, writing=True):
+        _blob(uri).upload_from_filename(str(src), retry=_retry(), **kwargs)
+
+
+def upload_tree(
+    src_dir: str | os.PathLike,
+    uri: str | os.PathLike,
+    overwrite: bool = False,
+    last: tuple[str, ...] = ("config.json",),
+) -> int:
+    """Copy a local directory under ``uri``. Files named in ``last`` are written after
+    everything else, so a reader that waits for them never sees a partial tree. Refuses
+    to write into a non-empty destination unless ``overwrite``. Returns the file count."""
+    uri = os.fspath(uri)
+    src_dir = Path(src_dir)
+    if not overwrite and next(iter(list_objects_if_any(uri)), None) is not None:
+        raise StoreError(f"{uri}: already exists; pass --overwrite to replace it")
+    files = sorted(p for p in src_dir.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name in last)
+    for p in files:
+        upload_file(p, join(uri, p.relative_to(src_dir).as_posix()), overwrite=overwrite)
+    return len(files)
+
+
+def list_objects_if_any(uri: str | os.PathLike) -> Iterator[ObjectInfo]:
+    """Like :func:`list_objects`, but a missing local directory lists as empty."""
+    uri = os.fspath(uri)
+    if not is_gcs(uri) and not local_path(uri).exists():
+        return iter(())
+    return list_objects(uri)
+
+
+def unique_suffix() -> str:
+    return uuid.uuid4().hex[:12]
