@@ -26,6 +26,8 @@ $(DEPS_OK):
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/pip check
 	touch $(DEPS_OK)
+	@# environments of older pyproject versions are left behind by nothing else: prune them
+	@for d in $(ENV_ROOT)/venv-*; do [ "$$d" = "$(VENV)" ] || rm -rf "$$d"; done
 
 # The package itself is installed editable from *this* checkout (no dependencies).
 $(PKG_OK): $(DEPS_OK)

@@ -23,10 +23,14 @@ Handler = Callable[[argparse.Namespace], int]
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if not verbose else logging.DEBUG)
+    # Third-party libraries speak only on errors unless -v: expected failures must stay
+    # one line (google-auth, for one, logs its own warning before raising).
+    root.setLevel(logging.ERROR if not verbose else logging.DEBUG)
     logging.getLogger("rmeval").setLevel(level)
 
 
@@ -40,7 +44,9 @@ def _print(text: str) -> None:
 def _add_ls(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ls", help="list objects under a local dir, file:// or gs:// URI")
     p.add_argument("uri", help="directory or gs://bucket/prefix")
-    p.add_argument("--match", default=None, help="glob on the object's base name, e.g. 'streaming_params*'")
+    p.add_argument(
+        "--match", default=None, help="glob on the object's base name, e.g. 'streaming_params*'"
+    )
     p.set_defaults(handler=_run_ls)
 
 

@@ -31,7 +31,9 @@ TRAIN_STATE_RE = re.compile(r"^streaming_train_state(?:_\d+)?$")
 UUID_RE = re.compile(r"ID__(?P<uuid>[0-9a-fA-F]+)__")
 BUDGET_RE = re.compile(r"SWAPS_(?P<budget>\d+)")
 FEATURE_HASH_RE = re.compile(r"FEATS_(?P<hash>.+?)_SWAPS")
-FEATURE_COUNTS_RE = re.compile(r"^regressor_feats_ID__(?P<uuid>[0-9a-fA-F]+)__SWAPS_(?P<budget>\d+)\.json$")
+FEATURE_COUNTS_RE = re.compile(
+    r"^regressor_feats_ID__(?P<uuid>[0-9a-fA-F]+)__SWAPS_(?P<budget>\d+)\.json$"
+)
 EXPERIMENT_SEPARATOR = "--"
 
 DEFAULT_EVAL_EXPERIMENT_PREFIX = "rm-eval-"
@@ -71,7 +73,9 @@ def is_train_state_file(name: str) -> bool:
 def checkpoint_step(name: str) -> int | None:
     m = CHECKPOINT_RE.match(_base(name))
     if m is None:
-        raise NamingError(f"{name}: not an EasyLM checkpoint file name (expected streaming_params[_<step>])")
+        raise NamingError(
+            f"{name}: not an EasyLM checkpoint file name (expected streaming_params[_<step>])"
+        )
     return int(m["step"]) if m["step"] is not None else None
 
 
@@ -84,9 +88,13 @@ def parse_checkpoint(uri: str) -> CheckpointName:
     """Parse a checkpoint path (local or gs://)."""
     parts = [p for p in str(uri).rstrip("/").split("/") if p]
     if not parts or not is_checkpoint_file(parts[-1]):
-        raise NamingError(f"{uri}: not an EasyLM checkpoint file (expected .../<run dir>/streaming_params[_<step>])")
+        raise NamingError(
+            f"{uri}: not an EasyLM checkpoint file (expected .../<run dir>/streaming_params[_<step>])"
+        )
     if len(parts) < 2 or parts[-2] in ("gs:", "file:"):
-        raise NamingError(f"{uri}: a checkpoint must sit in a run directory that names the experiment")
+        raise NamingError(
+            f"{uri}: a checkpoint must sit in a run directory that names the experiment"
+        )
     directory = parts[-2]
     experiment = experiment_from_directory(directory)
     if not experiment:
@@ -183,7 +191,9 @@ def beaker_safe(name: str, max_len: int = BEAKER_NAME_MAX) -> str:
 def safe_component(name: str, what: str = "name") -> str:
     """One path component that cannot escape its parent directory."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-        raise NamingError(f"{what}: {name!r} is not a safe file name (no '/', '\\\\', NUL, '.' or '..')")
+        raise NamingError(
+            f"{what}: {name!r} is not a safe file name (no '/', '\\\\', NUL, '.' or '..')"
+        )
     return name
 
 

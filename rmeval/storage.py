@@ -155,7 +155,9 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
     except gexc.NotFound as exc:
         raise StoreError(f"{uri}: not found (check the bucket and prefix)") from exc
     except (gexc.Unauthorized, gexc.Forbidden) as exc:
-        raise StoreError(f"{uri}: permission denied ({exc.code}): {_AUTH_HINT}, and check the bucket's IAM") from exc
+        raise StoreError(
+            f"{uri}: permission denied ({exc.code}): {_AUTH_HINT}, and check the bucket's IAM"
+        ) from exc
     except gexc.PreconditionFailed as exc:
         raise StoreError(f"{uri}: already exists; pass --overwrite to replace it") from exc
     except (aexc.DefaultCredentialsError, aexc.RefreshError) as exc:
@@ -172,7 +174,11 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
             raise StoreError(f"{uri}: permission denied ({status}): {_AUTH_HINT}") from exc
         if status == 404:
             raise StoreError(f"{uri}: not found (check the bucket and prefix)") from exc
-        if isinstance(exc, (OSError, ValueError)) or status is not None or type(exc).__module__.startswith(("google", "requests", "urllib3")):
+        if (
+            isinstance(exc, (OSError, ValueError))
+            or status is not None
+            or type(exc).__module__.startswith(("google", "requests", "urllib3"))
+        ):
             raise StoreError(f"{uri}: storage error: {exc}") from exc
         raise
 
@@ -240,7 +246,9 @@ def _list_gcs(uri: str, match: str | None) -> Iterator[ObjectInfo]:
                 name = blob.name[len(prefix) :]
                 if match and not fnmatchcase(name.rsplit("/", 1)[-1], match):
                     continue
-                yield ObjectInfo(f"{GCS_SCHEME}{bucket}/{blob.name}", name, int(blob.size or 0), blob.updated)
+                yield ObjectInfo(
+                    f"{GCS_SCHEME}{bucket}/{blob.name}", name, int(blob.size or 0), blob.updated
+                )
         if not found and key and not key.endswith("/"):
             blob = client.bucket(bucket).get_blob(key, retry=_retry())
             if blob is not None and (not match or fnmatchcase(basename(key), match)):
@@ -319,7 +327,9 @@ def read_range(uri: str | os.PathLike, start: int, end: int) -> bytes:
     try:
         with _gcs_errors(uri):
             # GCS ranges are inclusive at the end.
-            return _blob(uri).download_as_bytes(start=start, end=end - 1, checksum=None, retry=_retry())
+            return _blob(uri).download_as_bytes(
+                start=start, end=end - 1, checksum=None, retry=_retry()
+            )
     except StoreError as exc:
         if isinstance(exc.__cause__, RequestRangeNotSatisfiable):
             return b""
@@ -343,7 +353,9 @@ def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     try:
         return read_bytes(uri).decode(encoding)
     except UnicodeDecodeError as exc:
-        raise StoreError(f"{os.fspath(uri)}: not valid {encoding} text (byte {exc.start})") from None
+        raise StoreError(
+            f"{os.fspath(uri)}: not valid {encoding} text (byte {exc.start})"
+        ) from None
 
 
 class RangeReader(io.RawIOBase):
@@ -400,7 +412,7 @@ def open_reader(uri: str | os.PathLike, block_size: int = DEFAULT_BLOCK_SIZE) ->
     if not is_gcs(uri):
         p = local_path(uri)
         try:
-            return open(p, "rb")  # noqa: SIM115 - the caller owns it
+            return open(p, "rb")
         except FileNotFoundError:
             raise StoreError(f"{uri}: no such file") from None
         except IsADirectoryError:

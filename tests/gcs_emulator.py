@@ -33,7 +33,10 @@ def free_port() -> int:
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
@@ -96,7 +99,15 @@ def enforce_generation_match() -> None:
     def handle_conflict(response, err):
         if isinstance(err, PreconditionConflict):
             response.status = HTTPStatus.PRECONDITION_FAILED
-            response.json({"error": {"code": 412, "message": str(err), "errors": [{"reason": "conditionNotMet", "message": str(err)}]}})
+            response.json(
+                {
+                    "error": {
+                        "code": 412,
+                        "message": str(err),
+                        "errors": [{"reason": "conditionNotMet", "message": str(err)}],
+                    }
+                }
+            )
             return
         orig_handle_conflict(response, err)
 
@@ -168,7 +179,9 @@ class FaultProxy:
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("connection",)
+                }
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()

@@ -41,7 +41,13 @@ EXAMPLE_COUNTS: dict[str, int] = {
 }
 
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "Chat": ("alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"),
+    "Chat": (
+        "alpacaeval-easy",
+        "alpacaeval-length",
+        "alpacaeval-hard",
+        "mt-bench-easy",
+        "mt-bench-med",
+    ),
     "Chat Hard": (
         "mt-bench-hard",
         "llmbar-natural",
@@ -113,4 +119,8 @@ def summarize(accuracies: Mapping[str, float]) -> dict[str, float | None]:
 
 def subset_accuracies(metrics: Mapping[str, object]) -> dict[str, float]:
     """The known-subset accuracies of a metrics.json object (meta keys dropped)."""
-    return {k: float(v) for k, v in metrics.items() if k in EXAMPLE_COUNTS and isinstance(v, (int, float))}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if k in EXAMPLE_COUNTS and isinstance(v, (int, float))
+    }
