@@ -83,11 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that reach GCS / Beaker from inside a task: for them a GOOGLE_SERVICE_ACCOUNT
+# secret becomes Application Default Credentials for the run (rmeval/credentials.py).
+CREDENTIAL_COMMANDS = frozenset({"run-one", "launch", "collect"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
     _setup_logging(args.verbose)
     try:
+        if args.command in CREDENTIAL_COMMANDS:
+            from rmeval import credentials
+
+            with credentials.google_from_env():
+                return int(args.handler(args) or 0)
         return int(args.handler(args) or 0)
     except RmevalError as exc:
         print(f"rmeval: error: {exc}", file=sys.stderr, flush=True)
