@@ -1,0 +1,256 @@
+"""Turn dispatch inputs or the schedule config into job matrices for the workflows.
+
+Wiring only: every checkpoint listing, naming and "already done" decision is made by
+``rmeval plan --json``; this script runs it once per entry, merges the run lists into a
+matrix, and reports to the log, the job summary and ``$GITHUB_OUTPUT``.
+
+    plan_runs.py runs    --config FILE [--only DATASET] | --preset P --source URI --store URI ...
+    plan_runs.py targets --config FILE [--only DATASET]
+
+A failing ``rmeval plan`` (unknown preset, malformed URI, unreadable bucket) ends the step
+with exit 1 and its one error line as an ``::error::`` annotation and in the job summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KEYS = (
+    "dataset",
+    "preset",
+    "source",
+    "store",
+    "table",
+    "backend",
+    "prefix",
+    "feature-counts-dir",
+    "tokenizer",
+    "eval-dataset",
+)
+REQUIRED = ("dataset", "source", "store")
+BACKENDS = ("runners", "beaker")
+MATRIX_LIMIT = 256  # GitHub's limit on jobs per matrix
+
+
+class PlanFailed(Exception):
+    """One line that says what went wrong and what to do."""
+
+
+# ------------------------------------------------------------------------------ entries
+
+
+def load_entries(config: str, only: str = "") -> list[dict[str, str]]:
+    """The schedule config's entries, checked, with defaults filled in."""
+    path = Path(config)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlanFailed(f"{config}: cannot read the schedule config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{config}:{mark.line + 1}" if mark else config
+        raise PlanFailed(f"{where}: not valid YAML; fix the schedule config") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries") or [], list):
+        raise PlanFailed(f"{config}: expected a mapping with an 'entries' list")
+    entries = []
+    for i, raw in enumerate(data.get("entries") or []):
+        entries.append(check_entry(raw, f"{config}: entries[{i}]"))
+    names = [e["dataset"] for e in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PlanFailed(f"{config}: dataset {dupes[0]!r} is listed twice; datasets must be unique")
+    if only:
+        entries = [e for e in entries if e["dataset"] == only]
+        if not entries:
+            raise PlanFailed(f"{config}: no entry for dataset {only!r}; known: {', '.join(names)}")
+    return entries
+
+
+def check_entry(raw: Any, where: str) -> dict[str, str]:
+    """One entry as a dict of strings; unknown or missing keys are an error."""
+    if not isinstance(raw, dict):
+        raise PlanFailed(f"{where}: expected a mapping of {', '.join(KEYS)}")
+    unknown = sorted(set(map(str, raw)) - set(KEYS))
+    if unknown:
+        raise PlanFailed(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(KEYS)}")
+    entry = {k: "" if raw.get(k) is None else str(raw[k]).strip() for k in KEYS}
+    missing = [k for k in REQUIRED if not entry[k]]
+    if missing:
+        raise PlanFailed(f"{where}: {missing[0]!r} is required")
+    entry["backend"] = entry["backend"] or "runners"
+    entry["table"] = entry["table"] or "runs"
+    if entry["backend"] not in BACKENDS:
+        raise PlanFailed(
+            f"{where}: backend {entry['backend']!r} is not one of {', '.join(BACKENDS)}"
+        )
+    return entry
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+def _error_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("rmeval: error:") or ln.startswith("rmeval: "):
+            return ln
+    return lines[-1] if lines else "rmeval plan failed without a message"
+
+
+def plan_entry(entry: dict[str, str], template: str) -> list[dict[str, Any]]:
+    """Run ``rmeval plan --json`` for one entry and return its run list."""
+    cmd = [sys.executable, "-m", "rmeval", "plan", "--source", entry["source"]]
+    cmd += ["--template", template, "--store", entry["store"], "--json"]
+    if entry["preset"]:
+        cmd += ["--preset", entry["preset"]]
+    if entry["prefix"]:
+        cmd += ["--prefix", entry["prefix"]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise PlanFailed(f"{entry['dataset']}: {_error_line(proc.stderr)}")
+    try:
+        data = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        raise PlanFailed(f"{entry['dataset']}: rmeval plan --json printed no JSON") from None
+    runs = data.get("runs") if isinstance(data, dict) else data
+    if not isinstance(runs, list):
+        raise PlanFailed(f"{entry['dataset']}: rmeval plan --json printed no run list")
+    return runs
+
+
+def matrix_item(run: dict[str, Any], entry: dict[str, str]) -> dict[str, str]:
+    """The fields one runner job needs for ``rmeval run-one``."""
+    checkpoint = run.get("checkpoint") or run.get("checkpoint_uri") or run.get("uri")
+    if not checkpoint:
+        raise PlanFailed(f"{entry['dataset']}: a run in the plan has no checkpoint URI: {run!r}")
+    return {
+        "name": str(run.get("name") or run.get("experiment") or checkpoint),
+        "checkpoint": str(checkpoint),
+        "store": entry["store"],
+        "dataset": entry["dataset"],
+        "tokenizer": entry["tokenizer"],
+        "eval_dataset": entry["eval-dataset"],
+    }
+
+
+def plan(entries: list[dict[str, str]], template: str, max_runs: int) -> dict[str, Any]:
+    """Plan every entry; runner runs become one matrix, beaker entries another."""
+    runs: list[dict[str, str]] = []
+    beaker: list[dict[str, str]] = []
+    rows = []
+    for entry in entries:
+        planned = plan_entry(entry, template)
+        rows.append((entry, len(planned)))
+        if entry["backend"] == "beaker":
+            if planned:
+                beaker.append(entry)
+        else:
+            runs.extend(matrix_item(r, entry) for r in planned)
+    limit = max(0, min(max_runs, MATRIX_LIMIT))
+    return {
+        "runs": runs[:limit],
+        "deferred": len(runs) - len(runs[:limit]),
+        "beaker": beaker,
+        "rows": rows,
+    }
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def write_outputs(values: dict[str, str]) -> None:
+    target = os.environ.get("GITHUB_OUTPUT")
+    lines = [f"{k}={v}" for k, v in values.items()]
+    if target:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+    else:
+        print("\n".join(lines))
+
+
+def write_summary(markdown: str) -> None:
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")
+    else:
+        print(markdown)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def summary(result: dict[str, Any]) -> str:
+    out = ["### rmeval plan", "", "| dataset | preset | backend | to run |", "|---|---|---|---|"]
+    for entry, n in result["rows"]:
+        out.append(
+            f"| {_cell(entry['dataset'])} | {_cell(entry['preset'] or '-')} | "
+            f"{entry['backend']} | {n} |"
+        )
+    if result["deferred"]:
+        out += ["", f"{result['deferred']} run(s) over --max-runs deferred to the next run."]
+    if result["runs"]:
+        out += ["", "Runner jobs:", ""]
+        out += [f"- `{_cell(r['name'])}`" for r in result["runs"][:100]]
+        if len(result["runs"]) > 100:
+            out.append(f"- … and {len(result['runs']) - 100} more")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=("runs", "targets"))
+    p.add_argument("--config", default="", help="schedule config (all its entries)")
+    p.add_argument("--only", default="", help="only this dataset of the config")
+    p.add_argument("--template", default="templates/beaker/convert-and-eval.yml.j2")
+    p.add_argument("--max-runs", type=int, default=MATRIX_LIMIT)
+    for key in KEYS:
+        p.add_argument(f"--{key}", default="")
+    args = p.parse_args(argv)
+    try:
+        if args.config:
+            entries = load_entries(args.config, args.only)
+        else:
+            raw = {k: getattr(args, k.replace("-", "_")) for k in KEYS}
+            if not raw["dataset"]:
+                raw["dataset"] = raw["preset"] or "dispatch"
+            entries = [check_entry(raw, "dispatch inputs")]
+        if args.mode == "targets":
+            write_outputs({"targets": json.dumps(entries), "count": str(len(entries))})
+            names = ", ".join(e["dataset"] for e in entries) or "none"
+            write_summary(f"### fetch-results targets\n\n{names}")
+            return 0
+        result = plan(entries, args.template, args.max_runs)
+    except PlanFailed as exc:
+        line = str(exc)
+        print(f"::error title=rmeval plan::{_escape(line)}", flush=True)
+        write_summary(f"### rmeval plan failed\n\n```\n{line}\n```")
+        return 1
+    write_outputs(
+        {
+            "runs": json.dumps(result["runs"]),
+            "count": str(len(result["runs"])),
+            "beaker": json.dumps(result["beaker"]),
+            "beaker-count": str(len(result["beaker"])),
+        }
+    )
+    write_summary(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
