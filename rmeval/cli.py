@@ -61,11 +61,202 @@ def _run_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- plan / launch / run-one
+
+
+def _add_plan_source_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by `plan` and `launch --source` (with the seed's aliases)."""
+    p.add_argument("--source", default=None, help="gs://BUCKET/PREFIX or a local directory")
+    p.add_argument("--gcs_bucket", default=None, help="seed alias: bucket name (no gs://)")
+    p.add_argument("--gcs_dir_path", default=None, help="seed alias: prefix in --gcs_bucket")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="Jinja spec template (default: templates/beaker/convert-and-eval.yml.j2)",
+    )
+    p.add_argument(
+        "--preset", default=None, help="templates/presets/NAME[-counts].yml, or a path to a .yml"
+    )
+    p.add_argument("--prefix", default=None, help="run-name prefix: <prefix>-<experiment>")
+    p.add_argument(
+        "--experiment-prefix", default=None, help="Beaker experiment name prefix (rm-eval-)"
+    )
+    p.add_argument("--store", default=None, help="results store URI (dir or gs://…)")
+    p.add_argument(
+        "--set",
+        dest="values",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a template variable (VALUE parsed as YAML), repeatable",
+    )
+    p.add_argument("--force", action="store_true", help="plan runs that are already done too")
+    p.add_argument(
+        "--is_reward_model",
+        action="store_true",
+        help="seed alias, accepted for compatibility: every checkpoint is a reward model",
+    )
+
+
+def _plan_kwargs(args: argparse.Namespace) -> dict:
+    from rmeval import specs
+
+    return {
+        "source": args.source,
+        "gcs_bucket": args.gcs_bucket,
+        "gcs_dir_path": args.gcs_dir_path,
+        "template": args.template,
+        "preset": args.preset,
+        "prefix": args.prefix,
+        "store": args.store,
+        "experiment_prefix": args.experiment_prefix,
+        "values": specs.parse_set(args.values),
+        "force": args.force,
+    }
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="list checkpoints, drop finished runs, render a Beaker spec",
+        description="List streaming_params* under --source, name runs, drop those already "
+        "done (metrics.json in --store; with --workspace, an existing Beaker experiment), "
+        "and render the spec template. Prints found / done / to run.",
+    )
+    _add_plan_source_args(p)
+    p.add_argument("--output", "--output_file", dest="output", default=None, help="spec file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--json", action="store_true", help="print the run list as JSON")
+    p.add_argument(
+        "--workspace",
+        "--beaker_workspace",
+        dest="workspace",
+        default=None,
+        help="Beaker ORG/NAME: experiments that exist there count as done",
+    )
+    p.set_defaults(handler=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from rmeval import plan
+
+    kwargs = _plan_kwargs(args)
+    p, text = plan.make_plan(workspace=args.workspace, **kwargs)
+    log.info("%s", p.summary())
+    if args.json:
+        _print(p.to_json())
+    if text is None:
+        log.info("nothing to do")
+        return 0
+    if args.output:
+        plan.write_spec(text, args.output, overwrite=args.overwrite)
+        log.info("wrote %s (%d task(s))", args.output, len(p.to_run))
+    elif not args.json:
+        _print(text.rstrip("\n"))
+    return 0
+
+
+def _add_launch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "launch",
+        help="run a spec's tasks on the local pool or on Beaker",
+        description="Run SPEC (from `rmeval plan`) or plan on the spot from --source.",
+    )
+    p.add_argument("spec", nargs="?", default=None, help="spec file (omit with --source)")
+    _add_plan_source_args(p)
+    p.add_argument("--backend", choices=["local", "beaker"], default="local")
+    p.add_argument("--dry-run", action="store_true", help="print what would run / be created")
+    p.add_argument("--max-parallel", type=int, default=1, help="local: worker processes")
+    p.add_argument("--log-dir", default="rmeval-logs", help="local: one log file per run here")
+    p.add_argument("--workspace", default=None, help="beaker: ORG/NAME to create experiments in")
+    p.set_defaults(handler=_run_launch)
+
+
+def _run_launch(args: argparse.Namespace) -> int:
+    from rmeval import launch
+
+    plan_kwargs = _plan_kwargs(args) if (args.source or args.gcs_bucket) else None
+    summary = launch.launch(
+        args.spec,
+        backend=args.backend,
+        plan_args=plan_kwargs,
+        dry_run=args.dry_run,
+        max_parallel=args.max_parallel,
+        workspace=args.workspace,
+        experiment_prefix=args.experiment_prefix,
+        log_dir=args.log_dir,
+    )
+    if not summary.outcomes:
+        log.info("nothing to do")
+        return 0
+    for line in summary.lines():
+        _print(line)
+    return summary.exit_code
+
+
+def _add_run_one(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run-one",
+        help="convert, evaluate and publish one checkpoint",
+        description="convert -> evaluate -> publish <store>/<run>/metrics.json (+ scores, "
+        "provenance). Skips a run whose metrics.json exists unless --force.",
+    )
+    p.add_argument("checkpoint", help=".../<run dir>/streaming_params[_<step>] (local or gs://)")
+    p.add_argument("--store", required=True, help="results store URI (dir or gs://…)")
+    p.add_argument("--prefix", default=None, help="run-name prefix: <prefix>-<experiment>")
+    p.add_argument("--tokenizer", default=None, help="tokenizer for the converted model")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="RewardBench data: a local sample dir/file; default allenai/reward-bench "
+        "(needs hub access)",
+    )
+    p.add_argument("--model-size", default="auto", help="converter model size (default auto)")
+    p.add_argument("--keep-model", default=None, metavar="URI", help="keep the model here")
+    p.add_argument("--subsets", nargs="+", default=None, help="evaluate only these subsets")
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--verify", action="store_true", help="verify the conversion (needs jax)")
+    p.add_argument("--work-dir", default=None, help="where temporary files go (default: TMPDIR)")
+    p.add_argument("--force", action="store_true", help="redo a run that is already published")
+    p.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(handler=_run_run_one)
+
+
+def _run_run_one(args: argparse.Namespace) -> int:
+    from rmeval import run
+
+    result = run.run_one(
+        args.checkpoint,
+        args.store,
+        prefix=args.prefix,
+        tokenizer=args.tokenizer,
+        dataset=args.dataset,
+        model_size=args.model_size,
+        keep_model=args.keep_model,
+        force=args.force,
+        subsets=args.subsets,
+        max_length=args.max_length,
+        device=args.device,
+        dtype=args.dtype,
+        verify=args.verify,
+        work_dir=args.work_dir,
+    )
+    if args.result_json:
+        run.write_result_json(result, args.result_json)
+    _print(f"{result.status} {result.run} {result.result_uri}")
+    return 0
+
+
 # --------------------------------------------------------------------------- commands
 # Each stage adds its _add_/_run_ pair above this line and registers it in COMMANDS.
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_ls,
+    _add_plan,
+    _add_launch,
+    _add_run_one,
 ]
 
 

@@ -1,0 +1,86 @@
+"""launch: run a spec's tasks on a backend.
+
+The spec comes from a file (``rmeval plan --output spec.yml``) or is planned on the spot
+from ``--source`` (see :func:`rmeval.plan.make_plan`). It is validated (our strict check
+and beaker-py) before anything runs. Backends:
+
+- ``local`` (:mod:`rmeval.backends.local`, the embedded default): a process pool;
+- ``beaker`` (:mod:`rmeval.backends.beaker`): one experiment per task in ``workspace``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rmeval import naming, specs, storage
+from rmeval.backends.local import LaunchSummary
+from rmeval.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("local", "beaker")
+DEFAULT_LOG_DIR = "rmeval-logs"
+
+
+def load_spec_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a spec file (local or gs://)."""
+    where = os.fspath(path)
+    data, _ = specs.validate_spec(storage.read_text(where), where=where)
+    return data
+
+
+def launch(
+    spec: str | os.PathLike | Mapping[str, Any] | None = None,
+    *,
+    backend: str = "local",
+    plan_args: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+    max_parallel: int = 1,
+    workspace: str | None = None,
+    experiment_prefix: str | None = None,
+    log_dir: str | os.PathLike = DEFAULT_LOG_DIR,
+    progress: bool = True,
+) -> LaunchSummary:
+    """Run ``spec`` (a file, a mapping, or planned from ``plan_args``) on ``backend``."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if (spec is None) == (not plan_args):
+        raise UsageError("give either a SPEC file or --source (to plan on the spot), not both")
+    if spec is None:
+        from rmeval.plan import make_plan
+
+        args = dict(plan_args or {})
+        values = dict(args.pop("values", None) or {})
+        if backend == "local":
+            values.setdefault("keep_model", False)
+        if backend == "beaker" and workspace and "workspace" not in args:
+            args["workspace"] = workspace
+        experiment_prefix = experiment_prefix or args.get("experiment_prefix")
+        p, text = make_plan(values=values, **args)
+        log.info("%s", p.summary())
+        if text is None:
+            return LaunchSummary(backend, [])
+        experiment_prefix = experiment_prefix or p.experiment_prefix
+        data, _ = specs.validate_spec(text, where="planned spec")
+    elif isinstance(spec, Mapping):
+        data, _ = specs.validate_spec(spec, where="spec")
+    else:
+        data = load_spec_file(spec)
+    experiment_prefix = experiment_prefix or naming.DEFAULT_EVAL_EXPERIMENT_PREFIX
+
+    if backend == "local":
+        from rmeval.backends import local
+
+        tasks = local.tasks_from_spec(data, Path(log_dir))
+        return local.run_local(
+            tasks, log_dir=log_dir, max_parallel=max_parallel, dry_run=dry_run, progress=progress
+        )
+    from rmeval.backends import beaker
+
+    return beaker.launch_beaker(
+        data, workspace=workspace, experiment_prefix=experiment_prefix, dry_run=dry_run
+    )

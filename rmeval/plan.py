@@ -1,0 +1,322 @@
+"""Plan: which checkpoints still need a run, and the spec that runs them.
+
+:func:`plan` lists ``streaming_params*`` under a source (``gs://bucket/prefix`` or a local
+directory) through :mod:`rmeval.storage`, names every checkpoint's run through
+:func:`rmeval.naming.run_name`, and sorts the runs into three piles:
+
+- **superseded**: several checkpoints map to the same run name (the steps of one run
+  directory, or relaunches ``<dir>--<id>`` whose part before ``--`` is the same). The store
+  holds one result per run name, so one checkpoint per name is kept: the final
+  ``streaming_params`` (no step) if present, else the highest step, ties broken by the
+  newest object and then by URI. The others are reported, never run silently.
+- **done**: the run's ``<store>/<run>/metrics.json`` exists (metrics.json is written last,
+  so its presence means the run finished), or a Beaker experiment with exactly the run's
+  experiment name exists. Matching is by exact name, never by substring. ``force``
+  moves them back to *to run*.
+- **to run**: everything else.
+
+:func:`render_plan` turns the to-run list into a Beaker spec with a Jinja template (see
+:mod:`rmeval.specs`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rmeval import naming, storage
+from rmeval.errors import NamingError, SpecError, StoreError, UsageError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One checkpoint and the names derived from it."""
+
+    run: str
+    checkpoint: str
+    experiment: str
+    directory: str
+    step: int | None
+    uuid: str | None
+    budget: int | None
+    size: int
+    result: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Superseded:
+    checkpoint: str
+    run: str
+    kept: str
+
+
+@dataclass
+class Plan:
+    """The outcome of planning: counts and the three piles."""
+
+    source: str
+    prefix: str | None
+    store: str | None
+    experiment_prefix: str
+    found: int = 0
+    to_run: list[PlannedRun] = field(default_factory=list)
+    done: list[PlannedRun] = field(default_factory=list)
+    superseded: list[Superseded] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds_listing: float = 0.0
+    seconds_rendering: float = 0.0
+
+    def summary(self) -> str:
+        extra = f", {len(self.superseded)} superseded" if self.superseded else ""
+        return (
+            f"found {self.found} checkpoint(s){extra}: {len(self.done)} done, "
+            f"{len(self.to_run)} to run"
+        )
+
+    def to_json(self) -> str:
+        """The run list (for workflow matrices) plus the counts."""
+        return json.dumps(
+            {
+                "source": self.source,
+                "store": self.store,
+                "prefix": self.prefix,
+                "found": self.found,
+                "done": len(self.done),
+                "to_run": len(self.to_run),
+                "superseded": [asdict(s) for s in self.superseded],
+                "runs": [r.as_dict() for r in self.to_run],
+            },
+            indent=2,
+        )
+
+
+def _source_uri(
+    source: str | None, gcs_bucket: str | None = None, gcs_dir_path: str | None = None
+) -> str:
+    """``--source``, or the seed's ``--gcs_bucket`` (no gs://) + ``--gcs_dir_path``."""
+    if source and (gcs_bucket or gcs_dir_path):
+        raise UsageError("give either --source or --gcs_bucket/--gcs_dir_path, not both")
+    if source:
+        return os.fspath(source)
+    if gcs_bucket:
+        bucket = gcs_bucket.removeprefix("gs://").strip("/")
+        return storage.join(f"gs://{bucket}", gcs_dir_path or "")
+    raise UsageError("no checkpoint source: pass --source gs://BUCKET/PREFIX or a local directory")
+
+
+def _rank(info: storage.ObjectInfo, step: int | None) -> tuple:
+    updated = info.updated.timestamp() if info.updated else 0.0
+    return (step is None, step or 0, updated, info.uri)
+
+
+def list_checkpoints(source: str) -> Iterable[storage.ObjectInfo]:
+    """Every ``streaming_params*`` object under ``source`` (train states excluded)."""
+    for obj in storage.list_objects(source, match=naming.CHECKPOINT_GLOB):
+        if naming.is_checkpoint_file(obj.name):
+            yield obj
+
+
+def completed_runs(store: str) -> set[str]:
+    """Run names whose ``<store>/<run>/metrics.json`` exists (one listing of the store)."""
+    done: set[str] = set()
+    for obj in storage.list_objects_if_any(store):
+        parts = obj.name.split("/")
+        if len(parts) == 2 and parts[1] == METRICS_FILE:
+            done.add(parts[0])
+    return done
+
+
+def plan(
+    source: str,
+    *,
+    prefix: str | None = None,
+    store: str | None = None,
+    experiment_prefix: str = naming.DEFAULT_EVAL_EXPERIMENT_PREFIX,
+    existing_experiments: Iterable[str] | None = None,
+    force: bool = False,
+) -> Plan:
+    """List checkpoints under ``source`` and decide what to run (see the module doc).
+
+    ``store`` is where results are published; ``existing_experiments`` are Beaker
+    experiment names already present (a run whose experiment name is in it is done)."""
+    t0 = time.perf_counter()
+    result = Plan(source=source, prefix=prefix, store=store, experiment_prefix=experiment_prefix)
+    best: dict[str, tuple[tuple, PlannedRun]] = {}
+    losers: list[tuple[PlannedRun, str]] = []
+    try:
+        objects = list(list_checkpoints(source))
+    except StoreError as exc:
+        raise StoreError(f"cannot list checkpoints: {exc}") from None
+    for obj in objects:
+        try:
+            parsed = naming.parse_checkpoint(obj.uri)
+            run = naming.run_name(obj.uri, prefix)
+        except NamingError as exc:
+            log.warning("skipping %s", exc)
+            result.skipped.append(obj.uri)
+            continue
+        result.found += 1
+        planned = PlannedRun(
+            run=run,
+            checkpoint=obj.uri,
+            experiment=naming.eval_experiment_name(run, experiment_prefix),
+            directory=parsed.directory,
+            step=parsed.step,
+            uuid=parsed.uuid,
+            budget=parsed.budget,
+            size=obj.size,
+            result=storage.join(store, run) if store else None,
+        )
+        rank = _rank(obj, parsed.step)
+        prev = best.get(run)
+        if prev is None:
+            best[run] = (rank, planned)
+        elif rank > prev[0]:
+            losers.append((prev[1], planned.checkpoint))
+            best[run] = (rank, planned)
+        else:
+            losers.append((planned, prev[1].checkpoint))
+    for loser, _ in losers:
+        kept = best[loser.run][1].checkpoint
+        result.superseded.append(Superseded(checkpoint=loser.checkpoint, run=loser.run, kept=kept))
+    finished = completed_runs(store) if store else set()
+    existing = set(existing_experiments or ())
+    for run in sorted(best):
+        planned = best[run][1]
+        is_done = planned.run in finished or planned.experiment in existing
+        if is_done and not force:
+            result.done.append(planned)
+        else:
+            result.to_run.append(planned)
+    result.seconds_listing = time.perf_counter() - t0
+    for s in result.superseded:
+        log.log(
+            logging.INFO if len(result.superseded) <= 20 else logging.DEBUG,
+            "superseded: %s (keeping %s)",
+            s.checkpoint,
+            s.kept,
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def template_context(
+    p: Plan,
+    *,
+    preset: str | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Variables a template sees: preset values, then ``values`` (the command line), then
+    the plan's own (``runs``, ``store``, ``prefix``, ``experiment_prefix``, ``source``)."""
+    from rmeval import specs
+
+    ctx: dict[str, Any] = {}
+    if preset:
+        ctx.update(specs.load_preset(preset))
+    for k, v in (values or {}).items():
+        if v is not None:
+            ctx[k] = v
+    if p.prefix is not None:
+        ctx["prefix"] = p.prefix
+    ctx["experiment_prefix"] = ctx.get("experiment_prefix", p.experiment_prefix)
+    if p.store is not None:
+        ctx["store"] = p.store
+    ctx["source"] = p.source
+    ctx["runs"] = [r.as_dict() for r in p.to_run]
+    return ctx
+
+
+def render_plan(
+    p: Plan,
+    template: str | os.PathLike,
+    *,
+    preset: str | None = None,
+    values: Mapping[str, Any] | None = None,
+    validate: bool = True,
+) -> str:
+    """Render the to-run list into a spec with ``template`` and validate it."""
+    from rmeval import specs
+
+    if not p.to_run:
+        raise SpecError("nothing to run: no spec to render")
+    t0 = time.perf_counter()
+    ctx = template_context(p, preset=preset, values=values)
+    text = specs.render_spec(template, ctx, validate=validate)
+    p.seconds_rendering = time.perf_counter() - t0
+    return text
+
+
+def write_spec(text: str, output: str, overwrite: bool = False) -> None:
+    """Write a rendered spec (local path or gs://), atomically, never clobbering unless asked."""
+    storage.write_text(output, text, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------- one call
+
+
+def make_plan(
+    source: str | None = None,
+    *,
+    template: str | os.PathLike | None = None,
+    preset: str | None = None,
+    prefix: str | None = None,
+    store: str | None = None,
+    experiment_prefix: str | None = None,
+    values: Mapping[str, Any] | None = None,
+    force: bool = False,
+    workspace: str | None = None,
+    gcs_bucket: str | None = None,
+    gcs_dir_path: str | None = None,
+    render: bool = True,
+) -> tuple[Plan, str | None]:
+    """Plan and render in one call (what ``rmeval plan`` does).
+
+    Values come from, lowest first: the template's own defaults, the preset, ``values``
+    (``--set``), then the explicit ``prefix`` / ``store`` / ``experiment_prefix``.
+    With ``workspace``, Beaker experiments that already exist there count as done.
+    Returns the plan and the rendered spec (None when there is nothing to run or
+    ``render`` is false)."""
+    from rmeval import specs
+
+    src = _source_uri(source, gcs_bucket, gcs_dir_path)
+    merged: dict[str, Any] = dict(specs.load_preset(preset)) if preset else {}
+    merged.update({k: v for k, v in (values or {}).items() if v is not None})
+    prefix = prefix if prefix is not None else merged.get("prefix")
+    experiment_prefix = (
+        experiment_prefix
+        or merged.get("experiment_prefix")
+        or naming.DEFAULT_EVAL_EXPERIMENT_PREFIX
+    )
+    store = store if store is not None else merged.get("store")
+    existing: set[str] | None = None
+    if workspace:
+        from rmeval.backends import beaker as beaker_backend
+
+        existing = beaker_backend.existing_experiments(workspace, experiment_prefix)
+    p = plan(
+        src,
+        prefix=prefix,
+        store=store,
+        experiment_prefix=experiment_prefix,
+        existing_experiments=existing,
+        force=force,
+    )
+    if not render or not p.to_run:
+        return p, None
+    merged["experiment_prefix"] = experiment_prefix
+    text = render_plan(p, template or specs.DEFAULT_TEMPLATE, values=merged)
+    return p, text

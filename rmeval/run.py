@@ -1,0 +1,253 @@
+"""run-one: convert -> evaluate -> publish, for one checkpoint.
+
+The single command a local worker, a Beaker task and a GitHub runner all execute.
+
+Published under ``<store>/<run>/`` (``run`` = :func:`rmeval.naming.run_name`):
+
+- ``scores.jsonl``: the evaluator's per-pair scores;
+- ``provenance.json``: checkpoint URI, run name, rmeval version, git sha when known,
+  per-stage timings, converter notes, dataset, host name;
+- ``metrics.json``: exactly the evaluator's metrics file, written **last**: its presence
+  means the run is done. A run whose metrics.json exists is skipped unless ``force``.
+
+Files of an unfinished run (no metrics.json: a crash between uploads) are replaced on the
+next attempt; a finished run is only overwritten with ``force``. The converted model is
+kept only with ``keep_model`` (a URI: local dir or gs://). Temporary files live in one
+temporary directory that is removed on success, failure and SIGTERM.
+
+Dataset: ``dataset`` is whatever :func:`rmeval.rewardbench.evaluate.evaluate` accepts (a
+local directory or file of RewardBench pairs, e.g. one written by
+``rmeval.rewardbench.data.write_sample``). :data:`DEFAULT_DATASET` names the public
+RewardBench release; it needs hub access, which CI and the demo do not have, so they pass
+a local sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from rmeval import __version__, naming, storage
+from rmeval.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "allenai/reward-bench"
+METRICS_FILE = "metrics.json"
+SCORES_FILE = "scores.jsonl"
+PROVENANCE_FILE = "provenance.json"
+
+
+@dataclass
+class RunOneResult:
+    run: str
+    status: str  # "ok" | "skipped"
+    result_uri: str
+    metrics: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def git_sha() -> str | None:
+    """The commit rmeval runs from: ``RMEVAL_GIT_SHA`` (set by images/CI), else the source
+    checkout's HEAD, else None."""
+    env = os.environ.get("RMEVAL_GIT_SHA") or os.environ.get("GITHUB_SHA")
+    if env:
+        return env
+    src = Path(__file__).resolve().parent.parent
+    if not (src / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (Beaker preemption, a cancelled runner) raises SystemExit so temporary files
+    are removed. Main thread only, and only if nobody else handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def _handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _plain(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _plain(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def run_one(
+    checkpoint: str,
+    store: str,
+    *,
+    prefix: str | None = None,
+    tokenizer: str | None = None,
+    dataset: str | None = None,
+    model_size: str = "auto",
+    keep_model: str | None = None,
+    force: bool = False,
+    subsets: list[str] | None = None,
+    max_length: int = 2048,
+    device: str = "auto",
+    dtype: str = "auto",
+    verify: bool = False,
+    work_dir: str | None = None,
+    progress: bool = True,
+) -> RunOneResult:
+    """Convert ``checkpoint``, evaluate it on ``dataset`` and publish under ``store``."""
+    run = naming.run_name(checkpoint, prefix)
+    dest = storage.join(store, run)
+    metrics_uri = storage.join(dest, METRICS_FILE)
+    if not force and storage.exists(metrics_uri):
+        log.info("%s: already done (%s exists); pass --force to redo it", run, metrics_uri)
+        return RunOneResult(run, "skipped", dest)
+    dataset = dataset or DEFAULT_DATASET
+
+    from rmeval.checkpoints.convert import convert
+    from rmeval.rewardbench.evaluate import evaluate
+
+    timings: dict[str, float] = {}
+    started = time.time()
+    if work_dir:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+    with _sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="rmeval-run-", dir=work_dir) as tmp:
+        tmpdir = Path(tmp)
+        model_dir = tmpdir / "model"
+        eval_dir = tmpdir / "eval"
+        scores_path = tmpdir / SCORES_FILE
+
+        t0 = time.perf_counter()
+        log.info("%s: converting %s", run, checkpoint)
+        conv = convert(
+            checkpoint,
+            model_dir,
+            model_size=model_size,
+            tokenizer=tokenizer,
+            verify=verify,
+            progress=progress,
+        )
+        timings["convert"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        log.info("%s: evaluating on %s", run, dataset)
+        ev = evaluate(
+            model_dir,
+            dataset,
+            eval_dir,
+            subsets=subsets,
+            max_length=max_length,
+            device=device,
+            dtype=dtype,
+            save_scores=scores_path,
+            progress=progress,
+        )
+        timings["evaluate"] = time.perf_counter() - t0
+
+        metrics_file = _evaluator_metrics_file(eval_dir)
+        metrics_bytes = metrics_file.read_bytes()
+
+        t0 = time.perf_counter()
+        if scores_path.exists():
+            storage.upload_file(scores_path, storage.join(dest, SCORES_FILE), overwrite=True)
+        if keep_model:
+            try:
+                storage.upload_tree(model_dir, keep_model, overwrite=force)
+            except StoreError as exc:
+                raise StoreError(f"--keep-model: {exc}") from None
+        timings["publish"] = time.perf_counter() - t0
+        provenance = {
+            "run": run,
+            "checkpoint": checkpoint,
+            "rmeval_version": __version__,
+            "git_sha": git_sha(),
+            "hostname": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "dataset": str(dataset),
+            "subsets": subsets,
+            "max_length": max_length,
+            "model_size": model_size,
+            "tokenizer": tokenizer,
+            "kept_model": keep_model,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "convert": {
+                "kind": getattr(conv, "kind", None),
+                "bytes_read": getattr(conv, "bytes_read", None),
+                "bytes_written": getattr(conv, "bytes_written", None),
+                "peak_rss_bytes": getattr(conv, "peak_rss_bytes", None),
+                "notes": _plain(getattr(conv, "notes", None)),
+                "verify": _plain(getattr(conv, "verify", None)),
+            },
+            "evaluate": {
+                "n_pairs": getattr(ev, "n_pairs", None),
+                "overall": getattr(ev, "overall", None),
+                "padding_ratio": getattr(ev, "padding_ratio", None),
+            },
+        }
+        storage.write_text(
+            storage.join(dest, PROVENANCE_FILE),
+            json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n",
+            overwrite=True,
+        )
+        # Last: its existence means "done".
+        storage.write_bytes(metrics_uri, metrics_bytes, overwrite=force)
+    log.info("%s: published %s", run, metrics_uri)
+    return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings)
+
+
+def _evaluator_metrics_file(eval_dir: Path) -> Path:
+    path = eval_dir / METRICS_FILE
+    if not path.is_file():
+        from rmeval.errors import EvalError
+
+        raise EvalError(f"{eval_dir}: the evaluator wrote no {METRICS_FILE}")
+    return path
+
+
+def write_result_json(result: RunOneResult, path: str | os.PathLike) -> None:
+    """The small status file the local backend reads (ok / skipped)."""
+    storage.write_text(os.fspath(path), result.to_json() + "\n", overwrite=True)
