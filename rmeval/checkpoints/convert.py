@@ -1,0 +1,460 @@
+"""Streaming EasyLM -> Hugging Face conversion.
+
+One pass: the index pass (headers only) tells every tensor's shape and dtype, so every
+safetensors header and every tensor's place in its shard is known before any data is read.
+Each tensor is then read once (ranged, parallel reads for gs://) into one reusable buffer,
+transposed / rotary-permuted / cast in cache-sized tiles by a few threads, and written once
+with ``os.pwrite`` at its precomputed offset in its shard. Peak memory is about the largest
+tensor plus a few tile buffers.
+
+The output is built in ``OUT.partial-<id>`` (for gs:// outputs: a local temporary directory)
+and renamed into place (uploaded with config.json last) only when complete and, with
+``verify=True``, verified. Nothing is left at OUT on failure. This module never imports
+jax or flax; verification lives in :mod:`rmeval.checkpoints.reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rmeval import naming, storage
+from rmeval.checkpoints import llama
+from rmeval.checkpoints.easylm import CheckpointReader, numpy_dtype
+from rmeval.errors import CheckpointError, ConvertError, StoreError, UsageError
+
+if TYPE_CHECKING:
+    from rmeval.checkpoints.reference import VerifyResult
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+SAFETENSORS_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "float64": "F64"}
+TILE = 128  # transpose tile edge (elements); measured fastest for bf16 on x86
+BLOCK_BYTES = 8 * 1024 * 1024  # output rows handled by one worker task
+SINGLE_SHARD = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass
+class ConvertResult:
+    out: str
+    kind: str  # "reward" | "causal"
+    config: dict
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    peak_rss_bytes: int
+    notes: list[str] = field(default_factory=list)
+    verify: VerifyResult | None = None
+
+    def summary(self) -> str:
+        mb_s = self.bytes_read / max(self.seconds, 1e-9) / 1e6
+        return (
+            f"converted {self.kind} model -> {self.out}: read {self.bytes_read / 1e6:.1f} MB, "
+            f"wrote {self.bytes_written / 1e6:.1f} MB in {self.seconds:.2f} s "
+            f"({mb_s:.0f} MB/s), peak RSS {self.peak_rss_bytes / 1e6:.0f} MB"
+        )
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5e9, '500MiB' -> 500 * 2**20, 1000 -> 1000."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise UsageError(f"--max-shard-size {text!r}: expected a size like 5GB, 500MB or 2GiB")
+    unit = (m.group(2) or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}.get(unit)
+    if mult is None:
+        mult = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    size = int(float(m.group(1)) * mult)
+    if size <= 0:
+        raise UsageError(f"--max-shard-size {text!r} must be positive")
+    return size
+
+
+def peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass
+class _Placed:
+    plan: llama.TensorPlan
+    out_dtype: np.dtype
+    shard: int
+    offset: int  # absolute byte offset in the shard file
+    nbytes: int
+
+
+@dataclass
+class _Shard:
+    name: str
+    header: bytes
+    size: int
+    tensors: list[_Placed]
+
+
+def _layout(plans: list[llama.TensorPlan], out_dtype: str | None, max_shard: int) -> list[_Shard]:
+    groups: list[list[tuple[llama.TensorPlan, np.dtype, int]]] = [[]]
+    current = 0
+    for p in plans:
+        dt = numpy_dtype(out_dtype or p.src.dtype)
+        nbytes = math.prod(p.out_shape) * dt.itemsize
+        if groups[-1] and current + nbytes > max_shard:
+            groups.append([])
+            current = 0
+        groups[-1].append((p, dt, nbytes))
+        current += nbytes
+    n = len(groups)
+    shards = []
+    for i, group in enumerate(groups):
+        name = SINGLE_SHARD if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        pos = 0
+        rel = []
+        for p, dt, nbytes in group:
+            header[p.hf_name] = {
+                "dtype": SAFETENSORS_DTYPES[dt.name],
+                "shape": list(p.out_shape),
+                "data_offsets": [pos, pos + nbytes],
+            }
+            rel.append(pos)
+            pos += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        start = 8 + len(raw)
+        placed = [
+            _Placed(p, dt, i, start + r, nb) for (p, dt, nb), r in zip(group, rel, strict=True)
+        ]
+        shards.append(_Shard(name, len(raw).to_bytes(8, "little") + raw, start + pos, placed))
+    return shards
+
+
+# --------------------------------------------------------------------------- data path
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    data = data.cast("B")
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done : done + (1 << 30)], offset + done)
+
+
+def _row_segments(p: llama.TensorPlan) -> list[tuple[int, int, int, int]]:
+    """``(dst_row, src_col, count, step)`` runs: dst row dst_row+j is source column
+    src_col + j*step. Rotary: each half of each head is a stride-2 run of the source."""
+    rows = p.out_shape[0]
+    if p.transform in (llama.ROTARY_Q, llama.ROTARY_K):
+        head_dim = rows // p.heads
+        half = head_dim // 2
+        return [
+            (h * head_dim + a * half, h * head_dim + a, half, 2)
+            for h in range(p.heads)
+            for a in range(2)
+        ]
+    return [(0, 0, rows, 1)]
+
+
+def _same_width_uint(dt: np.dtype) -> np.dtype:
+    return np.dtype(f"u{dt.itemsize}")
+
+
+class _Writer:
+    """Transforms tensors from a source buffer and writes them at their shard offsets."""
+
+    def __init__(self, threads: int):
+        self.threads = max(1, threads)
+        self.pool = (
+            ThreadPoolExecutor(self.threads, thread_name_prefix="rmeval-tr")
+            if self.threads > 1
+            else None
+        )
+        self._local = threading.local()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = np.empty(max(nbytes, BLOCK_BYTES), dtype=np.uint8)
+            self._local.buf = buf
+        return buf
+
+    def _run(self, jobs: list) -> None:
+        if self.pool is None or len(jobs) == 1:
+            for j in jobs:
+                j()
+        else:
+            for f in [self.pool.submit(j) for j in jobs]:
+                f.result()
+
+    def write(self, fd: int, placed: _Placed, src_bytes: np.ndarray) -> None:
+        p = placed.plan
+        src_dt, dst_dt = p.src.np_dtype, placed.out_dtype
+        same = src_dt == dst_dt
+        if same:  # move raw bits: integer copies are faster than ml_dtypes' bf16 loops
+            src_dt = dst_dt = _same_width_uint(dst_dt)
+        src = src_bytes.view(src_dt)
+        if p.transform == llama.NONE:
+            if same:
+                _pwrite_all(fd, memoryview(src_bytes), placed.offset)
+                return
+            flat = src.reshape(-1)
+            step = max(1, BLOCK_BYTES // dst_dt.itemsize)
+
+            def cast(s: int) -> None:
+                e = min(flat.size, s + step)
+                out = self._buffer((e - s) * dst_dt.itemsize)[: (e - s) * dst_dt.itemsize]
+                np.copyto(out.view(dst_dt), flat[s:e], casting="unsafe")
+                _pwrite_all(fd, memoryview(out), placed.offset + s * dst_dt.itemsize)
+
+            self._run([lambda s=s: cast(s) for s in range(0, flat.size, step)])
+            return
+        n_in, n_out = p.src.shape  # flax kernel (in, out); HF weight (out, in)
+        kernel = src.reshape(n_in, n_out)
+        row_bytes = n_in * dst_dt.itemsize
+        rows_per_block = max(TILE, (BLOCK_BYTES // row_bytes) // TILE * TILE)
+        jobs = []
+        for dst0, col0, count, step in _row_segments(p):
+            for r in range(0, count, rows_per_block):
+                n = min(rows_per_block, count - r)
+                jobs.append(
+                    lambda d=dst0 + r, c=col0 + r * step, n=n, s=step: self._block(
+                        fd, placed, kernel, dst_dt, d, c, n, s
+                    )
+                )
+        self._run(jobs)
+
+    def _block(self, fd, placed: _Placed, kernel, dst_dt, dst_row, src_col, n, step) -> None:
+        n_in = kernel.shape[0]
+        nbytes = n * n_in * dst_dt.itemsize
+        out = self._buffer(nbytes)[:nbytes].view(dst_dt).reshape(n, n_in)
+        cols = kernel[:, src_col : src_col + (n - 1) * step + 1 : step]  # (n_in, n)
+        for r in range(0, n, TILE):
+            for c in range(0, n_in, TILE):
+                np.copyto(
+                    out[r : r + TILE, c : c + TILE],
+                    cols[c : c + TILE, r : r + TILE].T,
+                    casting="unsafe",
+                )
+        _pwrite_all(fd, memoryview(out), placed.offset + dst_row * n_in * dst_dt.itemsize)
+
+
+# --------------------------------------------------------------------------- output dirs
+
+
+def _check_out_free(out: str, overwrite: bool) -> None:
+    if overwrite:
+        return
+    if storage.is_gcs(out):
+        if next(iter(storage.list_objects_if_any(out)), None) is not None:
+            raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
+    elif storage.local_path(out).exists():
+        raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
+
+
+def _publish_local(build: Path, out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{storage.unique_suffix()}")
+        os.rename(out, old)
+    try:
+        os.rename(build, out)
+    except OSError as exc:
+        if old is not None:
+            os.rename(old, out)
+        raise ConvertError(f"{out}: cannot move the finished build into place: {exc}") from exc
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def _publish_gcs(build: Path, out: str, overwrite: bool) -> None:
+    old = {o.name for o in storage.list_objects_if_any(out)} if overwrite else set()
+    storage.upload_tree(build, out, overwrite=overwrite, last=("config.json",))
+    new = {p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file()}
+    for name in sorted(old - new):  # stale files of the replaced model
+        storage.delete(storage.join(out, name))
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def convert(
+    src: str,
+    out: str,
+    *,
+    model_size: str = "auto",
+    num_heads: int | None = None,
+    rope_theta: float | None = None,
+    rope_scaling: str | None = None,
+    tokenizer: str | None = None,
+    dtype: str | None = None,
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+    verify: bool = False,
+    progress: bool = True,
+) -> ConvertResult:
+    """Convert the EasyLM streaming checkpoint ``src`` into a Hugging Face directory ``out``
+    (local or gs://). See the module docstring for the guarantees."""
+    t0 = time.perf_counter()
+    src, out = os.fspath(src), os.fspath(out).rstrip("/")
+    if naming.is_train_state_file(storage.basename(src)):
+        raise CheckpointError(
+            f"{src}: is a streaming_train_state file (optimizer state included); convert the "
+            "streaming_params file next to it"
+        )
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    max_shard = parse_size(max_shard_size)
+    _check_out_free(out, overwrite)
+
+    notes: list[str] = []
+    with CheckpointReader(src) as reader:
+        index = reader.index
+        spec, spec_notes = llama.infer_spec(index, model_size, num_heads, rope_theta, rope_scaling)
+        notes += spec_notes
+        plans = llama.plan(index, spec)
+        stored = {p.src.dtype for p in plans}
+        out_dtype = DTYPES[dtype] if dtype else (stored.pop() if len(stored) == 1 else "float32")
+        if not dtype and len(stored) > 1:
+            notes.append(f"mixed stored dtypes {sorted(stored)}; writing float32")
+
+        if storage.is_gcs(out):
+            build = Path(tempfile.mkdtemp(prefix="rmeval-convert-"))
+        else:
+            out_path = storage.local_path(out)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in out_path.parent.glob(f"{out_path.name}.partial-*"):
+                notes.append(f"left over from an interrupted run (safe to delete): {stale}")
+            build = out_path.with_name(f"{out_path.name}.partial-{storage.unique_suffix()}")
+            build.mkdir()
+        try:
+            written = _write_model(reader, plans, out_dtype, max_shard, build, progress)
+            pad_id = bos = eos = None
+            if tokenizer:
+                from rmeval.tokenizer import prepare_tokenizer
+
+                info = prepare_tokenizer(tokenizer, build, vocab_size=spec.vocab_size)
+                pad_id = info.pad_token_id
+                notes.append(
+                    f"tokenizer ({info.kind}): chat template {info.chat_template}, pad "
+                    f"{info.pad_token!r} (id {pad_id})"
+                )
+            else:
+                notes.append(
+                    "no --tokenizer: model only; pass --tokenizer to save one with the chat "
+                    "template and pad token"
+                )
+            config = llama.hf_config(spec, out_dtype, pad_id, bos, eos)
+            (build / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            written += (build / "config.json").stat().st_size
+            bytes_read = reader.bytes_read
+            result = ConvertResult(
+                out=out,
+                kind=spec.kind,
+                config=config,
+                bytes_read=bytes_read,
+                bytes_written=written,
+                seconds=0.0,
+                peak_rss_bytes=0,
+                notes=notes,
+            )
+            if verify:
+                from rmeval.checkpoints.reference import verify as run_verify
+
+                result.verify = run_verify(src, str(build), raise_on_fail=True)
+            if storage.is_gcs(out):
+                _publish_gcs(build, out, overwrite)
+            else:
+                _publish_local(build, storage.local_path(out), overwrite)
+        finally:
+            if build.exists():
+                shutil.rmtree(build, ignore_errors=True)
+    result.seconds = time.perf_counter() - t0
+    result.peak_rss_bytes = peak_rss_bytes()
+    for n in notes:
+        log.info("note: %s", n)
+    return result
+
+
+def _write_model(
+    reader: CheckpointReader,
+    plans: list[llama.TensorPlan],
+    out_dtype: str,
+    max_shard: int,
+    build: Path,
+    progress: bool,
+) -> int:
+    from tqdm.auto import tqdm
+
+    shards = _layout(plans, out_dtype, max_shard)
+    fds: list[int] = []
+    writer = _Writer(threads=min(4, os.cpu_count() or 1))
+    total = sum(p.src.nbytes for p in plans)
+    try:
+        for sh in shards:
+            fd = os.open(build / sh.name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fds.append(fd)
+            os.ftruncate(fd, sh.size)
+            _pwrite_all(fd, memoryview(sh.header), 0)
+        placed = sorted(
+            (t for sh in shards for t in sh.tensors), key=lambda t: t.plan.src.pieces[0][0]
+        )
+        largest = max(t.plan.src.nbytes for t in placed)
+        buf = np.empty(largest, dtype=np.uint8)
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="convert",
+            disable=None if progress else True,
+        ) as bar:
+            for t in placed:
+                view = buf[: t.plan.src.nbytes]
+                reader.read_into(t.plan.src, view)
+                writer.write(fds[t.shard], t, view)
+                bar.update(t.plan.src.nbytes)
+        del buf
+    except (StoreError, CheckpointError):
+        raise
+    except OSError as exc:
+        raise ConvertError(f"{build}: cannot write the converted model: {exc}") from exc
+    finally:
+        writer.close()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.nbytes for sh in shards for t in sh.tensors)},
+            "weight_map": {t.plan.hf_name: sh.name for sh in shards for t in sh.tensors},
+        }
+        (build / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return sum(sh.size for sh in shards) + (
+        (build / INDEX_NAME).stat().st_size if len(shards) > 1 else 0
+    )
