@@ -27,7 +27,7 @@ from typing import Any
 
 BOT_NAME = "github-actions[bot]"
 BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
-NAME_COLUMNS = ("model", "name", "experiment", "run")
+NAME_COLUMNS = ("name", "run", "experiment", "model")
 
 
 class CommitFailed(Exception):
@@ -95,11 +95,12 @@ def best_overall(table: Path) -> tuple[str, float] | None:
 def message(path: Path) -> str:
     """``results(<dataset>): <table> +A rows, C changed, -R removed; best Overall X (name)``."""
     record = last_history(path)
-    table_name = str(record.get("table") or "")
+    table_file = str(record.get("table") or "")
+    if table_file and not table_file.endswith(".csv"):
+        table_file += ".csv"
     tables = sorted(path.glob("*.csv"))
-    table = path / f"{table_name}.csv" if table_name else (tables[0] if tables else None)
-    if table is not None and not table_name:
-        table_name = table.stem
+    table = path / table_file if table_file else (tables[0] if tables else None)
+    table_name = table.stem if table is not None else ""
     parts = []
     for key, fmt in (("added", "+{} rows"), ("changed", "{} changed"), ("removed", "-{} removed")):
         n = _count(record, key)
@@ -115,7 +116,7 @@ def message(path: Path) -> str:
     if best is not None:
         head += f"; best Overall {best[1]:.4f} ({best[0]})"
     body = []
-    for key in ("source", "prefix", "content_hash", "rmeval_version", "command"):
+    for key in ("version", "source", "prefix", "sha256", "rmeval_version", "command"):
         if record.get(key):
             body.append(f"{key}: {record[key]}")
     return head + ("\n\n" + "\n".join(body) if body else "")
@@ -126,6 +127,8 @@ def message(path: Path) -> str:
 
 def stage(path: Path) -> bool:
     """Stage everything under path; True when something is staged there."""
+    if not path.exists() and not git("ls-files", "--", str(path)).stdout.strip():
+        return False
     git("add", "-A", "--", str(path))
     return git("diff", "--cached", "--quiet", "--", str(path), check=False).returncode != 0
 

@@ -121,21 +121,24 @@ def plan_entry(entry: dict[str, str], template: str) -> list[dict[str, Any]]:
         data = json.loads(proc.stdout or "[]")
     except json.JSONDecodeError:
         raise PlanFailed(f"{entry['dataset']}: rmeval plan --json printed no JSON") from None
-    runs = data.get("runs") if isinstance(data, dict) else data
+    runs = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(runs, list):
         raise PlanFailed(f"{entry['dataset']}: rmeval plan --json printed no run list")
-    return runs
+    # The prefix plan named the runs with (from the entry or the preset): run-one must use
+    # the same one, or the run would never count as done.
+    prefix = data.get("prefix") or entry["prefix"]
+    return [dict(r, prefix=prefix) if isinstance(r, dict) else r for r in runs]
 
 
 def matrix_item(run: dict[str, Any], entry: dict[str, str]) -> dict[str, str]:
-    """The fields one runner job needs for ``rmeval run-one``."""
-    checkpoint = run.get("checkpoint") or run.get("checkpoint_uri") or run.get("uri")
-    if not checkpoint:
-        raise PlanFailed(f"{entry['dataset']}: a run in the plan has no checkpoint URI: {run!r}")
+    """The fields one runner job needs for ``rmeval run-one`` (a run of ``plan --json``)."""
+    if not isinstance(run, dict) or not run.get("checkpoint") or not run.get("run"):
+        raise PlanFailed(f"{entry['dataset']}: a run in the plan has no checkpoint/run: {run!r}")
     return {
-        "name": str(run.get("name") or run.get("experiment") or checkpoint),
-        "checkpoint": str(checkpoint),
+        "name": str(run["run"]),
+        "checkpoint": str(run["checkpoint"]),
         "store": entry["store"],
+        "prefix": str(run.get("prefix") or ""),
         "dataset": entry["dataset"],
         "tokenizer": entry["tokenizer"],
         "eval_dataset": entry["eval-dataset"],
