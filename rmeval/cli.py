@@ -212,6 +212,7 @@ def _add_run_one(sub: argparse._SubParsersAction) -> None:
         "(needs hub access)",
     )
     p.add_argument("--model-size", default="auto", help="converter model size (default auto)")
+    p.add_argument("--num-heads", type=int, default=None, help="converter: attention heads")
     p.add_argument("--keep-model", default=None, metavar="URI", help="keep the model here")
     p.add_argument("--subsets", nargs="+", default=None, help="evaluate only these subsets")
     p.add_argument("--max-length", type=int, default=2048)
@@ -234,6 +235,7 @@ def _run_run_one(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         dataset=args.dataset,
         model_size=args.model_size,
+        num_heads=args.num_heads,
         keep_model=args.keep_model,
         force=args.force,
         subsets=args.subsets,

@@ -17,8 +17,8 @@ temporary directory that is removed on success, failure and SIGTERM.
 
 Dataset: ``dataset`` is whatever :func:`rmeval.rewardbench.evaluate.evaluate` accepts (a
 local directory or file of RewardBench pairs, e.g. one written by
-``rmeval.rewardbench.data.write_sample``). :data:`DEFAULT_DATASET` names the public
-RewardBench release; it needs hub access, which CI and the demo do not have, so they pass
+``rmeval.rewardbench.data.write_sample``). :data:`rmeval.rewardbench.data.HUB_DATASET`
+(the public RewardBench release) is the default; it needs hub access, which CI and the demo do not have, so they pass
 a local sample.
 """
 
@@ -44,7 +44,6 @@ from rmeval.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATASET = "allenai/reward-bench"
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.jsonl"
 PROVENANCE_FILE = "provenance.json"
@@ -129,6 +128,7 @@ def run_one(
     tokenizer: str | None = None,
     dataset: str | None = None,
     model_size: str = "auto",
+    num_heads: int | None = None,
     keep_model: str | None = None,
     force: bool = False,
     subsets: list[str] | None = None,
@@ -146,7 +146,10 @@ def run_one(
     if not force and storage.exists(metrics_uri):
         log.info("%s: already done (%s exists); pass --force to redo it", run, metrics_uri)
         return RunOneResult(run, "skipped", dest)
-    dataset = dataset or DEFAULT_DATASET
+    if not dataset:
+        from rmeval.rewardbench.data import HUB_DATASET
+
+        dataset = HUB_DATASET
 
     from rmeval.checkpoints.convert import convert
     from rmeval.rewardbench.evaluate import evaluate
@@ -157,16 +160,17 @@ def run_one(
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     with _sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="rmeval-run-", dir=work_dir) as tmp:
         tmpdir = Path(tmp)
-        model_dir = tmpdir / "model"
-        eval_dir = tmpdir / "eval"
+        model_dir = tmpdir / run  # metrics.json's "model" field ends with the run name
+        metrics_path = tmpdir / METRICS_FILE
         scores_path = tmpdir / SCORES_FILE
 
         t0 = time.perf_counter()
         log.info("%s: converting %s", run, checkpoint)
         conv = convert(
             checkpoint,
-            model_dir,
+            str(model_dir),
             model_size=model_size,
+            num_heads=num_heads,
             tokenizer=tokenizer,
             verify=verify,
             progress=progress,
@@ -176,20 +180,19 @@ def run_one(
         t0 = time.perf_counter()
         log.info("%s: evaluating on %s", run, dataset)
         ev = evaluate(
-            model_dir,
+            str(model_dir),
             dataset,
-            eval_dir,
+            str(metrics_path),
             subsets=subsets,
             max_length=max_length,
             device=device,
             dtype=dtype,
-            save_scores=scores_path,
+            save_scores=str(scores_path),
             progress=progress,
         )
         timings["evaluate"] = time.perf_counter() - t0
 
-        metrics_file = _evaluator_metrics_file(eval_dir)
-        metrics_bytes = metrics_file.read_bytes()
+        metrics_bytes = metrics_path.read_bytes()  # exactly the evaluator's file
 
         t0 = time.perf_counter()
         if scores_path.exists():
@@ -226,6 +229,10 @@ def run_one(
                 "n_pairs": getattr(ev, "n_pairs", None),
                 "overall": getattr(ev, "overall", None),
                 "padding_ratio": getattr(ev, "padding_ratio", None),
+                "device": getattr(ev, "device", None),
+                "dtype": getattr(ev, "dtype", None),
+                "chat_template": getattr(ev, "chat_template", None),
+                "seconds": getattr(ev, "seconds", None),
             },
         }
         storage.write_text(
@@ -237,15 +244,6 @@ def run_one(
         storage.write_bytes(metrics_uri, metrics_bytes, overwrite=force)
     log.info("%s: published %s", run, metrics_uri)
     return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings)
-
-
-def _evaluator_metrics_file(eval_dir: Path) -> Path:
-    path = eval_dir / METRICS_FILE
-    if not path.is_file():
-        from rmeval.errors import EvalError
-
-        raise EvalError(f"{eval_dir}: the evaluator wrote no {METRICS_FILE}")
-    return path
 
 
 def write_result_json(result: RunOneResult, path: str | os.PathLike) -> None:

@@ -1,0 +1,228 @@
+"""rmeval plan: listing, naming, superseded steps, done-by-exact-name, rendering, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rmeval import naming, plan, specs, storage
+from rmeval.errors import StoreError
+
+TEMPLATE = str(specs.DEFAULT_TEMPLATE)
+REAL_DIR = (
+    "tulu2_13b_rm_human_datamodel_counts_7000_ID__07add08aa33a4fa6a5294c7bc41ae1f9__"
+    "SWAPS_4026--a6bf226b9e8e43f387810e0da3096526"
+)
+
+
+def _layout(root: str) -> dict[str, str]:
+    """A checkpoint tree with every case the planner must tell apart."""
+    files = {
+        f"{REAL_DIR}/streaming_params_437": b"a",
+        f"{REAL_DIR}/streaming_train_state_437": b"x",
+        "x--1/streaming_params_2": b"b",
+        "x--1/streaming_params_10": b"c",
+        "x--1/streaming_params": b"final",  # the final save wins over any step
+        "x_more--2/streaming_params_3": b"d",
+        "y.1--3/streaming_params_9": b"e",
+        "y.1--3/config.json": b"{}",
+        "relaunch--aaa/streaming_params_5": b"f",
+        "relaunch--bbb/streaming_params_7": b"g",  # same run name, higher step
+        "notes.txt": b"n",
+    }
+    for name, data in files.items():
+        storage.write_bytes(storage.join(root, name), data)
+    return files
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rmeval", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def source(store_root) -> str:
+    root = storage.join(store_root, "ckpts")
+    _layout(root)
+    return root
+
+
+def test_plan_names_supersedes_and_counts(source, store_root):
+    store = storage.join(store_root, "results")
+    p = plan.plan(source, prefix="hs", store=store)
+    runs = {r.run: r for r in p.to_run}
+    exp = naming.parse_checkpoint(f"{source}/{REAL_DIR}/streaming_params_437").experiment
+    assert set(runs) == {f"hs-{exp}", "hs-x", "hs-x_more", "hs-y-1", "hs-relaunch"}
+    assert p.found == 8  # train state, config.json and notes.txt are not checkpoints
+    assert runs["hs-x"].checkpoint == storage.join(source, "x--1/streaming_params")
+    assert runs["hs-relaunch"].checkpoint == storage.join(
+        source, "relaunch--bbb/streaming_params_7"
+    )
+    assert runs["hs-x"].experiment == "rm-eval-hs-x"
+    assert runs[f"hs-{exp}"].uuid == "07add08aa33a4fa6a5294c7bc41ae1f9"
+    assert runs[f"hs-{exp}"].budget == 4026
+    assert runs["hs-x"].result == storage.join(store, "hs-x")
+    superseded = {s.checkpoint: s.kept for s in p.superseded}
+    assert superseded == {
+        storage.join(source, "x--1/streaming_params_2"): runs["hs-x"].checkpoint,
+        storage.join(source, "x--1/streaming_params_10"): runs["hs-x"].checkpoint,
+        storage.join(source, "relaunch--aaa/streaming_params_5"): runs["hs-relaunch"].checkpoint,
+    }
+    assert p.done == []
+    assert p.summary() == "found 8 checkpoint(s), 3 superseded: 0 done, 5 to run"
+
+
+def test_done_is_exact_name_and_needs_metrics(source, store_root):
+    store = storage.join(store_root, "results")
+    storage.write_text(storage.join(store, "hs-x/metrics.json"), "{}")
+    # an unfinished run: scores but no metrics -> still to run
+    storage.write_text(storage.join(store, "hs-y-1/scores.jsonl"), "")
+    # metrics one level deeper do not count as the run's own
+    storage.write_text(storage.join(store, "hs-x_more/old/metrics.json"), "{}")
+    p = plan.plan(source, prefix="hs", store=store)
+    assert [r.run for r in p.done] == ["hs-x"]
+    assert "hs-x_more" in {r.run for r in p.to_run}  # "hs-x" is its prefix: not done
+    assert "hs-y-1" in {r.run for r in p.to_run}
+    forced = plan.plan(source, prefix="hs", store=store, force=True)
+    assert forced.done == [] and len(forced.to_run) == 5
+
+
+def test_existing_beaker_experiments_count_as_done_by_exact_name(source):
+    p = plan.plan(source, prefix="hs", existing_experiments={"rm-eval-hs-x", "rm-eval-hs-y"})
+    assert [r.run for r in p.done] == ["hs-x"]
+
+
+def test_render_plan_is_valid_and_one_task_per_run(source, store_root):
+    store = storage.join(store_root, "results")
+    p, text = plan.make_plan(source, template=TEMPLATE, prefix="hs", store=store)
+    data, beaker_spec = specs.validate_spec(text)
+    assert [t["name"] for t in data["tasks"]] == [r.run for r in p.to_run]
+    for task, run in zip(data["tasks"], p.to_run, strict=True):
+        args = task["arguments"]
+        assert args[0] == run.checkpoint
+        assert args[args.index("--store") + 1] == store
+        assert args[args.index("--prefix") + 1] == "hs"
+    assert len(beaker_spec.tasks) == len(p.to_run)
+
+
+def test_preset_supplies_prefix_and_experiment_prefix(tmp_path):
+    _layout(str(tmp_path / "src"))
+    p, text = plan.make_plan(str(tmp_path / "src"), preset="multipref", store=str(tmp_path / "s"))
+    assert p.prefix == "multipref-counts"
+    assert {r.run for r in p.to_run} >= {"multipref-counts-x"}
+    data = yaml.safe_load(text)
+    assert data["tasks"][0]["constraints"]["cluster"] == specs.load_preset("multipref")["clusters"]
+    p2, _ = plan.make_plan(str(tmp_path / "src"), preset="multipref", prefix="mine", render=False)
+    assert {r.run for r in p2.to_run} >= {"mine-x"}
+
+
+def test_seed_aliases(gcs_bucket):
+    _layout(storage.join(gcs_bucket, "human-preferences/rm_checkpoints"))
+    bucket = gcs_bucket.removeprefix("gs://")
+    a, _ = plan.make_plan(
+        gcs_bucket=bucket, gcs_dir_path="human-preferences/rm_checkpoints", render=False
+    )
+    b, _ = plan.make_plan(
+        storage.join(gcs_bucket, "human-preferences/rm_checkpoints"), render=False
+    )
+    assert [r.checkpoint for r in a.to_run] == [r.checkpoint for r in b.to_run]
+    assert len(a.to_run) == 5
+
+
+def test_unreadable_bucket_is_one_clear_error(gcs_bucket):
+    with pytest.raises(StoreError, match=r"^cannot list checkpoints: gs://no-such-bucket-x"):
+        plan.plan("gs://no-such-bucket-x/prefix")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_minimal_flags_render_a_valid_spec(tmp_path):
+    _layout(str(tmp_path / "src"))
+    r = _cli(
+        "plan", "--source", str(tmp_path / "src"), "--template", TEMPLATE,
+        "--prefix", "p", "--store", str(tmp_path / "store"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    data, _ = specs.validate_spec(r.stdout)
+    assert len(data["tasks"]) == 5
+    assert "found 8 checkpoint(s), 3 superseded: 0 done, 5 to run" in r.stderr
+
+
+def test_cli_output_json_and_no_clobber(tmp_path):
+    _layout(str(tmp_path / "src"))
+    out = tmp_path / "spec.yml"
+    base = ["plan", "--source", str(tmp_path / "src"), "--store", str(tmp_path / "s")]
+    r = _cli(*base, "--output_file", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    listing = json.loads(r.stdout)
+    assert (listing["found"], listing["done"], listing["to_run"]) == (8, 0, 5)
+    assert [t["name"] for t in yaml.safe_load(out.read_text())["tasks"]] == [
+        x["run"] for x in listing["runs"]
+    ]
+    before = out.read_text()
+    r = _cli(*base, "--output", str(out), "--prefix", "other")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("rmeval: error:")
+    assert "--overwrite" in r.stderr
+    assert out.read_text() == before
+    r = _cli(*base, "--output", str(out), "--prefix", "other", "--overwrite")
+    assert r.returncode == 0 and "other-x" in out.read_text()
+
+
+def test_cli_nothing_to_do(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "spec.yml"
+    r = _cli("plan", "--source", str(tmp_path / "empty"), "--store", "s", "--output", str(out))
+    assert r.returncode == 0
+    assert "nothing to do" in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--set", "gpus=two"], r"gpuCount: expected an integer, got 'two'"),
+        (["--set", "priority=asap"], r"priority: 'asap' is not one of"),
+        (["--no-store"], r"convert-and-eval\.yml\.j2:\d+: 'store' is undefined"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, extra, pattern):
+    _layout(str(tmp_path / "src"))
+    args = ["plan", "--source", str(tmp_path / "src")]
+    if extra != ["--no-store"]:
+        args += ["--store", str(tmp_path / "s"), *extra]
+    r = _cli(*args)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("rmeval: error:")
+    assert re.search(pattern, last), last
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_template_with_undefined_variable(tmp_path):
+    _layout(str(tmp_path / "src"))
+    t = tmp_path / "t.yml.j2"
+    t.write_text("version: v2\n# a comment\ntasks: {{ not_given }}\n")
+    r = _cli("plan", "--source", str(tmp_path / "src"), "--template", str(t), "--store", "s")
+    assert r.returncode == 1
+    assert f"rmeval: error: {t}:3: 'not_given' is undefined" in r.stderr
+
+
+def test_cli_missing_source_is_usage_error():
+    r = _cli("plan", "--store", "s")
+    assert r.returncode == 2
+    assert "no checkpoint source" in r.stderr
