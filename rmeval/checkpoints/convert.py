@@ -398,7 +398,7 @@ def convert(
     result.seconds = time.perf_counter() - t0
     result.peak_rss_bytes = peak_rss_bytes()
     for n in notes:
-        log.info("note: %s", n)
+        log.debug("note: %s", n)
     return result
 
 

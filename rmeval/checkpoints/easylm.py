@@ -190,10 +190,10 @@ class _Source:
 class _Cursor:
     """Sequential header parsing over a :class:`_Source` through cached windows."""
 
-    def __init__(self, src: _Source, pos: int = 0, window: int = INDEX_WINDOW):
+    def __init__(self, src: _Source, pos: int = 0, window: int | None = None):
         self.src = src
         self.pos = pos
-        self.window = window
+        self.window = window or INDEX_WINDOW
         self._buf = b""
         self._buf_start = 0
         self.context = ""  # tensor being parsed, for error messages

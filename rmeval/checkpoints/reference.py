@@ -239,7 +239,7 @@ def verify(
         _summary_values(ref, mask, kind),
         _summary_values(hf, mask, kind),
     )
-    log.info("%s", result.summary())
+    log.debug("%s", result.summary())
     if not ok and raise_on_fail:
         raise VerifyError(
             f"{hf_dir}: does not reproduce {checkpoint}: max relative difference "
