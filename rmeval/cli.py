@@ -328,6 +328,119 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- collect, history
+
+
+def _add_collect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="collect RewardBench metrics (store or beaker://) into the regressor table",
+        description="Fetch every run's metrics.json from a results store (local dir or gs://) "
+        "or a Beaker workspace, compute section scores and Overall, join the features, and "
+        "write a deterministic CSV (or update results/<dataset>/<table>.csv with history). "
+        "Runs or files left out are named in the summary and in <table>.issues.json.",
+    )
+    p.add_argument(
+        "--source", required=True, help="results store (dir or gs://…) or beaker://ORG/WORKSPACE"
+    )
+    p.add_argument(
+        "--experiment-prefix",
+        default=None,
+        help="keep runs whose names contain this (beaker default: rm-eval-)",
+    )
+    p.add_argument(
+        "--max-concurrency", type=int, default=32, help="metrics fetched at once (default 32)"
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--feature-counts-dir",
+        default=None,
+        help="dir of regressor_feats_ID__<uuid>__SWAPS_<n>.json",
+    )
+    g.add_argument(
+        "--experiments-file", default=None, help="file of '<experiment>::<feat>___<feat>' lines"
+    )
+    p.add_argument(
+        "--dataset-total-size",
+        type=int,
+        default=None,
+        help="rescale budgets to a 7,000-example dataset",
+    )
+    p.add_argument(
+        "--gpt4-threshold",
+        type=float,
+        default=None,
+        help="add label = Overall > T (a fraction, e.g. 0.85)",
+    )
+    p.add_argument("--output", default=None, help="CSV to write (local or gs://)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument(
+        "--results-dir", default=None, help="committed results dir (with --dataset, --table)"
+    )
+    p.add_argument("--dataset", default=None, help="dataset name, e.g. helpsteer2")
+    p.add_argument("--table", default=None, help="table name, e.g. counts-runs")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1, writing nothing, if any run or file was left out",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="collect and print the summary; write nothing"
+    )
+    p.set_defaults(handler=_run_collect)
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from rmeval import collect
+
+    out = collect.run(
+        args.source,
+        output=args.output,
+        overwrite=args.overwrite,
+        results_dir=args.results_dir,
+        dataset=args.dataset,
+        table_name=args.table,
+        strict=args.strict,
+        dry_run=args.dry_run,
+        experiment_prefix=args.experiment_prefix,
+        max_concurrency=args.max_concurrency,
+        feature_counts_dir=args.feature_counts_dir,
+        experiments_file=args.experiments_file,
+        dataset_total_size=args.dataset_total_size,
+        gpt4_threshold=args.gpt4_threshold,
+    )
+    _print(out.table.summary())
+    if out.unchanged:
+        _print("results unchanged; nothing written")
+    elif out.record is not None:
+        r = out.record
+        _print(f"version {r['version']}: {r['rows']} sha256 {r['sha256'][:12]}")
+    for path in out.written:
+        _print(f"wrote {path}")
+    return 0
+
+
+def _add_history(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("history", help="list the versions of a results dataset (HISTORY.jsonl)")
+    p.add_argument("dataset_dir", help="e.g. results/helpsteer2")
+    p.add_argument("--json", action="store_true", help="print the raw records")
+    p.set_defaults(handler=_run_history)
+
+
+def _run_history(args: argparse.Namespace) -> int:
+    import json
+
+    from rmeval import results
+
+    records = results.read_history(args.dataset_dir)
+    if args.json:
+        for r in records:
+            _print(json.dumps(r, ensure_ascii=False))
+    else:
+        _print(results.format_history(records))
+    return 0
+
+
 # --------------------------------------------------------------------------- commands
 # Each stage adds its _add_/_run_ pair above this line and registers it in COMMANDS.
 
@@ -338,6 +451,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run_one,
     _add_convert,
     _add_verify,
+    _add_collect,
+    _add_history,
 ]
 
 

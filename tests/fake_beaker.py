@@ -176,6 +176,8 @@ class FakeBeaker:
         with self._lock:
             self.latency = 0.0
             self.calls = Counter()
+            self.in_flight = 0
+            self.peak_in_flight = 0
             self.workspaces: dict[str, pb2.Workspace] = {}  # id -> workspace
             self.workspace_names: dict[str, str] = {}  # "org/name" -> id
             self.experiments: dict[str, _Experiment] = {}  # experiment id -> record
@@ -325,12 +327,21 @@ class FakeBeaker:
 
     # ---- internals used by the servers
 
-    def _delay(self, name: str) -> None:
+    @contextlib.contextmanager
+    def _call(self, name: str) -> Iterator[None]:
+        """Count the call, track concurrent calls (:attr:`peak_in_flight`), add latency."""
         with self._lock:
             self.calls[name] += 1
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             latency = self.latency
-        if latency:
-            time.sleep(latency)
+        try:
+            if latency:
+                time.sleep(latency)
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def _create_from_http(
         self, workspace_id: str, name: str | None, spec: dict
@@ -384,10 +395,10 @@ def _rpc(fn):
     name = fn.__name__
 
     def wrapper(self, request, context):
-        self.state._delay(name)
-        if not _authorized(context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        return fn(self, request, context)
+        with self.state._call(name):
+            if not _authorized(context):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+            return fn(self, request, context)
 
     wrapper.__name__ = name
     return wrapper
@@ -592,10 +603,17 @@ def _http_handler(state: FakeBeaker) -> type[BaseHTTPRequestHandler]:
             return self.rfile.read(n) if n else b""
 
         def do_POST(self):
+            with state._call("HTTP POST experiments"):
+                self._post()
+
+        def do_GET(self):
+            with state._call("HTTP GET dataset file"):
+                self._get()
+
+        def _post(self):
             body = self._body()
             url = urllib.parse.urlsplit(self.path)
             parts = url.path.split("/")
-            state._delay("HTTP POST experiments")
             if not self._auth():
                 return
             # /api/v3/workspaces/{id}/experiments
@@ -617,10 +635,9 @@ def _http_handler(state: FakeBeaker) -> type[BaseHTTPRequestHandler]:
                 return
             self._json(404, {"message": f"no route POST {url.path}"})
 
-        def do_GET(self):
+        def _get(self):
             url = urllib.parse.urlsplit(self.path)
             prefix = "/api/v3/datasets/"
-            state._delay("HTTP GET dataset file")
             if not self._auth():
                 return
             if url.path.startswith(prefix) and "/files/" in url.path:
