@@ -34,6 +34,8 @@ KEYS = (
     "feature-counts-dir",
     "tokenizer",
     "eval-dataset",
+    "model-size",
+    "num-heads",
 )
 REQUIRED = ("dataset", "source", "store")
 BACKENDS = ("runners", "beaker")
@@ -142,6 +144,8 @@ def matrix_item(run: dict[str, Any], entry: dict[str, str]) -> dict[str, str]:
         "dataset": entry["dataset"],
         "tokenizer": entry["tokenizer"],
         "eval_dataset": entry["eval-dataset"],
+        "model_size": entry["model-size"],
+        "num_heads": entry["num-heads"],
     }
 
 

