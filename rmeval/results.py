@@ -120,6 +120,14 @@ def _git_sha(where: Path) -> str | None:
     return sha if out.returncode == 0 and sha else None
 
 
+def _existing_ancestor(p: Path) -> Path:
+    """The nearest existing directory at or above ``p`` (the results dir may be new)."""
+    p = p.absolute()
+    while not p.is_dir() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def _read_if_exists(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
@@ -198,7 +206,7 @@ def update(
         "issues": len(table.issues),
         "sha256": hashlib.sha256(files[path].encode("utf-8")).hexdigest(),
         "rmeval_version": __version__,
-        "git_sha": _git_sha(path.parent if path.parent.is_dir() else Path.cwd()),
+        "git_sha": _git_sha(_existing_ancestor(path.parent)),
         "command": command if command is not None else default_command(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

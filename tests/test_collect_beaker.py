@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -60,6 +63,7 @@ def test_beaker_source_states_duplicates_and_checksums(fake_beaker):  # noqa: F8
     other_ws = fake_beaker.add_workspace("ai2/elsewhere")
     fake_beaker.add_experiment(other_ws, f"{PREFIX}elsewhere", files=_metrics_file(64))
 
+    fake_beaker.latency = 0.02  # calls overlap when fetched concurrently
     table = collect.collect("beaker://ai2/hp-evals", experiment_prefix=PREFIX, max_concurrency=4)
 
     assert sorted(r["name"] for r in table.rows) == sorted(good)
@@ -122,3 +126,47 @@ def test_beaker_counts_cli_and_default_prefix(fake_beaker, tmp_path, capsys):  #
 def test_missing_workspace_is_one_clear_error(fake_beaker):  # noqa: F811
     with pytest.raises(CollectError, match="workspace 'ai2/nope' not found"):
         collect.collect("beaker://ai2/nope")
+
+
+def test_seed_script_flags_verbatim(fake_beaker, tmp_path):  # noqa: F811
+    ws = fake_beaker.add_workspace("ai2/hp-evals")
+    rng = random.Random(11)
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    names = []
+    for i in range(3):
+        uid, budget = new_uuid(rng), rng.randint(10, 7000)
+        names.append(counts_run_name(uid, budget, prefix="rm-eval-helpsteer2-count-"))
+        fake_beaker.add_experiment(ws, names[-1], files=_metrics_file(90 + i))
+        (feats / f"regressor_feats_ID__{uid}__SWAPS_{budget}.json").write_text(
+            json.dumps(make_counts(rng))
+        )
+    fake_beaker.add_experiment(ws, "rm-eval-other-dataset", files=_metrics_file(99))
+    out = tmp_path / "helpsteer2-counts-runs.csv"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "scripts" / "fetch_evals_rewardbench.py"),
+            "--output_path",
+            str(out),
+            "--beaker_workspace",
+            "ai2/hp-evals",
+            "--experiment_prefix",
+            "rm-eval-helpsteer2-count",
+            "--feature_counts_dir",
+            str(feats),
+            "--gpt4_threshold_score",
+            "0.6",
+            "--dataset_total_size",
+            "7000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(out)
+    assert sorted(df["name"]) == sorted(names)
+    assert set(df["label"]) <= {0, 1}
+    assert list(df["label"]) == [int(o > 0.6) for o in df["Overall"]]

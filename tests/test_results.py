@@ -1,0 +1,119 @@
+"""results/<dataset>/<table>.csv with HISTORY.jsonl: versions, row diffs, no-op updates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rmeval import cli, collect, results
+from rmeval.errors import ResultsError, UsageError
+from tests.collect_fixtures import make_metrics
+
+
+def _store(root, runs: dict[str, dict]) -> str:
+    for name, m in runs.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "metrics.json").write_text(json.dumps(m))
+    return str(root)
+
+
+def _snapshot(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_versions_diffs_and_noop(tmp_path):
+    store = tmp_path / "store"
+    res = tmp_path / "results"
+    _store(store, {f"run{i}": make_metrics(seed=i) for i in range(3)})
+
+    rec1 = results.update(
+        collect.collect(str(store)), res, "helpsteer2", "counts-runs", command="cmd 1"
+    )
+    ds = res / "helpsteer2"
+    csv_bytes = (ds / "counts-runs.csv").read_bytes()
+    assert rec1["version"] == 1 and rec1["table"] == "counts-runs.csv"
+    assert rec1["rows"] == {"total": 3, "added": 3, "changed": 0, "removed": 0}
+    assert rec1["sha256"] == hashlib.sha256(csv_bytes).hexdigest()
+    assert rec1["source"] == str(store) and rec1["command"] == "cmd 1"
+    assert rec1["rmeval_version"] and "time" in rec1
+    assert sorted(p.name for p in ds.iterdir()) == [
+        "HISTORY.jsonl",
+        "counts-runs.columns.json",
+        "counts-runs.csv",
+        "counts-runs.issues.json",
+    ]
+
+    # an identical second collect writes nothing at all
+    before = _snapshot(ds)
+    assert results.update(collect.collect(str(store)), res, "helpsteer2", "counts-runs") is None
+    assert _snapshot(ds) == before
+
+    # one run re-evaluated, one removed, two added
+    _store(store, {"run1": make_metrics(seed=41), "run7": make_metrics(seed=7)})
+    _store(store, {"run8": make_metrics(seed=8)})
+    (store / "run2" / "metrics.json").unlink()
+    rec2 = results.update(collect.collect(str(store)), res, "helpsteer2", "counts-runs")
+    assert rec2["version"] == 2
+    assert rec2["rows"] == {"total": 4, "added": 2, "changed": 1, "removed": 1}
+    history = results.read_history(ds)
+    assert [r["version"] for r in history] == [1, 2]
+    assert history[0] == rec1 and history[1] == rec2
+
+
+def test_history_cli_and_git_sha(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    store = _store(tmp_path / "store", {"a": make_metrics(seed=1), "b": make_metrics(seed=2)})
+    res = repo / "results"
+    args = ["collect", "--source", store, "--results-dir", str(res), "--dataset", "hs2"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmeval", *args, "--table", "runs"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "version 1" in proc.stdout
+    assert cli.main([*args, "--table", "runs"]) == 0
+    assert "unchanged; nothing written" in capsys.readouterr().out
+    (rec,) = results.read_history(res / "hs2")
+    assert rec["git_sha"] == head
+    assert rec["command"].startswith("rmeval collect --source ")
+    assert f"--results-dir {res}" in rec["command"]
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmeval", "history", str(res / "hs2")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[1].split()[0] == "1"
+    assert rec["sha256"][:12] in lines[1] and store in lines[1]
+
+
+def test_bad_inputs(tmp_path, capsys):
+    t = collect.build_table([])
+    with pytest.raises(UsageError):
+        results.update(t, tmp_path, "../escape", "x")
+    with pytest.raises(UsageError):
+        results.update(t, "gs://bucket/results", "d", "x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "HISTORY.jsonl").write_text('{"version": 1}\nnot json\n')
+    with pytest.raises(ResultsError, match=r"HISTORY.jsonl:2"):
+        results.read_history(tmp_path / "d")
+    assert cli.main(["history", str(tmp_path / "missing")]) == 1
+    assert "no such results directory" in capsys.readouterr().err
+    assert cli.main(["collect", "--source", "x", "--results-dir", str(tmp_path)]) == 2
