@@ -441,6 +441,80 @@ def _run_history(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- fit, report
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="fit the regressor (feature counts -> Overall) on a results table",
+        description="Fit a linear or quadratic regressor on the table's feature columns (those "
+        "collect recorded in <table>.columns.json, else every numeric non-score column) with an "
+        "80/20 train/dev split; write metrics.json (dev MSE/RMSE/R², learning curve at "
+        "25/50/75/100%%), coef.jsonl (sorted), predictions.csv and model.joblib into OUT.",
+    )
+    p.add_argument("csv", help="results table (local or gs://)")
+    p.add_argument("--out", required=True, help="output directory (local or gs://)")
+    p.add_argument("--model", choices=("linear", "quadratic"), default="linear")
+    p.add_argument("--log-linear", action="store_true", help="fit on log1p of the features")
+    p.add_argument("--target", default="Overall", help="score column to predict (default Overall)")
+    p.add_argument("--features", nargs="+", default=None, metavar="COLUMN", help="feature columns")
+    p.add_argument("--seed", type=int, default=42, help="train/dev split seed (default 42)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(handler=_run_fit)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from rmeval.fit import fit
+
+    r = fit(
+        args.csv,
+        args.out,
+        model=args.model,
+        log_linear=args.log_linear,
+        target=args.target,
+        features=args.features,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    r2 = "n/a" if r.dev["r2"] is None else f"{r.dev['r2']:.4f}"
+    _print(
+        f"{r.model} fit of {r.target} on {len(r.features)} feature(s): train {r.n_train}, "
+        f"dev {r.n_dev}; dev MSE {r.dev['mse']:.4g}, RMSE {r.dev['rmse']:.4g}, R² {r2}"
+    )
+    for c in sorted(r.coefficients, key=lambda c: -abs(c["coef"] or 0))[:5]:
+        _print(f"  {c['coef']:+.4g}  {c['feature']}")
+    _print(f"wrote {r.out}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="render the results table (and a fit) as an executed notebook with PNG figures",
+        description="Build a Jupyter notebook from the table (top runs, distributions of Overall "
+        "and the sections, Overall vs budget, per-subset heatmap; with --fit also predicted vs "
+        "actual and the top coefficients), execute it, and write it with its figures as PNG in "
+        "<stem>_figures/ beside it. Regenerating from the same data gives identical files.",
+    )
+    p.add_argument("csv", help="results table (local or gs://)")
+    p.add_argument("--out", required=True, help="notebook to write (a local .ipynb path)")
+    p.add_argument("--fit", default=None, metavar="DIR", help="output directory of `rmeval fit`")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing notebook")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from rmeval.report import report
+
+    r = report(args.csv, args.out, fit_dir=args.fit, overwrite=args.overwrite, timeout=args.timeout)
+    _print(
+        f"wrote {r.notebook} and {len(r.figures)} figure(s) in {r.figures[0].parent if r.figures else '-'}"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- commands
 # Each stage adds its _add_/_run_ pair above this line and registers it in COMMANDS.
 
@@ -453,6 +527,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_verify,
     _add_collect,
     _add_history,
+    _add_fit,
+    _add_report,
 ]
 
 
