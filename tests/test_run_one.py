@@ -1,0 +1,128 @@
+"""run-one end to end with real components: a flax-written checkpoint, the streaming
+converter, the RewardBench evaluator, and a store that is a local dir or gs:// (emulator)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+from rmeval import __version__, naming, run, storage
+from rmeval.errors import RmevalError
+from tests.run_fixtures import HEADS, make_material
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    return make_material(tmp_path_factory.mktemp("material"))
+
+
+def _go(material, store, **kw):
+    kw.setdefault("num_heads", HEADS)
+    kw.setdefault("progress", False)
+    kw.setdefault("dataset", material.dataset)
+    kw.setdefault("tokenizer", material.tokenizer)
+    return run.run_one(material.checkpoints[0], store, prefix="t", **kw)
+
+
+def test_run_one_publishes_metrics_scores_provenance(material, store_root, tmp_path):
+    work = tmp_path / "work"
+    keep = storage.join(store_root, "models", "m")
+    res = _go(material, store_root, keep_model=keep, work_dir=str(work))
+    expected_run = naming.run_name(material.checkpoints[0], "t")
+    assert res.status == "ok" and res.run == expected_run
+    dest = storage.join(store_root, expected_run)
+    names = sorted(o.name for o in storage.list_objects(dest))
+    assert names == ["metrics.json", "provenance.json", "scores.jsonl"]
+
+    metrics = json.loads(storage.read_text(storage.join(dest, "metrics.json")))
+    scores = [
+        json.loads(x) for x in storage.read_text(storage.join(dest, "scores.jsonl")).splitlines()
+    ]
+    # metrics.json agrees with the per-pair scores it was computed from
+    by_subset = defaultdict(list)
+    for row in scores:
+        by_subset[row["subset"]].append(row["correct"])
+        assert row["correct"] == (row["chosen_reward"] > row["rejected_reward"])
+    for subset, hits in by_subset.items():
+        assert metrics[subset] == pytest.approx(sum(hits) / len(hits))
+    assert metrics["model_type"] == "Seq. Classifier"
+    assert metrics["model"].endswith(expected_run)
+
+    prov = json.loads(storage.read_text(storage.join(dest, "provenance.json")))
+    assert prov["checkpoint"] == material.checkpoints[0]
+    assert prov["run"] == expected_run
+    assert prov["rmeval_version"] == __version__
+    assert set(prov["timings_s"]) == {"convert", "evaluate", "publish"}
+    assert prov["evaluate"]["n_pairs"] == len(scores)
+    assert prov["hostname"]
+    assert any("rope_theta" in n for n in prov["convert"]["notes"])
+
+    kept = {o.name for o in storage.list_objects(keep)}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= kept
+    assert list(work.iterdir()) == []  # temporary files removed
+
+
+def test_unfinished_run_is_redone_then_skipped_then_forced(material, tmp_path):
+    store = str(tmp_path / "store")
+    run_dir = storage.join(store, naming.run_name(material.checkpoints[0], "t"))
+    # a crash between uploads left scores but no metrics.json: not done, redone
+    storage.write_text(storage.join(run_dir, "scores.jsonl"), "partial\n")
+    first = _go(material, store)
+    assert first.status == "ok"
+    assert storage.read_text(storage.join(run_dir, "scores.jsonl")) != "partial\n"
+    metrics_uri = storage.join(run_dir, "metrics.json")
+    before = storage.read_bytes(metrics_uri)
+    prov_before = storage.read_bytes(storage.join(run_dir, "provenance.json"))
+    second = _go(material, store)
+    assert second.status == "skipped"
+    assert storage.read_bytes(metrics_uri) == before
+    assert storage.read_bytes(storage.join(run_dir, "provenance.json")) == prov_before
+    forced = _go(material, store, force=True)
+    assert forced.status == "ok"
+    prov_after = json.loads(storage.read_text(storage.join(run_dir, "provenance.json")))
+    assert prov_after["timings_s"] != json.loads(prov_before)["timings_s"]
+
+
+def test_failure_cleans_up_and_publishes_nothing(material, tmp_path):
+    store = tmp_path / "store"
+    work = tmp_path / "work"
+    with pytest.raises(RmevalError):
+        _go(material, str(store), dataset=str(tmp_path / "missing.jsonl"), work_dir=str(work))
+    assert list(work.iterdir()) == []
+    assert not store.exists() or not any(p.name == "metrics.json" for p in store.rglob("*"))
+
+
+@pytest.mark.slow  # two interpreter start-ups with torch: ~20-30 s on a shared 2-core box
+def test_cli_run_one_and_result_json(material, tmp_path):
+    store = tmp_path / "store"
+    result_json = tmp_path / "r.json"
+    cmd = [
+        sys.executable, "-m", "rmeval", "run-one", material.checkpoints[1],
+        "--store", str(store), "--tokenizer", material.tokenizer,
+        "--dataset", material.dataset, "--num-heads", str(HEADS),
+        "--result-json", str(result_json),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(result_json.read_text())["status"] == "ok"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0
+    assert json.loads(result_json.read_text())["status"] == "skipped"
+    assert "already done" in r.stderr
+
+
+def test_cli_bad_checkpoint_name_is_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "rmeval", "run-one", str(tmp_path / "model.bin"),
+         "--store", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("rmeval: error:")
+    assert "streaming_params" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()
