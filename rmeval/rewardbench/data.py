@@ -1,0 +1,322 @@
+"""RewardBench data: load the preference pairs, and write a synthetic sample of them.
+
+``load_pairs`` reads a local or ``gs://`` ``.json`` / ``.jsonl`` / ``.parquet`` file, or a
+hub dataset id (``allenai/reward-bench``, split ``filtered``, through the optional
+``datasets`` package). Required columns: ``prompt``, ``chosen``, ``rejected``, ``subset``
+(``id`` is used when present).
+
+``write_sample`` writes a deterministic RewardBench-format JSON-lines file covering all 23
+subsets with a realistic spread of lengths, made of generated text (no downloads): for the
+demo, the tests and the benchmark. Its content is meaningless; only its shape is real.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rmeval import storage
+from rmeval.errors import EvalError, StoreError
+from rmeval.rewardbench import scoring
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("prompt", "chosen", "rejected", "subset")
+HUB_DATASET = "allenai/reward-bench"
+HUB_SPLIT = "filtered"
+LOCAL_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference pair. ``id`` is the dataset's id, or the row number as a string."""
+
+    id: str
+    subset: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _is_file_source(dataset: str) -> bool:
+    if storage.is_gcs(dataset) or dataset.lower().endswith(LOCAL_SUFFIXES):
+        return True
+    return storage.local_path(dataset).exists()
+
+
+def _read_json_records(data: bytes, source: str) -> list[dict]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvalError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    stripped = text.lstrip()
+    if not stripped:
+        return []
+    if stripped[0] in "[{":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None  # perhaps JSON lines whose first record is an object
+        if isinstance(obj, list):
+            return obj
+        if isinstance(obj, dict):
+            values = list(obj.values())
+            if values and all(isinstance(v, list) for v in values):  # column-oriented
+                n = len(values[0])
+                if any(len(v) != n for v in values):
+                    raise EvalError(f"{source}: columns have different lengths")
+                return [dict(zip(obj, row, strict=True)) for row in zip(*values, strict=True)]
+            return [obj]
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise EvalError(f"{source}: line {lineno} is not valid JSON ({exc.msg})") from None
+    return records
+
+
+def _read_parquet_records(data: bytes, source: str) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise EvalError(f"{source}: reading parquet needs pyarrow; `pip install pyarrow`") from None
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises ArrowInvalid and friends
+        raise EvalError(f"{source}: not a readable parquet file ({exc})") from None
+    return table.to_pylist()
+
+
+def _read_hub(dataset: str) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise EvalError(
+            f"{dataset}: not a local .json/.jsonl/.parquet file; loading a hub dataset needs the "
+            "`datasets` package (`pip install datasets`), or pass a local file"
+        ) from None
+    try:
+        ds = datasets.load_dataset(dataset, split=HUB_SPLIT)
+    except Exception as exc:  # network, auth, missing split
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EvalError(
+            f"{dataset}: cannot load split {HUB_SPLIT!r} from the hub: {first}"
+        ) from None
+    return [dict(r) for r in ds]
+
+
+def load_records(dataset: str) -> list[dict]:
+    """The raw rows of ``dataset`` (a file, local or gs://, or a hub id)."""
+    dataset = os.fspath(dataset)
+    if not _is_file_source(dataset):
+        if "/" in dataset and not dataset.startswith((".", "/")):
+            return _read_hub(dataset)
+        raise EvalError(f"{dataset}: no such dataset file (expected .json, .jsonl or .parquet)")
+    try:
+        data = storage.read_bytes(dataset)
+    except StoreError as exc:
+        raise EvalError(f"cannot read the dataset: {exc}") from None
+    if dataset.lower().endswith(".parquet"):
+        return _read_parquet_records(data, dataset)
+    return _read_json_records(data, dataset)
+
+
+def load_pairs(dataset: str, subsets: Sequence[str] | None = None) -> list[Pair]:
+    """The pairs of ``dataset``, optionally only those of ``subsets``, in file order.
+
+    Raises :class:`EvalError` for missing columns, non-text values, an empty dataset or a
+    requested subset that the dataset does not have."""
+    dataset = os.fspath(dataset)
+    rows = load_records(dataset)
+    if not rows:
+        raise EvalError(f"{dataset}: the dataset is empty")
+    if not all(isinstance(r, dict) for r in rows):
+        raise EvalError(f"{dataset}: expected one JSON object per row")
+    columns = set().union(*(r.keys() for r in rows[:1]))
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise EvalError(
+            f"{dataset}: missing column(s) {', '.join(missing)}; a RewardBench dataset needs "
+            f"{', '.join(REQUIRED_COLUMNS)}"
+        )
+    pairs: list[Pair] = []
+    for i, r in enumerate(rows):
+        for c in REQUIRED_COLUMNS:
+            if not isinstance(r.get(c), str):
+                raise EvalError(
+                    f"{dataset}: row {i} column {c!r} is {type(r.get(c)).__name__}, expected text"
+                )
+        rid = r.get("id")
+        pairs.append(
+            Pair(
+                id=str(i) if rid is None else str(rid),
+                subset=r["subset"],
+                prompt=r["prompt"],
+                chosen=r["chosen"],
+                rejected=r["rejected"],
+            )
+        )
+    if subsets:
+        wanted = list(dict.fromkeys(subsets))
+        present = {p.subset for p in pairs}
+        absent = [s for s in wanted if s not in present]
+        if absent:
+            raise EvalError(
+                f"{dataset}: no pairs for subset(s) {', '.join(absent)}; "
+                f"it has {', '.join(sorted(present))}"
+            )
+        keep = set(wanted)
+        pairs = [p for p in pairs if p.subset in keep]
+    unknown = sorted({p.subset for p in pairs} - set(scoring.EXAMPLE_COUNTS))
+    if unknown:
+        log.warning(
+            "%s: subset(s) %s are not RewardBench subsets: scored, but left out of the "
+            "section scores",
+            dataset,
+            ", ".join(unknown),
+        )
+    return pairs
+
+
+# --------------------------------------------------------------------------- sample
+
+# Word-count ranges (prompt, response), drawn log-uniformly, per family of subsets. With a
+# byte-level BPE tokenizer a word is about 1.2 tokens, so formatted pairs range from a few
+# tens to about 1,500 tokens (mean about 300), long-tailed like the real data.
+_SHAPES: dict[str, tuple[tuple[int, int], tuple[int, int], str]] = {
+    "alpacaeval-easy": ((6, 60), (20, 600), "prose"),
+    "alpacaeval-length": ((6, 60), (150, 1200), "prose"),
+    "alpacaeval-hard": ((6, 60), (20, 600), "prose"),
+    "mt-bench": ((10, 150), (30, 900), "prose"),
+    "llmbar": ((8, 120), (5, 300), "prose"),
+    "refusals": ((6, 40), (10, 220), "refusal"),
+    "xstest": ((4, 25), (8, 250), "refusal"),
+    "donotanswer": ((4, 25), (15, 300), "refusal"),
+    "math-prm": ((15, 120), (40, 1300), "math"),
+    "hep": ((40, 300), (20, 450), "code"),
+}
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+_PROSE = _words(
+    "the a an of to in and or for with on by from as that this these those it is are was "
+    "were be been can could should would may might will model answer question example "
+    "reason result because however therefore first second finally data system user people "
+    "time work make good better best simple clear important number list step idea case "
+    "write explain describe compare summary story poem letter email recipe travel plan "
+    "history science music health language city river mountain computer network garden"
+)
+_REFUSAL = _words(
+    "sorry I cannot help with that request because it could cause harm please consider "
+    "safe legal alternatives here is some general information instead you can contact a "
+    "professional who will be able to assist responsibly"
+)
+_MATH = _words(
+    "let x y n k be integer real number sum product equals therefore so we get compute "
+    "divide multiply add subtract solve equation step answer is = + - * / ( ) 2 3 5 7 11 "
+    "13 17 19 100 1000 squared root prime factor"
+)
+_CODE = _words(
+    "def return if else for while in range len int str list dict None True False import "
+    "from class self ( ) [ ] { } : ; , . = == != < > + - * // % i j n x result value "
+    "count items key fn main print std vector auto func let mut fn -> => const var"
+)
+_VOCAB = {"prose": _PROSE, "refusal": _REFUSAL + _PROSE[:40], "math": _MATH, "code": _CODE}
+_MODELS = ("model-a", "model-b", "model-c", "model-d", "model-e")
+
+
+def _shape(subset: str) -> tuple[tuple[int, int], tuple[int, int], str]:
+    if subset in _SHAPES:
+        return _SHAPES[subset]
+    for prefix, shape in _SHAPES.items():
+        if subset.startswith(prefix):
+            return shape
+    return _SHAPES["alpacaeval-easy"]
+
+
+def _loguniform(rng: random.Random, lo: int, hi: int) -> int:
+    return round(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def _text(rng: random.Random, vocab: list[str], n_words: int, kind: str) -> str:
+    words = [rng.choice(vocab) for _ in range(max(1, n_words))]
+    if kind == "code":
+        lines, i = [], 0
+        while i < len(words):
+            k = rng.randint(3, 10)
+            lines.append("    " * rng.randint(0, 2) + " ".join(words[i : i + k]))
+            i += k
+        return "\n".join(lines)
+    out, i = [], 0
+    while i < len(words):
+        k = rng.randint(5, 18)
+        sentence = " ".join(words[i : i + k])
+        out.append(
+            sentence[:1].upper() + sentence[1:] + rng.choice(".!?" if kind == "prose" else ".")
+        )
+        i += k
+    paragraphs, j = [], 0
+    while j < len(out):
+        k = rng.randint(2, 6)
+        paragraphs.append(" ".join(out[j : j + k]))
+        j += k
+    return "\n\n".join(paragraphs)
+
+
+def sample_records(per_subset: int = 10, seed: int = 0) -> list[dict]:
+    """The rows :func:`write_sample` writes: ``per_subset`` pairs for each of the 23
+    subsets, in subset order, deterministic in ``seed``."""
+    if per_subset < 1:
+        raise EvalError(f"--per-subset must be at least 1, got {per_subset}")
+    rows: list[dict] = []
+    for s_index, subset in enumerate(scoring.SUBSETS):
+        rng = random.Random(seed * 1_000_003 + s_index)
+        (plo, phi), (rlo, rhi), kind = _shape(subset)
+        vocab = _VOCAB[kind]
+        prompt_vocab = _CODE if kind == "code" else _PROSE
+        for _ in range(per_subset):
+            prompt = _text(rng, prompt_vocab, _loguniform(rng, plo, phi), kind)
+            chosen = _text(rng, vocab, _loguniform(rng, rlo, rhi), kind)
+            rejected = _text(rng, vocab, _loguniform(rng, rlo, rhi), kind)
+            a, b = rng.sample(_MODELS, 2)
+            rows.append(
+                {
+                    "id": len(rows),
+                    "prompt": prompt,
+                    "chosen": chosen,
+                    "chosen_model": a,
+                    "rejected": rejected,
+                    "rejected_model": b,
+                    "subset": subset,
+                }
+            )
+    return rows
+
+
+def write_sample(
+    out: str | os.PathLike, per_subset: int = 10, seed: int = 0, overwrite: bool = False
+) -> Path | str:
+    """Write a deterministic RewardBench-format JSON-lines sample to ``out`` (local or
+    gs://; atomic, no-clobber unless ``overwrite``). Returns ``out`` (a Path when local)."""
+    out = os.fspath(out)
+    rows = sample_records(per_subset, seed)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    storage.write_text(out, text, overwrite=overwrite)
+    log.info("wrote %d pairs (%d subsets) to %s", len(rows), len(scoring.SUBSETS), out)
+    return out if storage.is_gcs(out) else storage.local_path(out)

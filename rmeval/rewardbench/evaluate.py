@@ -1,0 +1,450 @@
+"""Score a sequence-classifier reward model on RewardBench.
+
+What it does, and why:
+
+- each (prompt, response) is rendered with the tokenizer's chat template if it has one,
+  else the Tulu template (``chat_template`` argument overrides), tokenized as a single
+  text and truncated **from the left** to ``max_length`` tokens, so the end of the
+  response, where the reward is read, survives;
+- the texts (two per pair) are sorted by length and packed into batches by a token budget
+  counted on the *padded* size (``max_tokens``), and a batch only takes a text if the batch
+  stays within ``PAD_SLACK`` of padding: near-equal lengths, little wasted compute;
+- the reward is read at the last real token, located from the attention mask (never from
+  pad-id detection, which picks the wrong position when pad == eos), and position ids are
+  derived from the mask, so a text gets the same reward alone or in any batch, with left
+  or right padding;
+- a pair is correct iff reward(chosen) > reward(rejected): a tie counts as wrong;
+- ``metrics.json`` is the flat object RewardBench's ``run_rm`` saves: ``model``,
+  ``model_type`` ("Seq. Classifier"), ``chat_template``, one accuracy per subset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rmeval import storage
+from rmeval.errors import EvalError, StoreError, UsageError
+from rmeval.rewardbench import scoring
+from rmeval.rewardbench.data import Pair, load_pairs
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = "Seq. Classifier"
+DEFAULT_MAX_LENGTH = 2048
+DEFAULT_MAX_TOKENS = 8192
+# A batch takes another text only while padded tokens stay within this fraction of the
+# batch's real tokens.
+PAD_SLACK = 0.03
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "bf16", "fp32")
+CHAT_TEMPLATE_NAMES = ("tokenizer", "tulu")
+
+
+@dataclass
+class EvalResult:
+    """``metrics`` is exactly what metrics.json holds; ``sections`` the four section
+    scores (None where no subset of a section was scored); ``padding_ratio`` is padded
+    tokens / real tokens (1.0 = no padding)."""
+
+    metrics: dict
+    sections: dict[str, float | None]
+    overall: float | None
+    n_pairs: int
+    seconds: float
+    padding_ratio: float
+    chat_template: str = ""
+    device: str = ""
+    dtype: str = ""
+    n_batches: int = 0
+    n_truncated: int = 0
+    unknown_subsets: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvalError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        dtype = "bf16" if device == "cuda" else "fp32"
+    return torch.bfloat16 if dtype == "bf16" else torch.float32
+
+
+def _local_model_dir(model_dir: str, stack: contextlib.ExitStack) -> Path:
+    if storage.is_gcs(model_dir):
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rmeval-model-")))
+        try:
+            return storage.download_tree(model_dir, work / "model")
+        except StoreError as exc:
+            raise EvalError(f"cannot fetch the model: {exc}") from None
+    path = storage.local_path(model_dir)
+    if not path.is_dir():
+        raise EvalError(
+            f"{model_dir}: no such model directory; pass a Hugging Face model directory "
+            "(config.json, weights, tokenizer), e.g. the converter's output"
+        )
+    if not (path / "config.json").is_file():
+        raise EvalError(f"{model_dir}: no config.json; not a Hugging Face model directory")
+    return path
+
+
+def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
+    """``(model, tokenizer)`` from a local Hugging Face directory; the model must be a
+    sequence classifier with a single score (num_labels == 1) and a ``score`` head."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except Exception as exc:
+        raise EvalError(
+            f"{model_dir}/config.json: cannot read the model config: {_first(exc)}"
+        ) from None
+    if config.num_labels != 1:
+        raise EvalError(
+            f"{model_dir}: the model's head has num_labels={config.num_labels}; a reward model "
+            "has a single score (num_labels=1)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:
+        raise EvalError(
+            f"{model_dir}: cannot load the tokenizer ({_first(exc)}); save one next to the model"
+        ) from None
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation="sdpa"
+        )
+    except Exception as exc:
+        raise EvalError(f"{model_dir}: cannot load the model: {_first(exc)}") from None
+    if not isinstance(getattr(model, "score", None), torch.nn.Module):
+        raise EvalError(
+            f"{model_dir}: {type(model).__name__} has no `score` head; expected a causal-LM "
+            "sequence classifier such as LlamaForSequenceClassification"
+        )
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def chat_template_for(tokenizer, override: str | None = None) -> tuple[str, str]:
+    """``(template, name)``: the tokenizer's own template (name ``"tokenizer"``) if it has
+    one, else Tulu (``"tulu"``). ``override``: ``"tokenizer"``, ``"tulu"``, or a path to a
+    Jinja template file (named by its file name)."""
+    from rmeval.tokenizer import TULU_CHAT_TEMPLATE
+
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):  # several named templates: use the default one
+        own = own.get("default")
+    if override is None:
+        return (own, "tokenizer") if own else (TULU_CHAT_TEMPLATE, "tulu")
+    if override == "tulu":
+        return TULU_CHAT_TEMPLATE, "tulu"
+    if override == "tokenizer":
+        if not own:
+            raise EvalError("--chat-template tokenizer: the tokenizer has no chat template")
+        return own, "tokenizer"
+    path = Path(override)
+    if not path.is_file():
+        raise EvalError(
+            f"--chat-template {override}: expected 'tokenizer', 'tulu' or a Jinja template file"
+        )
+    return path.read_text(encoding="utf-8"), path.name
+
+
+def format_texts(tokenizer, template: str, pairs: Sequence[Pair]) -> list[str]:
+    """Two rendered texts per pair: chosen at 2i, rejected at 2i+1."""
+    texts = []
+    for p in pairs:
+        for response in (p.chosen, p.rejected):
+            chat = [
+                {"role": "user", "content": p.prompt},
+                {"role": "assistant", "content": response},
+            ]
+            try:
+                texts.append(
+                    tokenizer.apply_chat_template(chat, chat_template=template, tokenize=False)
+                )
+            except Exception as exc:
+                raise EvalError(
+                    f"cannot render pair {p.id} with the chat template: {_first(exc)}"
+                ) from None
+    return texts
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids per text, truncated from the left to ``max_length``; and how many were
+    truncated. Special tokens are added as the tokenizer does, unless the rendered text
+    already starts with bos (templates that write it themselves)."""
+    if max_length < 2:
+        raise UsageError(f"--max-length must be at least 2, got {max_length}")
+    bos = tokenizer.bos_token
+    own_bos = [bool(bos) and t.startswith(bos) for t in texts]
+    ids: list[list[int] | None] = [None] * len(texts)
+    for flag in (False, True):
+        idx = [i for i, f in enumerate(own_bos) if f == flag]
+        if not idx:
+            continue
+        enc = tokenizer([texts[i] for i in idx], add_special_tokens=not flag)["input_ids"]
+        for i, e in zip(idx, enc, strict=True):
+            ids[i] = list(e)
+    n_truncated = 0
+    out: list[list[int]] = []
+    for e in ids:
+        assert e is not None
+        if len(e) > max_length:
+            e = e[-max_length:]
+            n_truncated += 1
+        if not e:
+            raise EvalError("a formatted text tokenized to zero tokens")
+        out.append(e)
+    return out, n_truncated
+
+
+def plan_batches(
+    lengths: Sequence[int], max_tokens: int, slack: float = PAD_SLACK
+) -> list[list[int]]:
+    """Indices grouped into batches: longest first; a batch of ``k`` texts padded to its
+    longest ``L`` takes the next text only if ``(k+1)·L <= max_tokens`` and the padded size
+    stays within ``1 + slack`` of its real tokens. A text longer than the budget gets a
+    batch of its own."""
+    if max_tokens < 1:
+        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    longest = real = 0
+    for i in order:
+        n = lengths[i]
+        if cur:
+            padded = (len(cur) + 1) * longest
+            if padded <= max_tokens and padded <= (real + n) * (1.0 + slack):
+                cur.append(i)
+                real += n
+                continue
+            batches.append(cur)
+        cur, longest, real = [i], n, n
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def score_batches(
+    model,
+    seqs: Sequence[Sequence[int]],
+    batches: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    device: str,
+    padding_side: str = "right",
+    progress=None,
+) -> tuple[list[float], int]:
+    """The reward of every sequence (float, in input order), computed batch by batch; and
+    the number of padded positions (real + pad) processed."""
+    import torch
+
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    base = model.base_model
+    head = model.score
+    rewards = [math.nan] * len(seqs)
+    padded_total = 0
+    with torch.inference_mode():
+        for batch in batches:
+            width = max(len(seqs[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                s = torch.as_tensor(seqs[i], dtype=torch.long)
+                if padding_side == "right":
+                    ids[row, : len(s)] = s
+                    mask[row, : len(s)] = 1
+                else:
+                    ids[row, width - len(s) :] = s
+                    mask[row, width - len(s) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            last = (mask * torch.arange(width)).argmax(-1)  # index of the last real token
+            ids, mask, positions, last = (t.to(device) for t in (ids, mask, positions, last))
+            hidden = base(
+                input_ids=ids, attention_mask=mask, position_ids=positions
+            ).last_hidden_state
+            picked = hidden[torch.arange(len(batch), device=hidden.device), last]
+            scores = head(picked).float().reshape(len(batch), -1)[:, 0].cpu().tolist()
+            for i, r in zip(batch, scores, strict=True):
+                rewards[i] = r
+            padded_total += len(batch) * width
+            if progress is not None:
+                progress(batch)
+    return rewards, padded_total
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _check_writable(uri: str | None, overwrite: bool, what: str) -> None:
+    if uri and not overwrite and storage.exists(uri):
+        raise EvalError(f"{uri}: {what} already exists; pass --overwrite to replace it")
+
+
+def evaluate(
+    model_dir: str,
+    dataset: str,
+    out: str | None = None,
+    *,
+    subsets: Sequence[str] | None = None,
+    chat_template: str | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    device: str = "auto",
+    dtype: str = "auto",
+    save_scores: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EvalResult:
+    """Score the reward model in ``model_dir`` (local or gs://) on ``dataset``; write
+    ``metrics.json`` to ``out`` and per-pair rewards to ``save_scores`` if given (local or
+    gs://, atomic, never clobbering unless ``overwrite``)."""
+    from tqdm.auto import tqdm
+
+    model_dir = os.fspath(model_dir)
+    _check_writable(out, overwrite, "metrics file")
+    _check_writable(save_scores, overwrite, "scores file")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    pairs = load_pairs(dataset, subsets)
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        local = _local_model_dir(model_dir, stack)
+        model, tokenizer = load_reward_model(local, dev, torch_dtype)
+        template, template_name = chat_template_for(tokenizer, chat_template)
+        texts = format_texts(tokenizer, template, pairs)
+        seqs, n_truncated = tokenize(tokenizer, texts, max_length)
+        if n_truncated:
+            log.info(
+                "%d of %d texts truncated from the left to %d tokens",
+                n_truncated,
+                len(seqs),
+                max_length,
+            )
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:  # any id works: padded positions are masked and never read
+            pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        batches = plan_batches([len(s) for s in seqs], max_tokens)
+        done = [0] * len(pairs)
+        bar = tqdm(
+            total=len(pairs), unit="pair", desc="rewardbench", disable=None if progress else True
+        )
+
+        def advance(batch: Sequence[int]) -> None:
+            finished = 0
+            for i in batch:
+                done[i // 2] += 1
+                finished += done[i // 2] == 2
+            if finished:
+                bar.update(finished)
+
+        try:
+            rewards, padded = score_batches(
+                model, seqs, batches, pad_id=pad_id, device=dev, progress=advance
+            )
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    real = sum(len(s) for s in seqs)
+
+    per_subset: dict[str, list[int]] = {}
+    score_rows = []
+    for k, p in enumerate(pairs):
+        chosen, rejected = rewards[2 * k], rewards[2 * k + 1]
+        correct = chosen > rejected  # a tie is wrong
+        per_subset.setdefault(p.subset, []).append(int(correct))
+        score_rows.append(
+            {
+                "id": p.id,
+                "subset": p.subset,
+                "chosen_reward": chosen,
+                "rejected_reward": rejected,
+                "correct": bool(correct),
+                "chosen_tokens": len(seqs[2 * k]),
+                "rejected_tokens": len(seqs[2 * k + 1]),
+            }
+        )
+    ordered = [s for s in scoring.SUBSETS if s in per_subset] + sorted(
+        s for s in per_subset if s not in scoring.EXAMPLE_COUNTS
+    )
+    metrics: dict = {"model": model_dir, "model_type": MODEL_TYPE, "chat_template": template_name}
+    for s in ordered:
+        metrics[s] = sum(per_subset[s]) / len(per_subset[s])
+    summary = scoring.summarize(scoring.subset_accuracies(metrics))
+    result = EvalResult(
+        metrics=metrics,
+        sections={k: v for k, v in summary.items() if k != scoring.OVERALL},
+        overall=summary[scoring.OVERALL],
+        n_pairs=len(pairs),
+        seconds=seconds,
+        padding_ratio=padded / real if real else 1.0,
+        chat_template=template_name,
+        device=dev,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        n_batches=len(batches),
+        n_truncated=n_truncated,
+        unknown_subsets=scoring.unknown_subsets(per_subset),
+    )
+    if save_scores:
+        text = "".join(json.dumps(r) + "\n" for r in score_rows)
+        storage.write_text(save_scores, text, overwrite=overwrite)
+    if out:
+        storage.write_text(out, json.dumps(metrics, indent=2) + "\n", overwrite=overwrite)
+    return result
+
+
+def format_summary(result: EvalResult) -> str:
+    """The closing summary: per-subset accuracies, the four sections and Overall."""
+
+    def pct(v: float | None) -> str:
+        return "   n/a" if v is None else f"{100 * v:6.2f}"
+
+    lines = [
+        f"{result.n_pairs} pairs in {result.seconds:.1f} s "
+        f"({result.n_pairs / max(result.seconds, 1e-9):.1f} pairs/s), "
+        f"padding {result.padding_ratio:.3f}x, {result.n_batches} batches, "
+        f"{result.device} {result.dtype}, chat template {result.chat_template}",
+    ]
+    for k, v in result.metrics.items():
+        if k in scoring.META_KEYS:
+            continue
+        note = "" if k in scoring.EXAMPLE_COUNTS else "  (not a RewardBench subset)"
+        lines.append(f"  {k:<24} {pct(v)}{note}")
+    for name, v in result.sections.items():
+        lines.append(f"{name:<26} {pct(v)}")
+    lines.append(f"{scoring.OVERALL:<26} {pct(result.overall)}")
+    return "\n".join(lines)
