@@ -3,8 +3,8 @@
 A scratch repository holds this checkout's workflows, composite actions and templates, with
 a bare repository as its origin. actions/checkout is replaced by a local stub (act already
 copies the repository into the job's workspace); every runner label maps to the host, and
-setup-rmeval reuses this interpreter through RMEVAL_PYTHON. The bucket is the tiny demo
-bucket (real EasyLM checkpoints of tiny LLaMA reward models), the store a local directory.
+setup-rmeval reuses this interpreter through RMEVAL_PYTHON. The bucket is built here
+(real EasyLM checkpoints of tiny LLaMA reward models), the store is a local directory.
 
     convert-and-eval (dispatch, runners)  -> <store>/<run>/metrics.json for every checkpoint
     fetch-results                         -> results/<dataset>/ committed and pushed to origin
@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683"
 SETUP_PYTHON = "actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065"
 ACT_TIMEOUT = 600
-DATASETS = ("demo", "demo-scores")
 
 STUB = """\
 name: checkout (local stub for act)
@@ -62,17 +61,55 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "intermediate": 176}
+VOCAB = 512
+FEATURES = ("prompt_len::min_val=0.0|max_val=0.33", "analyzer_open_set::feature_name=languages")
+
+
+class Bucket:
+    """A tiny bucket laid out like the real one: real EasyLM checkpoints of tiny LLaMA reward
+    models, their feature counts, a trained tokenizer and a RewardBench-format sample."""
+
+    def __init__(self, root: Path):
+        from rmeval.rewardbench.data import sample_records
+        from rmeval.tokenizer import train_tokenizer
+
+        self.checkpoints = root / "rm_checkpoints" / "tiny"
+        self.features = root / "feats"
+        self.tokenizer = root / "tokenizer"
+        self.dataset = root / "rewardbench-sample.jsonl"
+        self.features.mkdir(parents=True)
+        records = sample_records(per_subset=1, seed=0)
+        self.dataset.write_text("".join(json.dumps(r) + "\n" for r in records))
+        texts = [r[k] for r in records for k in ("prompt", "chosen", "rejected")]
+        train_tokenizer(texts, self.tokenizer, vocab_size=VOCAB)
+        self.count = 0
+
+    def add_checkpoint(self) -> None:
+        from rmeval import naming
+        from rmeval.checkpoints.flaxwriter import random_llama_params, write_checkpoint
+
+        i = self.count = self.count + 1
+        uid, budget = f"{i:032x}", 1000 + 250 * i
+        run_dir = f"tiny_rm_human_datamodel_counts_7000_ID__{uid}__SWAPS_{budget}--{i:032x}"
+        params = random_llama_params(**MODEL, vocab=VOCAB, head="score", seed=i)
+        (self.checkpoints / run_dir).mkdir(parents=True)
+        write_checkpoint(self.checkpoints / run_dir / f"streaming_params_{100 * i}", params, "fp32")
+        counts = {k: (i * 7 + j) % budget for j, k in enumerate(FEATURES)}
+        (self.features / naming.feature_counts_filename(uid, budget)).write_text(json.dumps(counts))
+
+
 class Env:
-    """The scratch repository, its origin, the demo bucket, and how to run act there."""
+    """The scratch repository, its origin, the bucket, and how to run act there."""
 
     def __init__(self, tmp: Path):
-        from rmeval import demo
-
         self.tmp = tmp
-        self.demo = demo.build(tmp / "demo", runs=2)
-        self.source = str(self.demo.checkpoints)
+        self.bucket = Bucket(tmp / "bucket")
+        for _ in range(2):
+            self.bucket.add_checkpoint()
+        self.source = str(self.bucket.checkpoints)
         self.store = str(tmp / "store")
-        self.prefix = demo.DEMO_PREFIX
+        self.prefix = "tiny-counts"
         self.origin = tmp / "origin.git"
         self.repo = tmp / "repo"
         self.home = tmp / "home"
@@ -94,15 +131,15 @@ class Env:
         schedule = {
             "entries": [
                 {
-                    "dataset": "demo",
+                    "dataset": "tiny",
                     "source": self.source,
                     "store": self.store,
                     "prefix": self.prefix,
-                    "table": demo.DEMO_TABLE,
-                    "feature-counts-dir": str(self.demo.features),
+                    "table": "counts-runs",
+                    "feature-counts-dir": str(self.bucket.features),
                 },
                 {
-                    "dataset": "demo-scores",
+                    "dataset": "tiny-scores",
                     "source": self.source,
                     "store": self.store,
                     "table": "runs",
@@ -139,8 +176,6 @@ class Env:
         )
 
     def dispatch(self, *inputs: str) -> subprocess.CompletedProcess:
-        from rmeval import demo
-
         args = []
         for item in (
             f"source={self.source}",
@@ -150,19 +185,17 @@ class Env:
             *inputs,
         ):
             args += ["--input", item]
-        args += ["--var", f"RMEVAL_TOKENIZER={self.demo.tokenizer}"]
-        args += ["--var", f"RMEVAL_EVAL_DATASET={self.demo.dataset}"]
-        args += ["--var", f"RMEVAL_NUM_HEADS={demo.DEMO_MODEL['n_heads']}"]
+        args += ["--var", f"RMEVAL_TOKENIZER={self.bucket.tokenizer}"]
+        args += ["--var", f"RMEVAL_EVAL_DATASET={self.bucket.dataset}"]
+        args += ["--var", f"RMEVAL_NUM_HEADS={MODEL['n_heads']}"]
         return self.act("convert-and-eval.yml", *args)
 
+    def clone(self, name: str) -> Path:
+        dst = self.tmp / name
+        subprocess.run(["git", "clone", "-q", str(self.origin), str(dst)], check=True)
+        return dst
+
     def fetch(self, workdir: Path | None = None) -> subprocess.CompletedProcess:
-        if workdir is not None:
-            # A second clone, so two runs really race on the origin.
-            subprocess.run(
-                ["git", "clone", "-q", str(self.origin), str(workdir)],
-                check=True,
-                capture_output=True,
-            )
         return self.act("fetch-results.yml", workdir=workdir)
 
     def published(self) -> dict[str, float]:
@@ -213,12 +246,12 @@ def test_workflows_end_to_end_with_act(tmp_path):
     # 2. fetch-results: the tables and their history land in origin, one commit per dataset.
     out = ok(env.fetch())
     log = env.origin_log()
-    assert sorted(s.split(":")[0] for s in log[:2]) == ["results(demo)", "results(demo-scores)"]
+    assert sorted(s.split(":")[0] for s in log[:2]) == ["results(tiny)", "results(tiny-scores)"]
     assert all("+2 rows" in s and "best Overall" in s for s in log[:2]), log
-    table = env.origin_file("results/demo/counts-runs.csv").splitlines()
+    table = env.origin_file("results/tiny/counts-runs.csv").splitlines()
     assert len(table) == 3  # header + 2 runs
-    assert len(check_history(env, "demo", "counts-runs")) == 1
-    assert len(check_history(env, "demo-scores", "runs")) == 1
+    assert len(check_history(env, "tiny", "counts-runs")) == 1
+    assert len(check_history(env, "tiny-scores", "runs")) == 1
 
     # 3. Nothing new: no run-one, nothing published again, no commit.
     head = git(env.origin, "rev-parse", "main")
@@ -228,31 +261,32 @@ def test_workflows_end_to_end_with_act(tmp_path):
     assert git(env.origin, "rev-parse", "main") == head
 
     # 4. A new checkpoint, then two fetch-results racing from two clones.
-    from rmeval import demo
-
-    demo.build(tmp_path / "demo", runs=3)
+    env.bucket.add_checkpoint()
     ok(env.dispatch())
     assert len(env.published()) == 3
-    results: dict[str, subprocess.CompletedProcess] = {}
+    # Both clones are taken before either run pushes, so one of them is always stale:
+    # its push is rejected, it rebases (or resets and re-collects) and ends with no change.
+    clones = [env.clone("race-a"), env.clone("race-b")]
+    results: dict[Path, subprocess.CompletedProcess] = {}
 
-    def fetch(name: str) -> None:
-        results[name] = env.fetch(workdir=tmp_path / name)
+    def fetch(workdir: Path) -> None:
+        results[workdir] = env.fetch(workdir=workdir)
 
-    threads = [threading.Thread(target=fetch, args=(n,)) for n in ("race-a", "race-b")]
+    threads = [threading.Thread(target=fetch, args=(c,)) for c in clones]
     for t in threads:
         t.start()
     for t in threads:
         t.join(ACT_TIMEOUT + 30)
-    for proc in results.values():
-        ok(proc)
     assert len(results) == 2
+    outputs = [ok(proc) for proc in results.values()]
+    assert any("push rejected" in out for out in outputs)
     log = env.origin_log()
     # Exactly one new commit per dataset, linear, each table's history consistent.
-    assert sum(s.startswith("results(demo)") for s in log) == 2
-    assert sum(s.startswith("results(demo-scores)") for s in log) == 2
+    assert sum(s.startswith("results(tiny)") for s in log) == 2
+    assert sum(s.startswith("results(tiny-scores)") for s in log) == 2
     assert git(env.origin, "rev-list", "--merges", "main") == ""
-    assert [r["rows"]["added"] for r in check_history(env, "demo", "counts-runs")] == [2, 1]
-    assert [r["rows"]["added"] for r in check_history(env, "demo-scores", "runs")] == [2, 1]
+    assert [r["rows"]["added"] for r in check_history(env, "tiny", "counts-runs")] == [2, 1]
+    assert [r["rows"]["added"] for r in check_history(env, "tiny-scores", "runs")] == [2, 1]
 
     # 5. Bad input: an unknown preset fails in plan with one clear line; nothing runs.
     proc = env.dispatch("preset=no-such-preset")

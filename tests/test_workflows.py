@@ -438,7 +438,7 @@ def test_commit_results_message_and_race_on_two_datasets(origin):
     assert committed
     assert (
         subject
-        == "results(hs2): runs +2 rows, 0 changed, -0 removed, 2 total; best Overall 0.7200 (m2)"
+        == "results(hs2): runs +2 rows, 0 changed, 0 removed, 2 total; best Overall 0.7200 (m2)"
     )
     # b started from the old main: its push is rejected, it rebases and pushes.
     assert _commit(b, "mp")[0]

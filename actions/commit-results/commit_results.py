@@ -93,7 +93,7 @@ def best_overall(table: Path) -> tuple[str, float] | None:
 
 
 def message(path: Path) -> str:
-    """``results(<dataset>): <table> +A rows, C changed, -R removed; best Overall X (name)``."""
+    """``results(<dataset>): <table> +A rows, C changed, R removed, T total; best Overall X (name)``."""
     record = last_history(path)
     table_file = str(record.get("table") or "")
     if table_file and not table_file.endswith(".csv"):
@@ -102,7 +102,7 @@ def message(path: Path) -> str:
     table = path / table_file if table_file else (tables[0] if tables else None)
     table_name = table.stem if table is not None else ""
     parts = []
-    for key, fmt in (("added", "+{} rows"), ("changed", "{} changed"), ("removed", "-{} removed")):
+    for key, fmt in (("added", "+{} rows"), ("changed", "{} changed"), ("removed", "{} removed")):
         n = _count(record, key)
         if n is not None:
             parts.append(fmt.format(n))
