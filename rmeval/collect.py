@@ -235,13 +235,17 @@ def _bounded_map(
     max_concurrency: int,
     total: int | None = None,
     desc: str = "collect",
+    initializer: Callable[[], None] | None = None,
 ) -> Iterator[Any]:
     """``fn`` over ``items`` on ``max_concurrency`` threads, never more than that many in
     flight (items are pulled lazily, so a paged listing overlaps with the fetches).
     Results come back in completion order."""
     if max_concurrency < 1:
         raise UsageError(f"--max-concurrency must be at least 1, got {max_concurrency}")
-    with cf.ThreadPoolExecutor(max_workers=max_concurrency) as pool, _progress(total, desc) as bar:
+    with (
+        cf.ThreadPoolExecutor(max_workers=max_concurrency, initializer=initializer) as pool,
+        _progress(total, desc) as bar,
+    ):
         pending: set[cf.Future] = set()
         exhausted = False
         while pending or not exhausted:
@@ -289,6 +293,7 @@ def fetch_beaker(
     from beaker.exceptions import (
         BeakerChecksumFailedError,
         BeakerError,
+        BeakerNotFoundError,
         BeakerWorkspaceNotFound,
     )
 
@@ -356,16 +361,19 @@ def fetch_beaker(
                         f"latest job exit code {job.status.exit_code}",
                         file=uri,
                     )
-                ds = b.job.get_results(job)
-                if ds is None:
+                ds_id = job.assignment_details.result_dataset_id
+                if not ds_id:
                     return Issue("missing_metrics", name, "job has no result dataset", file=uri)
-                raw = b"".join(b.dataset.stream_file(ds, METRICS_FILE))
+                # stream_file needs only the dataset's id: no GetDataset round trip.
+                raw = b"".join(b.dataset.stream_file(pb2.Dataset(id=ds_id), METRICS_FILE))
             except FileNotFoundError:
                 return Issue(
                     "missing_metrics", name, f"no {METRICS_FILE} in the result dataset", file=uri
                 )
             except BeakerChecksumFailedError as exc:
                 return Issue("malformed_metrics", name, str(exc), file=uri)
+            except BeakerNotFoundError:
+                return Issue("missing_metrics", name, "result dataset not found", file=uri)
             except BeakerError as exc:
                 raise CollectError(
                     f"Beaker: cannot read results of experiment {name!r} ({uri}): {exc}"
@@ -375,7 +383,11 @@ def fetch_beaker(
                 parsed = RunMetrics(parsed.name, parsed.uri, parsed.metrics, created)
             return parsed
 
-        for result in _bounded_map(fetch, listing(), max_concurrency, desc="beaker"):
+        # Each worker thread keeps one HTTP session (beaker-py's sessions are per thread and
+        # otherwise opened and closed around every request).
+        for result in _bounded_map(
+            fetch, listing(), max_concurrency, desc="beaker", initializer=b.__enter__
+        ):
             (runs if isinstance(result, RunMetrics) else issues).append(result)
     finally:
         if own:
