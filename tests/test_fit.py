@@ -26,8 +26,6 @@ from tests.fit_helpers import (
     write_table,
 )
 
-pytest.importorskip("sklearn")
-
 
 def _coefs(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "coef.jsonl").read_text().splitlines()]

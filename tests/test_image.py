@@ -8,9 +8,8 @@ import re
 import shlex
 from pathlib import Path
 
+import dockerfile_parse  # test dependency: dockerfile-parse
 import pytest
-
-dockerfile_parse = pytest.importorskip("dockerfile_parse")
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGEST_PIN = re.compile(r"^[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}$")

@@ -8,16 +8,13 @@ import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
+import nbformat
 import pytest
 
 from rmeval import fit as fitmod
 from rmeval import report as reportmod
 from rmeval.cli import main
 from tests.fit_helpers import synthetic_table, write_table
-
-nbformat = pytest.importorskip("nbformat")
-pytest.importorskip("nbclient")
-pytest.importorskip("sklearn")
 
 BASE_FIGURES = {
     "overall_distribution",
