@@ -23,7 +23,9 @@ COPY rmeval ./rmeval
 # pip keeps it; `pip check` fails the build if anything came out inconsistent.
 RUN python -m pip install ".[beaker]" \
     && python -m pip check \
-    && rm -rf /opt/rmeval-src/build
+    && python -c "import torch; assert torch.version.cuda, 'torch lost its CUDA build'" \
+    && rmeval --version \
+    && cd / && rm -rf /opt/rmeval-src
 
 # Unprivileged user; caches and scratch under a writable temp dir.
 # A high fixed UID/GID so it cannot clash with a user the base image already has.
