@@ -40,6 +40,7 @@ target (the fit command reads it).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import io
 import json
@@ -821,9 +822,20 @@ def write_table(table: Table, output: str, *, overwrite: bool = False) -> list[s
             if storage.exists(p):
                 raise CollectError(f"{p}: already exists; pass --overwrite to replace it")
     texts = [render_csv(table), render_columns(table), render_issues(table)]
-    # Sidecars first, the table last: a reader that sees the table sees its sidecars.
-    for p, text in zip(paths[1:] + paths[:1], texts[1:] + texts[:1], strict=True):
-        storage.write_text(p, text, overwrite=overwrite)
+    # Sidecars first, the table last: a reader that sees the table sees its sidecars. If a
+    # write fails, the sidecars this call created are removed again.
+    created: list[str] = []
+    try:
+        for p, text in zip(paths[1:] + paths[:1], texts[1:] + texts[:1], strict=True):
+            existed = overwrite and storage.exists(p)
+            storage.write_text(p, text, overwrite=overwrite)
+            if not existed:
+                created.append(p)
+    except BaseException:
+        for p in created:
+            with contextlib.suppress(Exception):
+                storage.delete(p)
+        raise
     return paths
 
 
@@ -844,6 +856,8 @@ def collect(
     source the experiment prefix defaults to ``rm-eval-``; a store takes every run."""
     if feature_counts_dir and experiments_file:
         raise UsageError("give either --feature-counts-dir or --experiments-file, not both")
+    if dataset_total_size is not None and not feature_counts_dir:
+        raise UsageError("--dataset-total-size rescales budgets of --feature-counts-dir runs only")
     if dataset_total_size is not None and dataset_total_size <= 0:
         raise UsageError(f"--dataset-total-size must be positive, got {dataset_total_size}")
     # Read the (small) feature inputs first, so a bad path fails before any fetching.

@@ -234,3 +234,17 @@ def test_usage_errors():
         collect.beaker_workspace("beaker://no-org")
     with pytest.raises(UsageError, match="fractions"):
         collect.build_table([], gpt4_threshold=85)
+
+
+def test_existing_table_refused_untouched_and_rescale_needs_counts(tmp_path):
+    store = tmp_path / "store"
+    _put_run(str(store), "r", make_metrics(seed=5))
+    table = collect.collect(str(store))
+    out = tmp_path / "t.csv"
+    out.write_text("someone else's table\n")  # the table itself exists: refused up front
+    with pytest.raises(CollectError, match="--overwrite"):
+        collect.write_table(table, str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "t.csv"]
+    assert out.read_text() == "someone else's table\n"
+    with pytest.raises(UsageError, match="feature-counts-dir"):
+        collect.collect(str(store), dataset_total_size=7000)
