@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_dtypes
 import msgpack
 import numpy as np
@@ -93,7 +95,7 @@ def _write(tmp_path, data: bytes) -> str:
 
 
 def test_truncated_in_data_names_tensor_and_offset(tmp_path, good):
-    data = open(good.path, "rb").read()
+    data = Path(good.path).read_bytes()
     index = easylm.index_checkpoint(good.path)
     last = list(index.tensors.values())[-1]
     cut = last.pieces[0][0] + 3  # inside the last tensor's data
@@ -108,7 +110,7 @@ def test_truncated_in_data_names_tensor_and_offset(tmp_path, good):
 
 @pytest.mark.parametrize("frac", [0.13, 0.5, 0.77])
 def test_truncated_anywhere_is_one_error(tmp_path, good, frac):
-    data = open(good.path, "rb").read()
+    data = Path(good.path).read_bytes()
     path = _write(tmp_path, data[: int(len(data) * frac)])
     with pytest.raises(CheckpointError, match=r"byte \d+.*truncated"):
         easylm.index_checkpoint(path)
@@ -121,7 +123,7 @@ def test_garbage_bytes(tmp_path):
 
 
 def test_garbage_in_the_middle_names_offset(tmp_path, good):
-    data = bytearray(open(good.path, "rb").read())
+    data = bytearray(Path(good.path).read_bytes())
     index = easylm.index_checkpoint(good.path)
     second = list(index.tensors.values())[1]
     data[second.entry_offset] = 0xC1  # the one byte msgpack never uses

@@ -154,8 +154,10 @@ def _layout(plans: list[llama.TensorPlan], out_dtype: str | None, max_shard: int
 # --------------------------------------------------------------------------- data path
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    data = data.cast("B")
+def _pwrite_all(fd: int, data: memoryview | np.ndarray | bytes, offset: int) -> None:
+    if isinstance(data, np.ndarray):
+        data = data.reshape(-1).view(np.uint8)
+    data = memoryview(data).cast("B")
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done : done + (1 << 30)], offset + done)
@@ -220,7 +222,7 @@ class _Writer:
         src = src_bytes.view(src_dt)
         if p.transform == llama.NONE:
             if same:
-                _pwrite_all(fd, memoryview(src_bytes), placed.offset)
+                _pwrite_all(fd, src_bytes, placed.offset)
                 return
             flat = src.reshape(-1)
             step = max(1, BLOCK_BYTES // dst_dt.itemsize)
@@ -229,7 +231,7 @@ class _Writer:
                 e = min(flat.size, s + step)
                 out = self._buffer((e - s) * dst_dt.itemsize)[: (e - s) * dst_dt.itemsize]
                 np.copyto(out.view(dst_dt), flat[s:e], casting="unsafe")
-                _pwrite_all(fd, memoryview(out), placed.offset + s * dst_dt.itemsize)
+                _pwrite_all(fd, out, placed.offset + s * dst_dt.itemsize)
 
             self._run([lambda s=s: cast(s) for s in range(0, flat.size, step)])
             return
@@ -260,7 +262,7 @@ class _Writer:
                     cols[c : c + TILE, r : r + TILE].T,
                     casting="unsafe",
                 )
-        _pwrite_all(fd, memoryview(out), placed.offset + dst_row * n_in * dst_dt.itemsize)
+        _pwrite_all(fd, out, placed.offset + dst_row * n_in * dst_dt.itemsize)
 
 
 # --------------------------------------------------------------------------- output dirs
@@ -421,7 +423,7 @@ def _write_model(
             fd = os.open(build / sh.name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             fds.append(fd)
             os.ftruncate(fd, sh.size)
-            _pwrite_all(fd, memoryview(sh.header), 0)
+            _pwrite_all(fd, sh.header, 0)
         placed = sorted(
             (t for sh in shards for t in sh.tensors), key=lambda t: t.plan.src.pieces[0][0]
         )

@@ -412,7 +412,9 @@ def _parse_chunked(cur: _Cursor, n_items: int, at: int) -> tuple[str, tuple, lis
     return dtype, shape, pieces
 
 
-def _parse_entry(cur: _Cursor) -> TensorInfo:
+def _parse_entry(cur: _Cursor) -> TensorInfo | None:
+    """One ``[key, value]`` entry; None for an empty subtree (flax's ``empty_node``, which
+    ``flatten_dict(..., keep_empty_nodes=True)`` writes as an empty map)."""
     entry_at = cur.pos
     cur.context = ""
     kind, n = cur.header()
@@ -448,6 +450,8 @@ def _parse_entry(cur: _Cursor) -> TensorInfo:
     if kind == "ext":
         dtype, shape, off, nbytes = _parse_ndarray_ext(cur, *v)  # type: ignore[misc]
         pieces = [(off, nbytes)]
+    elif kind == "map" and v == 0 and cur.pos == value_end:
+        return None
     elif kind == "map":
         dtype, shape, pieces = _parse_chunked(cur, int(v), value_start)  # type: ignore[arg-type]
     else:
@@ -463,7 +467,9 @@ def _parse_entry(cur: _Cursor) -> TensorInfo:
 def iter_entries(src: _Source) -> Iterator[TensorInfo]:
     cur = _Cursor(src)
     while cur.pos < src.size:
-        yield _parse_entry(cur)
+        info = _parse_entry(cur)
+        if info is not None:
+            yield info
 
 
 def index_checkpoint(uri: str) -> CheckpointIndex:

@@ -305,6 +305,23 @@ def infer_spec(
 def plan(index: CheckpointIndex, spec: LlamaSpec) -> list[TensorPlan]:
     """Map every checkpoint tensor to its HF tensor, checking names, shapes and dtypes."""
     expected = easylm_shapes(spec)
+    for name, shape in expected.items():  # shapes first: a wrong preset says so plainly
+        info = index.tensors.get(name)
+        if info is None:
+            continue
+        if info.shape != shape:
+            raise CheckpointError(
+                f"{index.uri}: byte {info.entry_offset}: tensor {name} has shape "
+                f"{list(info.shape)} but the configuration (hidden {spec.hidden_size}, "
+                f"{spec.num_attention_heads} heads, {spec.num_key_value_heads} kv heads, "
+                f"intermediate {spec.intermediate_size}, vocab {spec.vocab_size}) needs "
+                f"{list(shape)}; check --model-size/--num-heads"
+            )
+        if info.dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{index.uri}: byte {info.entry_offset}: tensor {name} has dtype {info.dtype}; "
+                "LLaMA weights must be floating point"
+            )
     missing = [k for k in expected if k not in index.tensors]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -320,21 +337,6 @@ def plan(index: CheckpointIndex, spec: LlamaSpec) -> list[TensorPlan]:
             f"{index.uri}: byte {e.entry_offset}: unexpected tensor {e.name}{more} "
             f"for a {spec.num_hidden_layers}-layer LLaMA {spec.kind} model"
         )
-    for name, shape in expected.items():
-        info = index.tensors[name]
-        if info.shape != shape:
-            raise CheckpointError(
-                f"{index.uri}: byte {info.entry_offset}: tensor {name} has shape "
-                f"{list(info.shape)} but the configuration (hidden {spec.hidden_size}, "
-                f"{spec.num_attention_heads} heads, {spec.num_key_value_heads} kv heads, "
-                f"intermediate {spec.intermediate_size}, vocab {spec.vocab_size}) needs "
-                f"{list(shape)}; check --model-size/--num-heads"
-            )
-        if info.dtype not in _FLOAT_DTYPES:
-            raise CheckpointError(
-                f"{index.uri}: byte {info.entry_offset}: tensor {name} has dtype {info.dtype}; "
-                "LLaMA weights must be floating point"
-            )
     table = [(s, h, t) for s, h, t in GLOBAL_TENSORS]
     for i in range(spec.num_hidden_layers):
         table += [

@@ -96,35 +96,36 @@ def easylm_forward(params: dict, config: dict, input_ids: np.ndarray, attention_
     scaling = config.get("rope_scaling") or (
         rope if rope.get("rope_type", "default") != "default" else None
     )
-    p = {k: jnp.asarray(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
-    B, T = input_ids.shape
-    mask = jnp.asarray(attention_mask, dtype=bool)
+    inv_freq = _rope_inv_freq(hd, theta, scaling)
+    n_layers = config["num_hidden_layers"]
+    reward = "score/kernel" in params
 
     def rms(x, w):
         return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps) * w
 
-    inv = jnp.asarray(_rope_inv_freq(hd, theta, scaling))
-    positions = jnp.clip(jnp.cumsum(mask, axis=-1) - 1, 0)  # EasyLM's default position ids
-    ang = positions[..., None].astype(jnp.float32) * inv  # (B, T, hd/2)
-    cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
+    def forward(p, input_ids, attention_mask):
+        B, T = input_ids.shape
+        mask = attention_mask.astype(bool)
+        positions = jnp.clip(jnp.cumsum(mask, axis=-1) - 1, 0)  # EasyLM's default position ids
+        ang = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # (B, T, hd/2)
+        cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
 
-    def rotary(x):  # adjacent pairs (2j, 2j+1) rotate as complex numbers
-        xr = x.reshape(*x.shape[:-1], hd // 2, 2)
-        a, b = xr[..., 0], xr[..., 1]
-        return jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1).reshape(x.shape)
+        def rotary(x):  # adjacent pairs (2j, 2j+1) rotate as complex numbers
+            xr = x.reshape(*x.shape[:-1], hd // 2, 2)
+            a, b = xr[..., 0], xr[..., 1]
+            return jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1).reshape(x.shape)
 
-    causal = jnp.tril(jnp.ones((T, T), dtype=bool))
-    allowed = causal[None, None] & mask[:, None, None, :]
-    x = p["transformer/wte/embedding"][jnp.asarray(input_ids)]
-    with jax.default_matmul_precision("highest"):
-        for i in range(config["num_hidden_layers"]):
+        causal = jnp.tril(jnp.ones((T, T), dtype=bool))
+        allowed = causal[None, None] & mask[:, None, None, :]
+        x = p["transformer/wte/embedding"][input_ids]
+        for i in range(n_layers):
             pre = f"transformer/h/{i}/"
             h = rms(x, p[pre + "attention_norm/kernel"])
             q = (h @ p[pre + "attention/wq/kernel"]).reshape(B, T, n_heads, hd)
             k = (h @ p[pre + "attention/wk/kernel"]).reshape(B, T, n_kv, hd)
             v = (h @ p[pre + "attention/wv/kernel"]).reshape(B, T, n_kv, hd)
             q, k = rotary(q), rotary(k)
-            k = jnp.repeat(k, n_heads // n_kv, axis=2)
+            k = jnp.repeat(k, n_heads // n_kv, axis=2)  # each kv head serves consecutive q heads
             v = jnp.repeat(v, n_heads // n_kv, axis=2)
             s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
             s = jnp.where(allowed, s, jnp.finfo(jnp.float32).min)
@@ -137,10 +138,15 @@ def easylm_forward(params: dict, config: dict, input_ids: np.ndarray, attention_
             )
             x = x + ff @ p[pre + "feed_forward/w2/kernel"]
         x = rms(x, p["transformer/ln_f/kernel"])
-        if "score/kernel" in p:
+        if reward:  # the score at the last real token, by attention mask
             last = jnp.sum(mask, axis=-1) - 1
-            return np.asarray((x[jnp.arange(B), last] @ p["score/kernel"])[:, 0])
-        return np.asarray(x @ p["lm_head/kernel"])
+            return (x[jnp.arange(B), last] @ p["score/kernel"])[:, 0]
+        return x @ p["lm_head/kernel"]
+
+    p = {k: jnp.asarray(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
+    with jax.default_matmul_precision("highest"):
+        out = jax.jit(forward)(p, jnp.asarray(input_ids), jnp.asarray(attention_mask))
+    return np.asarray(out)
 
 
 # --------------------------------------------------------------------------- verify

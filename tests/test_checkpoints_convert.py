@@ -1,0 +1,335 @@
+"""End-to-end: flax-written EasyLM checkpoints -> rmeval convert -> transformers loads the
+result -> the HF outputs equal the JAX forward of the raw checkpoint within tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from rmeval import cli, storage
+from rmeval.checkpoints import convert as conv
+from rmeval.checkpoints import reference
+from rmeval.errors import VerifyError
+from tests.checkpoint_fixtures import make_checkpoint
+
+CASES = {
+    # name: (fixture kwargs, convert kwargs, expected tolerance)
+    "llama2-mha-fp32": (
+        dict(heads=4, kv_heads=4, float_dtype="fp32"),
+        dict(max_shard_size="60KB"),
+        reference.EXACT_TOLERANCE,
+    ),
+    "gqa-bf16-chunked": (
+        dict(heads=8, kv_heads=2, float_dtype="bf16", chunk_size=2048),
+        {},
+        reference.EXACT_TOLERANCE,
+    ),
+    "llama31-rope-scaling": (
+        dict(dim=128, heads=4, kv_heads=1, float_dtype="bf16"),
+        dict(rope_theta=500000.0, rope_scaling="llama3"),
+        reference.EXACT_TOLERANCE,
+    ),
+    "causal-lm-fp32": (
+        dict(head="lm_head", heads=4, kv_heads=2, float_dtype="fp32"),
+        {},
+        reference.EXACT_TOLERANCE,
+    ),
+    "bf16-to-fp32": (dict(heads=4, kv_heads=2), dict(dtype="fp32"), reference.EXACT_TOLERANCE),
+    "fp32-to-bf16": (
+        dict(heads=4, kv_heads=4, float_dtype="fp32"),
+        dict(dtype="bf16"),
+        reference.ROUNDED_TOLERANCE,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_convert_matches_easylm_forward(tmp_path, case):
+    fx_kwargs, conv_kwargs, tol = CASES[case]
+    fx = make_checkpoint(tmp_path / "ckpt" / "streaming_params", **fx_kwargs)
+    out = tmp_path / "hf"
+    result = conv.convert(
+        fx.path, str(out), num_heads=fx.heads, verify=True, progress=False, **conv_kwargs
+    )
+    v = result.verify
+    assert v is not None and v.ok and v.tolerance == tol and v.max_rel <= tol, v
+    # the outputs are not degenerate: different sequences give different rewards/logits
+    assert len({round(float(np.ravel(x)[0]), 4) for x in v.hf}) == len(v.hf)
+    assert result.kind == ("causal" if fx_kwargs.get("head") == "lm_head" else "reward")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_attention_heads"] == fx.heads and cfg["num_key_value_heads"] == fx.kv_heads
+    assert not list(tmp_path.glob("hf.partial-*"))
+    if case == "llama2-mha-fp32":
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        assert len(set(index["weight_map"].values())) > 1  # really sharded
+
+
+def test_config_defaults_and_transformers_reading(tmp_path):
+    import transformers
+
+    fx = make_checkpoint(tmp_path / "streaming_params", heads=4, kv_heads=2)
+    result = conv.convert(fx.path, str(tmp_path / "hf"), num_heads=4, progress=False)
+    cfg = transformers.AutoConfig.from_pretrained(str(tmp_path / "hf"))
+    assert cfg.rope_parameters["rope_theta"] == 10000.0  # EasyLM's default, not 100000
+    assert cfg.rope_parameters["rope_type"] == "default"
+    assert cfg.num_labels == 1 and cfg.pad_token_id == 0 and cfg.eos_token_id != cfg.pad_token_id
+    assert cfg.architectures == ["LlamaForSequenceClassification"]
+    assert str(cfg.dtype).endswith("bfloat16")
+    assert result.bytes_written > 0 and result.bytes_read >= sum(
+        v.size * 2 for v in fx.flat.values()
+    )
+
+
+def test_rope_scaling_is_exercised_and_read_by_transformers(tmp_path):
+    import transformers
+
+    # the llama3 scaling changes the low frequencies of a head_dim-32, theta-500000 rotary
+    plain = reference._rope_inv_freq(32, 500000.0, None)
+    scaled = reference._rope_inv_freq(32, 500000.0, conv.llama.LLAMA3_SCALING)
+    assert not np.allclose(plain, scaled)
+    fx = make_checkpoint(tmp_path / "streaming_params", dim=128, heads=4, kv_heads=1)
+    conv.convert(fx.path, str(tmp_path / "hf"), num_heads=4, rope_scaling="llama3", progress=False)
+    cfg = transformers.AutoConfig.from_pretrained(str(tmp_path / "hf"))
+    rp = cfg.rope_parameters
+    assert rp["rope_type"] == "llama3" and rp["factor"] == 8.0
+    assert rp["low_freq_factor"] == 1.0 and rp["high_freq_factor"] == 4.0
+    assert rp["original_max_position_embeddings"] == 8192 and rp["rope_theta"] == 10000.0
+
+
+def test_llama3_vocab_auto_assumes_llama31_and_says_so(tmp_path, capsys):
+    fx = make_checkpoint(tmp_path / "streaming_params", dim=64, heads=4, kv_heads=2, vocab=128256)
+    rc = cli.main(["convert", fx.path, str(tmp_path / "hf"), "--num-heads", "4"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "assuming Llama-3.1 settings" in printed
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["pad_token_id"] == 128255 and cfg["rope_parameters"]["rope_theta"] == 500000.0
+    assert cfg["rope_parameters"]["rope_type"] == "llama3"
+
+
+def test_verify_catches_unpermuted_rotary(tmp_path, capsys):
+    fx = make_checkpoint(tmp_path / "streaming_params", heads=4, kv_heads=4, float_dtype="fp32")
+    out = tmp_path / "hf"
+    conv.convert(fx.path, str(out), num_heads=4, progress=False)
+    shard = out / "model.safetensors"
+    tensors = load_file(str(shard))
+    # what a converter that forgets the rotary permutation would write
+    tensors["model.layers.0.self_attn.q_proj.weight"] = np.ascontiguousarray(
+        fx.flat["transformer/h/0/attention/wq/kernel"].T
+    )
+    tensors["model.layers.0.self_attn.k_proj.weight"] = np.ascontiguousarray(
+        fx.flat["transformer/h/0/attention/wk/kernel"].T
+    )
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    with pytest.raises(VerifyError, match="does not reproduce"):
+        reference.verify(fx.path, str(out), raise_on_fail=True)
+    assert cli.main(["verify", fx.path, str(out)]) == 1
+    assert "rmeval: error:" in capsys.readouterr().err
+
+
+def test_gcs_source_and_output(tmp_path, gcs_bucket):
+    fx = make_checkpoint(tmp_path / "streaming_params", heads=4, kv_heads=2, chunk_size=4096)
+    src = f"{gcs_bucket}/runs/rm1/streaming_params"
+    storage.upload_file(fx.path, src)
+    out = f"{gcs_bucket}/models/rm1"
+    result = conv.convert(src, out, num_heads=4, progress=False)
+    names = {o.name for o in storage.list_objects(out)}
+    assert names == {"model.safetensors", "config.json"}
+    assert result.bytes_read >= sum(v.size * 2 for v in fx.flat.values())
+    v = reference.verify(fx.path, out)
+    assert v.ok and v.tolerance == reference.EXACT_TOLERANCE
+    # an existing gs:// OUT is refused, --overwrite replaces it
+    with pytest.raises(conv.ConvertError, match="already exists"):
+        conv.convert(src, out, num_heads=4, progress=False)
+    conv.convert(src, out, num_heads=4, progress=False, overwrite=True, max_shard_size="50KB")
+    names = {o.name for o in storage.list_objects(out)}
+    assert "model.safetensors" not in names and "model.safetensors.index.json" in names
+    assert reference.verify(src, out).ok
+
+
+def test_tokenizer_is_saved_and_pad_id_written(tmp_path):
+    from rmeval.tokenizer import train_tokenizer
+
+    texts = [f"the reward for answer {i} is {i * 7 % 13}" for i in range(200)]
+    tok_dir = train_tokenizer(texts, tmp_path / "tok", vocab_size=300)
+    fx = make_checkpoint(tmp_path / "streaming_params", heads=4, kv_heads=2, vocab=320)
+    result = conv.convert(
+        fx.path, str(tmp_path / "hf"), num_heads=4, tokenizer=str(tok_dir), progress=False
+    )
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["pad_token_id"] == tok.pad_token_id != tok.eos_token_id
+    assert tok.chat_template and any("tokenizer" in n for n in result.notes)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _run_cli(capsys, *args) -> tuple[int, str]:
+    rc = cli.main(["convert", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def _assert_one_line_error(rc: int, err: str, out: Path, *needles: str) -> None:
+    assert rc == 1, err
+    assert err.startswith("rmeval: error:") and "\n" not in err, err
+    for n in needles:
+        assert n in err, err
+    assert not out.exists()
+    assert not list(out.parent.glob(f"{out.name}.partial-*"))
+
+
+def _drop(name):
+    def mutate(params):
+        node = params
+        *path, leaf = name.split("/")  # deleting a leaf leaves an empty node, as in flax
+        for k in path:
+            node = node[k]
+        del node[leaf]
+
+    return mutate
+
+
+def _add_extra(params):
+    params["transformer"]["h"]["0"]["attention"]["wx"] = {"kernel": np.ones((64, 8), np.float32)}
+
+
+def _bad_shape(params):
+    params["transformer"]["h"]["1"]["feed_forward"]["w1"]["kernel"] = np.ones((64, 80), np.float32)
+
+
+@pytest.mark.parametrize(
+    "mutate, needles",
+    [
+        (
+            _drop("transformer/h/1/attention/wv/kernel"),
+            ["missing tensor transformer/h/1/attention/wv/kernel"],
+        ),
+        (_drop("score"), ["missing tensor score/kernel"]),
+        (_add_extra, ["unexpected tensor transformer/h/0/attention/wx/kernel", "byte "]),
+        (_bad_shape, ["tensor transformer/h/1/feed_forward/w1/kernel has shape [64, 80]", "byte "]),
+    ],
+    ids=["missing-layer-tensor", "missing-head", "extra-tensor", "contradicting-shape"],
+)
+def test_bad_tree_is_one_error_and_no_out(tmp_path, capsys, mutate, needles):
+    fx = make_checkpoint(tmp_path / "streaming_params", mutate=mutate)
+    out = tmp_path / "hf"
+    rc, err = _run_cli(capsys, fx.path, out, "--num-heads", 4)
+    _assert_one_line_error(rc, err, out, *needles)
+
+
+def test_bad_files_are_one_error_and_no_out(tmp_path, capsys):
+    fx = make_checkpoint(tmp_path / "good" / "streaming_params")
+    data = Path(fx.path).read_bytes()
+    out = tmp_path / "hf"
+    cases = {
+        "truncated": (data[: len(data) * 2 // 3], ["truncated", "byte "]),
+        "garbage": (np.random.default_rng(3).bytes(4096), ["byte 0"]),
+        "empty": (b"", ["empty file"]),
+    }
+    for name, (payload, needles) in cases.items():
+        src = tmp_path / name / "streaming_params"
+        src.parent.mkdir()
+        src.write_bytes(payload)
+        rc, err = _run_cli(capsys, src, out, "--num-heads", 4)
+        _assert_one_line_error(rc, err, out, str(src), *needles)
+
+
+def test_unknown_dtype_train_state_missing_source_existing_out(tmp_path, capsys):
+    from rmeval.checkpoints import flaxwriter
+
+    out = tmp_path / "hf"
+    odd = tmp_path / "odd" / "streaming_params"
+    fx = make_checkpoint(tmp_path / "good" / "streaming_params")
+    tree = dict(fx.params)
+    tree["transformer"] = dict(tree["transformer"], odd={"kernel": np.ones(4, np.complex64)})
+    flaxwriter.write_checkpoint(odd, tree, float_dtype=None)
+    rc, err = _run_cli(capsys, odd, out, "--num-heads", 4)
+    _assert_one_line_error(rc, err, out, "tensor transformer/odd/kernel: unknown dtype 'complex64'")
+
+    # a train state: by its name, and by its content under a params name
+    state = {
+        "params": {"params": fx.params},
+        "opt_state": {"mu": np.zeros(3, np.float32)},
+        "step": np.int32(3),
+    }
+    ts = tmp_path / "ts" / "streaming_train_state_100"
+    flaxwriter.write_checkpoint(ts, state)
+    rc, err = _run_cli(capsys, ts, out, "--num-heads", 4)
+    _assert_one_line_error(rc, err, out, "streaming_train_state", "streaming_params file")
+    disguised = tmp_path / "ts2" / "streaming_params"
+    flaxwriter.write_checkpoint(disguised, state)
+    rc, err = _run_cli(capsys, disguised, out, "--num-heads", 4)
+    _assert_one_line_error(rc, err, out, "streaming_train_state", "byte 0")
+
+    rc, err = _run_cli(capsys, tmp_path / "nope" / "streaming_params", out, "--num-heads", 4)
+    _assert_one_line_error(rc, err, out, "no such file")
+
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    rc, err = _run_cli(capsys, fx.path, out, "--num-heads", 4)
+    assert rc == 1 and "already exists; pass --overwrite" in err
+    assert (out / "keep.txt").read_text() == "precious"
+    assert _run_cli(capsys, fx.path, out, "--num-heads", 4, "--overwrite")[0] == 0
+    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+def test_cli_subprocess_exit_code_and_single_line(tmp_path):
+    out = tmp_path / "hf"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rmeval", "convert", str(tmp_path / "missing"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rmeval: error:") and "no such file" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_kill_9_mid_convert_leaves_no_out_and_rerun_succeeds(tmp_path):
+    # ~200 MB of fp32 weights converted to bf16: long enough to be killed mid-way
+    fx = make_checkpoint(
+        tmp_path / "streaming_params",
+        dim=1024,
+        layers=4,
+        heads=8,
+        kv_heads=8,
+        inter=2816,
+        vocab=8192,
+        float_dtype="fp32",
+    )
+    out = tmp_path / "hf"
+    cmd = [sys.executable, "-m", "rmeval", "convert", fx.path, str(out), "--num-heads", "8"]
+    proc = subprocess.Popen([*cmd, "--dtype", "bf16"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    partial = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = [p for p in tmp_path.glob("hf.partial-*") if any(p.glob("*.safetensors"))]
+        if found:
+            partial = found[0]
+            break
+        time.sleep(0.005)
+    assert partial is not None, "the conversion ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "config.json").exists() and "interrupted run" in rerun.stdout
+    assert reference.verify(fx.path, str(out), lengths=(2, 5)).ok
