@@ -482,3 +482,33 @@ def test_commit_results_conflict_without_refresh_fails_clearly(origin, gh_files,
     assert rc == 1
     out = capsys.readouterr().out
     assert "::error title=commit-results::" in out and "no --refresh command" in out
+
+
+preview = _script("preview", "spec-preview/preview.py")
+
+
+def test_spec_preview_renders_every_preset(gh_files, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert preview.main([]) == 0
+    _, summary = gh_files()
+    presets = sorted(p.stem for p in (ROOT / "templates" / "presets").glob("*.yml"))
+    assert presets
+    for name in presets:
+        assert f"<summary>{name}: found 3 checkpoint(s)" in summary
+    specs = re.findall(r"```yaml\n(.*?)```", summary, flags=re.S)
+    assert len(specs) == len(presets)
+    for text in specs:
+        spec = yaml.safe_load(text)
+        assert spec["version"] == "v2" and len(spec["tasks"]) == 2
+
+
+def test_spec_preview_reports_a_broken_preset(tmp_path, gh_files, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    presets = tmp_path / "presets"
+    shutil.copytree(ROOT / "templates" / "presets", presets)
+    (presets / "broken-counts.yml").write_text("- not\n- a mapping\n")
+    assert preview.main(["--presets", str(presets)]) == 1
+    errors = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("::error")]
+    assert len(errors) == 1 and "broken-counts" in errors[0] and "rmeval: error:" in errors[0]
+    _, summary = gh_files()
+    assert "**broken-counts: failed**" in summary and summary.count("```yaml") == 4
