@@ -885,7 +885,7 @@ def collect(
                 source, experiment_prefix=prefix, max_concurrency=max_concurrency
             )
         except StoreError as exc:
-            raise CollectError(f"results store {source}: {exc}") from None
+            raise CollectError(f"results store: {exc}") from None
     issues += more
     table = build_table(
         runs,
