@@ -451,7 +451,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         description="Fit a linear or quadratic regressor on the table's feature columns (those "
         "collect recorded in <table>.columns.json, else every numeric non-score column) with an "
         "80/20 train/dev split; write metrics.json (dev MSE/RMSE/R², learning curve at "
-        "25/50/75/100%%), coef.jsonl (sorted), predictions.csv and model.joblib into OUT.",
+        "25/50/75/100%), coef.jsonl (sorted), predictions.csv and model.joblib into OUT.",
     )
     p.add_argument("csv", help="results table (local or gs://)")
     p.add_argument("--out", required=True, help="output directory (local or gs://)")
