@@ -175,16 +175,12 @@ class Env:
             timeout=ACT_TIMEOUT,
         )
 
-    def dispatch(self, *inputs: str) -> subprocess.CompletedProcess:
+    def dispatch(self, **overrides: str) -> subprocess.CompletedProcess:
+        inputs = {"source": self.source, "store": self.store, "prefix": self.prefix}
+        inputs.update(backend="runners", **overrides)
         args = []
-        for item in (
-            f"source={self.source}",
-            f"store={self.store}",
-            f"prefix={self.prefix}",
-            "backend=runners",
-            *inputs,
-        ):
-            args += ["--input", item]
+        for key, value in inputs.items():
+            args += ["--input", f"{key}={value}"]
         args += ["--var", f"RMEVAL_TOKENIZER={self.bucket.tokenizer}"]
         args += ["--var", f"RMEVAL_EVAL_DATASET={self.bucket.dataset}"]
         args += ["--var", f"RMEVAL_NUM_HEADS={MODEL['n_heads']}"]
@@ -289,9 +285,13 @@ def test_workflows_end_to_end_with_act(tmp_path):
     assert [r["rows"]["added"] for r in check_history(env, "tiny-scores", "runs")] == [2, 1]
 
     # 5. Bad input: an unknown preset fails in plan with one clear line; nothing runs.
-    proc = env.dispatch("preset=no-such-preset")
+    proc = env.dispatch(preset="no-such-preset")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     lines = [ln for ln in out.splitlines() if "::error" in ln or "rmeval: error:" in ln]
     assert any("unknown preset 'no-such-preset'" in ln for ln in lines), out[-4000:]
+    proc = env.dispatch(source="gs://")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "::error title=rmeval plan::" in out and "not a gs:// URI" in out, out[-4000:]
     assert len(env.published()) == 3

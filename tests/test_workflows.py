@@ -163,9 +163,9 @@ def _lint_copy(tmp_path: Path) -> Path:
 
 
 def run_actionlint(cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [tool("actionlint"), "-no-color"], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+    # actionlint runs shellcheck over every run: script when it is given one.
+    cmd = [tool("actionlint"), "-no-color", f"-shellcheck={tool('shellcheck')}"]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def run_zizmor(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -188,6 +188,21 @@ def test_zizmor_reports_nothing():
     proc = run_zizmor(ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "No findings to report" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", action_files(), ids=lambda p: p.parent.name)
+def test_composite_action_scripts_pass_shellcheck(path):
+    """actionlint reads workflows only; the composite actions' scripts get shellcheck here."""
+    for step in load(path)["runs"]["steps"]:
+        if step.get("shell") == "bash" and "run" in step:
+            proc = subprocess.run(
+                [tool("shellcheck"), "-s", "bash", "-"],
+                input=step["run"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert proc.returncode == 0, proc.stdout
 
 
 def test_linters_catch_an_injection_and_an_unpinned_action(tmp_path):
@@ -215,6 +230,9 @@ def test_linters_catch_an_injection_and_an_unpinned_action(tmp_path):
     actionlint = run_actionlint(repo)
     assert actionlint.returncode != 0
     assert "nonsense-key" in actionlint.stdout
+    # ... and shellcheck through it: an unquoted variable in a workflow script.
+    path.write_text(text.replace('rmeval run-one "${args[@]}"', "rmeval run-one $CHECKPOINT", 1))
+    assert "SC2086" in run_actionlint(repo).stdout
 
 
 # ------------------------------------------------------------------------------ action scripts
