@@ -22,7 +22,7 @@ HOSTILE = [
     "x # comment",
     "{{ 7*7 }}",
     "{% raw %}",
-    "quote\"d",
+    'quote"d',
     "single'quote",
     "new\nline: injected\n- tasks: []",
     "tab\there",
@@ -257,3 +257,43 @@ def test_parse_set():
     }
     with pytest.raises(SpecError, match="NAME=VALUE"):
         specs.parse_set(["novalue"])
+
+
+# --------------------------------------------------------------------------- fast loader
+
+_YAML_CASES = [
+    "",
+    "---\n...\n",
+    "a: 1\n---\nb: [1, {c: d}]\n",
+    "x: &a 1\ny: *a\n",
+    "a: !!str 1\n",
+    "<<: {a: 1}\nb: 2\n",
+    "- null\n- ~\n- yes\n- 0o17\n- 0x1f\n- 1e3\n- .inf\n- 2020-01-01\n- '2'\n- !!binary aGk=\n",
+    "k: |\n  literal\n  block\nf: >\n  folded\n  text\n",
+    "? a\n: explicit key\n",
+    'q: "esc \\x41 \\u2028 \\N \\0"\nplain: a b # comment\n',
+]
+
+
+@pytest.mark.parametrize("text", _YAML_CASES)
+def test_fast_loader_matches_pyyaml(text):
+    assert specs._load_all(text) == list(yaml.safe_load_all(text))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(), c, max_size=4),
+        max_leaves=12,
+    ),
+    st.sampled_from([None, True, False]),
+)
+def test_fast_loader_matches_pyyaml_on_dumped_data(value, flow):
+    text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True)
+    assert specs._load_all(text) == list(yaml.safe_load_all(text))
+
+
+def test_duplicate_key_is_an_error():
+    with pytest.raises(SpecError, match="duplicate key 'a' at line 2"):
+        specs.parse_spec("a: 1\na: 2\n")
