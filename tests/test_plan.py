@@ -226,3 +226,26 @@ def test_cli_missing_source_is_usage_error():
     r = _cli("plan", "--store", "s")
     assert r.returncode == 2
     assert "no checkpoint source" in r.stderr
+
+
+def test_seed_script_generate_eval_runs(gcs_bucket, tmp_path):
+    _layout(storage.join(gcs_bucket, "human-preferences/rm_checkpoints/helpsteer2"))
+    out = tmp_path / "helpsteer2-eval-runs.yml"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "generate_eval_runs.py"
+    r = subprocess.run(
+        [
+            sys.executable, str(script),
+            "--template", "evals/template-helpsteer2-counts.yml",
+            "--output_file", str(out),
+            "--gcs_bucket", gcs_bucket.removeprefix("gs://"),
+            "--gcs_dir_path", "human-preferences/rm_checkpoints/helpsteer2",
+            "--is_reward_model", "--cleanup",
+            "--store", storage.join(gcs_bucket, "results"),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    data, _ = specs.validate_spec(out.read_text())
+    names = sorted(t["name"] for t in data["tasks"])
+    assert "helpsteer2-counts-x" in names and len(names) == 5
+    assert data["tasks"][0]["context"]["priority"] == specs.load_preset("helpsteer2")["priority"]
