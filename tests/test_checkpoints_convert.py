@@ -333,3 +333,27 @@ def test_kill_9_mid_convert_leaves_no_out_and_rerun_succeeds(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert (out / "config.json").exists() and "interrupted run" in rerun.stdout
     assert reference.verify(fx.path, str(out), lengths=(2, 5)).ok
+
+
+def test_bad_source_to_gcs_output_leaves_nothing(tmp_path, gcs_bucket, capsys):
+    fx = make_checkpoint(tmp_path / "good" / "streaming_params")
+    data = Path(fx.path).read_bytes()
+    src = f"{gcs_bucket}/runs/rm/streaming_params"
+    storage.write_bytes(src, data[: len(data) // 2])
+    out = f"{gcs_bucket}/models/rm"
+    rc = cli.main(["convert", src, out, "--num-heads", "4"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("rmeval: error:") and "truncated" in err and "\n" not in err
+    assert list(storage.list_objects_if_any(out)) == []
+
+
+def test_converter_does_not_import_jax_flax_or_torch():
+    code = (
+        "import sys, rmeval.cli, rmeval.checkpoints.convert, rmeval.checkpoints.flaxwriter; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'torch', "
+        "'transformers'}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.strip() == "[]"

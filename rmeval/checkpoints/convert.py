@@ -292,8 +292,10 @@ def _publish_local(build: Path, out: Path, overwrite: bool) -> None:
         if old is not None:
             os.rename(old, out)
         raise ConvertError(f"{out}: cannot move the finished build into place: {exc}") from exc
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    if old is not None and old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        old.unlink()
 
 
 def _publish_gcs(build: Path, out: str, overwrite: bool) -> None:
