@@ -312,7 +312,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
         help="compare a converted model with the JAX forward of its EasyLM checkpoint",
         description="Run the EasyLM forward (JAX) from the raw checkpoint and the HF model from "
         "OUT on one padded batch of different-length sequences; exit 1 above tolerance "
-        "(1e-4 relative when weights are exact, 3e-2 when the conversion rounded them).",
+        "(1e-4 relative when weights are exact; 3e-2*sqrt(layers/4) when rounded to bf16/fp16).",
     )
     p.add_argument("checkpoint", help="streaming_params file (local or gs://)")
     p.add_argument("out", help="converted model directory (local or gs://)")

@@ -14,8 +14,11 @@ reproduce EasyLM's forward *for that configuration*.
 
 Tolerance (relative = max |hf - ref| / max |ref|, both in float32):
 - the HF weights hold the checkpoint's values exactly (same dtype, or widened): 1e-4;
-- the conversion rounded weights (e.g. fp32 checkpoint -> bf16/fp16 output): 3e-2, about
-  8x the bf16 unit roundoff (2**-8), the bound we state for rounded weights.
+- the conversion rounded weights (e.g. fp32 checkpoint -> bf16/fp16 output): the bf16
+  rounding bound we state, 3e-2 * sqrt(max(n_layers, 4) / 4): about 8x bf16's unit
+  roundoff (2**-8) for a 4-layer model, growing like a random walk over the layers
+  (measured 0.5-1.6 % on 4-layer random models). EasyLM saves bf16 by default and a bf16
+  checkpoint converted to bf16 or fp32 keeps its weights exactly, so 1e-4 applies.
 
 jax is imported lazily; the converter itself never imports it.
 """
@@ -233,7 +236,8 @@ def verify(
             or (out_dtype in ("float32", "float64") and _WIDTH[s] < _WIDTH[out_dtype])
             for s in _stored_dtypes(checkpoint)
         )
-        tolerance = EXACT_TOLERANCE if exact else ROUNDED_TOLERANCE
+        layers = int(config.get("num_hidden_layers", 4))
+        tolerance = EXACT_TOLERANCE if exact else ROUNDED_TOLERANCE * math.sqrt(max(layers, 4) / 4)
     ok = bool(max_rel <= tolerance)
     result = VerifyResult(
         max_abs,
