@@ -41,7 +41,10 @@ EXT_NDARRAY = 1
 EXT_NPSCALAR = 3
 CHUNKED_MARKER = "__msgpack_chunked_array__"
 
-INDEX_WINDOW = 256 * 1024  # bytes fetched per header window during the index pass
+# Bytes fetched per header window during the index pass: one window per tensor entry,
+# so gs:// indexing costs ~16 KB per tensor (a 13B checkpoint: ~6 MB, one request each).
+INDEX_WINDOW = 256 * 1024
+GCS_INDEX_WINDOW = 16 * 1024
 GCS_PART_SIZE = 16 * 1024 * 1024  # ranged-read size for parallel gs:// reads
 GCS_READERS = 8
 
@@ -193,7 +196,7 @@ class _Cursor:
     def __init__(self, src: _Source, pos: int = 0, window: int | None = None):
         self.src = src
         self.pos = pos
-        self.window = window or INDEX_WINDOW
+        self.window = window or (GCS_INDEX_WINDOW if src.is_gcs else INDEX_WINDOW)
         self._buf = b""
         self._buf_start = 0
         self.context = ""  # tensor being parsed, for error messages
