@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -198,10 +199,7 @@ def run_one(
         if scores_path.exists():
             storage.upload_file(scores_path, storage.join(dest, SCORES_FILE), overwrite=True)
         if keep_model:
-            try:
-                storage.upload_tree(model_dir, keep_model, overwrite=force)
-            except StoreError as exc:
-                raise StoreError(f"--keep-model: {exc}") from None
+            _keep(model_dir, keep_model, overwrite=force)
         timings["publish"] = time.perf_counter() - t0
         provenance = {
             "run": run,
@@ -244,6 +242,36 @@ def run_one(
         storage.write_bytes(metrics_uri, metrics_bytes, overwrite=force)
     log.info("%s: published %s", run, metrics_uri)
     return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings)
+
+
+def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:
+    """Keep the converted model at ``keep_model``: a rename for a local path (a Beaker
+    task's /output/model costs no copy), an upload (config.json last) for gs://."""
+    try:
+        if storage.is_gcs(keep_model):
+            storage.upload_tree(model_dir, keep_model, overwrite=overwrite)
+            return
+        dest = storage.local_path(keep_model)
+        if dest.exists() and (dest.is_file() or any(dest.iterdir())):
+            if not overwrite:
+                raise StoreError(f"{keep_model}: already exists; pass --force to replace it")
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Moved (a rename on one filesystem) to a hidden sibling first, then renamed into
+        # place: a copy across filesystems that fails leaves no half model at dest.
+        partial = dest.parent / f".{dest.name}.partial-{storage.unique_suffix()}"
+        try:
+            shutil.move(str(model_dir), str(partial))
+            if dest.exists():
+                dest.rmdir()
+            os.rename(partial, dest)
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+    except StoreError as exc:
+        raise StoreError(f"--keep-model: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"--keep-model: {keep_model}: {exc.strerror or exc}") from None
 
 
 def write_result_json(result: RunOneResult, path: str | os.PathLike) -> None:

@@ -71,8 +71,10 @@ def test_unfinished_run_is_redone_then_skipped_then_forced(material, tmp_path):
     run_dir = storage.join(store, naming.run_name(material.checkpoints[0], "t"))
     # a crash between uploads left scores but no metrics.json: not done, redone
     storage.write_text(storage.join(run_dir, "scores.jsonl"), "partial\n")
-    first = _go(material, store)
+    keep = tmp_path / "keep"
+    first = _go(material, store, keep_model=str(keep))
     assert first.status == "ok"
+    assert (keep / "config.json").is_file()
     assert storage.read_text(storage.join(run_dir, "scores.jsonl")) != "partial\n"
     metrics_uri = storage.join(run_dir, "metrics.json")
     before = storage.read_bytes(metrics_uri)
@@ -81,8 +83,13 @@ def test_unfinished_run_is_redone_then_skipped_then_forced(material, tmp_path):
     assert second.status == "skipped"
     assert storage.read_bytes(metrics_uri) == before
     assert storage.read_bytes(storage.join(run_dir, "provenance.json")) == prov_before
-    forced = _go(material, store, force=True)
+    (keep / "stale.txt").write_text("from an older model")
+    forced = _go(material, store, force=True, keep_model=str(keep))
     assert forced.status == "ok"
+    assert sorted(p.name for p in keep.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+         "chat_template.jinja"]
+    )  # fmt: skip
     prov_after = json.loads(storage.read_text(storage.join(run_dir, "provenance.json")))
     assert prov_after["timings_s"] != json.loads(prov_before)["timings_s"]
 
@@ -126,3 +133,15 @@ def test_cli_bad_checkpoint_name_is_one_line(tmp_path):
     assert "streaming_params" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_keep_model_never_clobbers(material, tmp_path):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "someone-elses-model.bin").write_text("x")
+    store = tmp_path / "store"
+    with pytest.raises(RmevalError, match=r"--keep-model: .*already exists; pass --force"):
+        _go(material, str(store), keep_model=str(keep), work_dir=str(tmp_path / "w"))
+    assert [p.name for p in keep.iterdir()] == ["someone-elses-model.bin"]
+    assert not any(p.name == "metrics.json" for p in store.rglob("*"))
+    assert list((tmp_path / "w").iterdir()) == []
