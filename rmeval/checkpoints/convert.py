@@ -416,6 +416,10 @@ def _allocate(fd: int, size: int) -> None:
             os.posix_fallocate(fd, 0, size)
 
 
+def _is_plain_copy(t: _Placed) -> bool:
+    return t.plan.transform == llama.NONE and t.plan.src.np_dtype == t.out_dtype
+
+
 def _prefetched(reader: CheckpointReader, placed: list[_Placed]):
     """Yield ``(tensor, raw bytes)`` in order, reading the next tensor in a background
     thread while the caller transforms the current one. Two buffers: one the size of the
@@ -484,7 +488,13 @@ def _write_model(
             desc="convert",
             disable=None if progress else True,
         ) as bar:
-            for t, data in _prefetched(reader, placed):
+            # tensors stored exactly as written (embedding, norms) are copied inside the
+            # kernel; the rest stream through the prefetching reader and the tiled writer
+            direct = [t for t in placed if _is_plain_copy(t)]
+            copied = {id(t) for t in direct if reader.copy_to(t.plan.src, fds[t.shard], t.offset)}
+            bar.update(sum(t.plan.src.nbytes for t in direct if id(t) in copied))
+            rest = [t for t in placed if id(t) not in copied]
+            for t, data in _prefetched(reader, rest):
                 writer.write(fds[t.shard], t, data)
                 bar.update(t.plan.src.nbytes)
     except (StoreError, CheckpointError):

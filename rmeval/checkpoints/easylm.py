@@ -535,6 +535,36 @@ class CheckpointReader:
             self._src.readinto(off, mv[pos : pos + n])
             pos += n
 
+    def copy_to(self, info: TensorInfo, fd: int, offset: int) -> bool:
+        """Copy the tensor's raw bytes into the file ``fd`` at ``offset`` inside the kernel
+        (``copy_file_range``), without passing them through this process. Local sources
+        only; returns False when it cannot (gs://, no copy_file_range), so the caller reads
+        and writes instead."""
+        src = self._src
+        if src.is_gcs or src._fd is None or not hasattr(os, "copy_file_range"):
+            return False
+        dst = offset
+        try:
+            for off, n in info.pieces:
+                if off + n > src.size:
+                    raise CheckpointError(
+                        f"{self.uri}: truncated: bytes [{off}, {off + n}) of tensor {info.name} "
+                        f"lie past the end of the file ({src.size} bytes)"
+                    )
+                done = 0
+                while done < n:
+                    got = os.copy_file_range(src._fd, fd, n - done, off + done, dst + done)
+                    if got <= 0:
+                        raise OSError(f"copy_file_range returned {got}")
+                    done += got
+                dst += n
+        except OSError:
+            if dst == offset:  # nothing copied yet: fall back to read + write
+                return False
+            raise
+        src.bytes_read += info.nbytes
+        return True
+
     def read(self, info: TensorInfo) -> np.ndarray:
         """The tensor as a numpy array in its stored dtype."""
         arr = np.empty(info.shape, dtype=info.np_dtype)
