@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rmeval import __version__
-from rmeval.errors import RmevalError
+from rmeval.errors import RmevalError, UsageError
 
 log = logging.getLogger("rmeval")
 
@@ -515,6 +515,59 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- pipeline, demo
+
+
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="plan -> launch -> collect -> results/<dataset>/ -> fit -> report, from a YAML config",
+        description="Run the whole pipeline from a YAML config (keys: see rmeval/pipeline.py). "
+        "Idempotent: published runs are skipped, an unchanged table writes nothing.",
+    )
+    p.add_argument("config", help="pipeline YAML (relative paths are relative to it)")
+    p.set_defaults(handler=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from rmeval.pipeline import load_config, run_pipeline
+
+    result = run_pipeline(load_config(args.config))
+    for line in result.lines():
+        _print(line)
+    return result.exit_code
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="build a local bucket of tiny EasyLM reward models and run the pipeline on it",
+        description="The embedded default: a local directory laid out like the real bucket "
+        "(real EasyLM checkpoints of tiny LLaMA reward models, feature counts, a tokenizer, a "
+        "RewardBench-format sample), then `rmeval pipeline` on it with the local backend.",
+    )
+    p.add_argument("--workdir", default="demo-work", help="where the bucket and store live")
+    p.add_argument("--results-dir", default="results", help="results/<dataset>/ goes here")
+    p.add_argument("--runs", type=int, default=6, help="number of checkpoints (default 6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rmeval.demo import build
+    from rmeval.pipeline import load_config, run_pipeline
+
+    if args.runs < 1:
+        raise UsageError("--runs must be at least 1")
+    lay = build(args.workdir, runs=args.runs, seed=args.seed, results_dir=args.results_dir)
+    _print(f"bucket:  {lay.checkpoints} ({len(lay.runs)} checkpoints)")
+    _print(f"config:  {lay.config}")
+    result = run_pipeline(load_config(lay.config))
+    for line in result.lines():
+        _print(line)
+    return result.exit_code
+
+
 # --------------------------------------------------------------------------- commands
 # Each stage adds its _add_/_run_ pair above this line and registers it in COMMANDS.
 
@@ -529,6 +582,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_history,
     _add_fit,
     _add_report,
+    _add_pipeline,
+    _add_demo,
 ]
 
 

@@ -19,6 +19,10 @@ class UsageError(RmevalError):
     exit_code = 2
 
 
+class ConfigError(RmevalError):
+    """A pipeline config file is missing, malformed or incomplete."""
+
+
 class StoreError(RmevalError):
     """A storage location cannot be listed, read or written."""
 

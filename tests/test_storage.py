@@ -231,3 +231,12 @@ def test_nonexistent_local_path_cli(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"rmeval: error: {tmp_path / 'missing'}: no such file or directory"
     ]
+
+
+def test_local_writes_get_the_usual_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage.write_text(str(tmp_path / "t.csv"), "a,b\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.csv").stat().st_mode & 0o777 == 0o644

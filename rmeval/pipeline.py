@@ -1,0 +1,275 @@
+"""``rmeval pipeline CONFIG``: plan → launch → collect → results/<dataset>/ → fit → report.
+
+The config is a YAML mapping; relative paths are relative to the config file::
+
+    source: bucket/rm_checkpoints/demo    # checkpoints: a local dir or gs://BUCKET/PREFIX
+    prefix: demo-counts                   # run-name prefix
+    store: store                          # where run-one publishes <run>/metrics.json
+    backend: local                        # local (process pool) | beaker
+    max_parallel: 2
+    workspace: org/ws                     # beaker backend only
+    dataset_file: rewardbench-sample.jsonl  # RewardBench data (default: the hub dataset)
+    tokenizer: bucket/tokenizer           # saved with each converted model
+    model_size: auto                      # converter preset
+    num_heads: 4                          # converter heads when model_size is auto
+    features_dir: bucket/feats            # regressor_feats_ID__<uuid>__SWAPS_<n>.json
+    dataset_total_size: 7000
+    results_dir: results
+    dataset: demo                         # results/<dataset>/<table>.csv
+    table: counts-runs
+    fit: {model: linear, seed: 42}        # or false
+    report: true
+    log_dir: logs
+
+Re-running is idempotent: runs already published are skipped by ``plan``; an unchanged
+table writes nothing, and the fit and report are only rebuilt when the table changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rmeval import storage
+from rmeval.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_KEYS = {
+    "source": str,
+    "prefix": str,
+    "store": str,
+    "backend": str,
+    "max_parallel": int,
+    "workspace": str,
+    "dataset_file": str,
+    "tokenizer": str,
+    "model_size": str,
+    "num_heads": int,
+    "features_dir": str,
+    "experiments_file": str,
+    "dataset_total_size": int,
+    "results_dir": str,
+    "dataset": str,
+    "table": str,
+    "fit": (dict, bool),
+    "report": bool,
+    "log_dir": str,
+    "template": str,
+    "preset": str,
+}
+_REQUIRED = ("source", "store", "results_dir", "dataset")
+_PATH_KEYS = (
+    "source",
+    "store",
+    "dataset_file",
+    "tokenizer",
+    "features_dir",
+    "experiments_file",
+    "results_dir",
+    "log_dir",
+    "template",
+)
+
+
+@dataclass
+class PipelineResult:
+    runs_ok: int = 0
+    runs_skipped: int = 0
+    runs_failed: list[str] = field(default_factory=list)
+    table: Path | None = None
+    table_changed: bool = False
+    history: Path | None = None
+    issues: int = 0
+    fit_dir: Path | None = None
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.runs_failed else 0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"runs:    {self.runs_ok} converted and scored now, {self.runs_skipped} skipped"
+            + (f", {len(self.runs_failed)} FAILED" if self.runs_failed else "")
+        ]
+        out += [f"  failed: {f}" for f in self.runs_failed]
+        out.append(
+            f"table:   {self.table}" + ("" if self.table_changed else " (unchanged)")
+            if self.table
+            else "table:   (none)"
+        )
+        if self.history:
+            out.append(f"history: {self.history}")
+        if self.issues:
+            out.append(f"issues:  {self.issues} (see the table's .issues.json)")
+        out.append(f"fit:     {self.fit_dir}" if self.fit_dir else "fit:     (skipped)")
+        out.append(f"report:  {self.report}" if self.report else "report:  (skipped)")
+        out += [f"note:    {n}" for n in self.notes]
+        return out
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a pipeline config; relative paths become relative to its directory."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline config") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of pipeline settings")
+    for key, value in raw.items():
+        if key not in _KEYS:
+            raise ConfigError(
+                f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(_KEYS))}"
+            )
+        kind = _KEYS[key]
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(
+                f"{path}: {key} must be {getattr(kind, '__name__', kind)}, got {value!r}"
+            )
+    missing = [k for k in _REQUIRED if not raw.get(k)]
+    if missing:
+        raise ConfigError(f"{path}: missing required key(s): {', '.join(missing)}")
+    base = path.resolve().parent
+    cfg = dict(raw)
+    for key in _PATH_KEYS:
+        v = cfg.get(key)
+        if isinstance(v, str) and v and "://" not in v and not os.path.isabs(v):
+            cfg[key] = str(base / v)
+    cfg.setdefault("backend", "local")
+    cfg.setdefault("max_parallel", 1)
+    cfg.setdefault("table", "runs")
+    cfg.setdefault("log_dir", str(base / "logs"))
+    cfg.setdefault("fit", {"model": "linear"})
+    cfg.setdefault("report", True)
+    return cfg
+
+
+def _run_values(cfg: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, name in (
+        ("dataset_file", "dataset"),
+        ("tokenizer", "tokenizer"),
+        ("model_size", "model_size"),
+        ("num_heads", "num_heads"),
+    ):
+        if cfg.get(key) is not None:
+            values[name] = cfg[key]
+    return values
+
+
+def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResult:
+    """Run every stage of the pipeline described by ``cfg`` (see :func:`load_config`)."""
+    from rmeval import collect, results
+    from rmeval.launch import launch
+    from rmeval.specs import DEFAULT_TEMPLATE
+
+    res = PipelineResult()
+
+    # plan + launch: runs already published in the store are skipped by exact name.
+    plan_args = {
+        "source": cfg["source"],
+        "template": cfg.get("template") or str(DEFAULT_TEMPLATE),
+        "preset": cfg.get("preset"),
+        "prefix": cfg.get("prefix"),
+        "store": cfg["store"],
+        "values": _run_values(cfg),
+    }
+    summary = launch(
+        None,
+        backend=cfg["backend"],
+        plan_args=plan_args,
+        max_parallel=cfg["max_parallel"],
+        workspace=cfg.get("workspace"),
+        log_dir=cfg["log_dir"],
+        progress=progress,
+    )
+    if summary.outcomes:
+        log.info("%s", summary.lines()[-1])
+    res.runs_ok = summary.count("ok") + summary.count("created")
+    res.runs_skipped = summary.count("skipped") + summary.count("exists")
+    res.runs_failed = [f"{o.name} (log: {o.log})" for o in summary.failed]
+
+    # collect into results/<dataset>/<table>.csv with history
+    if cfg["backend"] == "beaker":
+        source = f"beaker://{cfg['workspace']}"
+    else:
+        source = cfg["store"]
+    options: dict[str, Any] = {}
+    if cfg.get("features_dir"):
+        options["feature_counts_dir"] = cfg["features_dir"]
+        if cfg.get("dataset_total_size"):
+            options["dataset_total_size"] = cfg["dataset_total_size"]
+    elif cfg.get("experiments_file"):
+        options["experiments_file"] = cfg["experiments_file"]
+    outcome = collect.run(
+        source,
+        results_dir=cfg["results_dir"],
+        dataset=cfg["dataset"],
+        table_name=cfg["table"],
+        command="rmeval pipeline",
+        **options,
+    )
+    table = results.table_path(cfg["results_dir"], cfg["dataset"], cfg["table"])
+    res.table = table if table.exists() else None
+    res.table_changed = not outcome.unchanged
+    res.issues = len(outcome.table.issues)
+    history = table.parent / "HISTORY.jsonl"
+    res.history = history if history.exists() else None
+    if res.table is None:
+        res.notes.append("no runs were collected; nothing to fit or report")
+        return res
+
+    # fit and report, rebuilt only when the table changed (or they are missing)
+    fit_dir = table.with_name(table.stem + ".fit")
+    if cfg.get("fit"):
+        fit_opts = cfg["fit"] if isinstance(cfg["fit"], dict) else {}
+        res.fit_dir = _fit(table, fit_dir, fit_opts, rebuild=res.table_changed, notes=res.notes)
+    if cfg.get("report"):
+        from rmeval.report import report
+
+        nb = table.with_name(table.stem + ".report.ipynb")
+        if res.table_changed or not nb.exists() or (res.fit_dir and not _newer(nb, fit_dir)):
+            report(table, nb, fit_dir=res.fit_dir, overwrite=True)
+        res.report = nb
+    return res
+
+
+def _newer(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and a.stat().st_mtime >= b.stat().st_mtime
+
+
+def _fit(
+    table: Path, out: Path, opts: dict[str, Any], *, rebuild: bool, notes: list[str]
+) -> Path | None:
+    from rmeval.errors import FitError
+    from rmeval.fit import fit
+
+    if out.exists() and not rebuild:
+        return out
+    try:
+        fit(
+            table,
+            out,
+            model=opts.get("model", "linear"),
+            log_linear=bool(opts.get("log_linear", False)),
+            seed=int(opts.get("seed", 42)),
+            overwrite=True,
+        )
+    except FitError as exc:
+        # A small table (e.g. a handful of demo runs) cannot support a regressor yet: say so
+        # and carry on to the report rather than failing the whole pipeline.
+        notes.append(f"fit skipped: {exc}")
+        if out.exists():
+            storage.delete(str(out))
+        return None
+    return out

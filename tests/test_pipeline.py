@@ -1,0 +1,104 @@
+"""End to end on the embedded default: `rmeval demo` (3 runs) and `rmeval pipeline`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _rmeval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rmeval", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_idempotent(tmp_path):
+    proc = _rmeval(
+        "demo", "--workdir", "work", "--results-dir", "results", "--runs", "3", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "runs:    3 converted and scored now" in out
+
+    ds = tmp_path / "results" / "demo"
+    table = ds / "counts-runs.csv"
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    # every run joined its feature counts: uuid, budget and the opaque feature columns are filled
+    feats = json.loads((ds / "counts-runs.columns.json").read_text())["features"]
+    assert any("|" in c and "=" in c and ":" in c for c in feats)
+    counts_dir = tmp_path / "work" / "bucket" / "feats"
+    for row in rows:
+        assert 0.0 <= float(row["Overall"]) <= 1.0
+        (counts,) = counts_dir.glob(
+            f"regressor_feats_ID__{row['uuid']}__SWAPS_{row['budget']}.json"
+        )
+        expected = json.loads(counts.read_text())
+        assert {c: float(row[c]) for c in feats} == {c: float(v) for c, v in expected.items()}
+    # the published metrics are what the table was built from
+    store = tmp_path / "work" / "store"
+    for row in rows:
+        metrics = json.loads((store / row["name"] / "metrics.json").read_text())
+        assert metrics["model_type"] == "Seq. Classifier"
+        assert float(row["hep-go"]) == pytest.approx(metrics["hep-go"], abs=1e-6)
+    history = (ds / "HISTORY.jsonl").read_text().splitlines()
+    assert len(history) == 1 and json.loads(history[0])["rows"]["added"] == 3
+    assert (ds / "counts-runs.report.ipynb").exists()
+    assert list((ds / "counts-runs.report_figures").glob("*.png"))
+
+    before = _snapshot(tmp_path / "results")
+    store_before = _snapshot(store)
+    again = _rmeval(
+        "demo", "--workdir", "work", "--results-dir", "results", "--runs", "3", cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "runs:    0 converted and scored now" in again.stdout
+    assert "(unchanged)" in again.stdout
+    assert _snapshot(tmp_path / "results") == before, "a re-run must rewrite nothing"
+    assert _snapshot(store) == store_before
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("source: a\nstore: b\nresults_dir: r\ndataset: d\nbogus: 1\n", "unknown key 'bogus'"),
+        ("source: a\nstore: b\n", "missing required key(s): results_dir, dataset"),
+        ("- a\n- b\n", "expected a YAML mapping"),
+        (
+            "source: a\nstore: b\nresults_dir: r\ndataset: d\nmax_parallel: two\n",
+            "max_parallel must be int",
+        ),
+    ],
+)
+def test_bad_pipeline_config_is_one_line(tmp_path, text, message):
+    cfg = tmp_path / "p.yml"
+    cfg.write_text(text)
+    proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and str(cfg) in lines[0], proc.stderr
+
+
+def test_missing_pipeline_config(tmp_path):
+    proc = _rmeval("pipeline", str(tmp_path / "nope.yml"), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "no such pipeline config" in proc.stderr
