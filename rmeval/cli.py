@@ -568,6 +568,84 @@ def _run_demo(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+# --------------------------------------------------------------------------- evaluate, rewardbench-sample
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from rmeval.rewardbench.data import HUB_DATASET
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a sequence-classifier reward model on RewardBench -> metrics.json",
+        description="Score a Hugging Face reward model (num_labels=1) on RewardBench: chat "
+        "template (the tokenizer's, else Tulu), left truncation, length-sorted batches packed "
+        "by a token budget, reward read at the last real token. Writes metrics.json exactly "
+        "as RewardBench's run_rm saves it, atomically; prints the section scores and Overall.",
+    )
+    p.add_argument("model", help="model directory (local or gs://)")
+    p.add_argument(
+        "--dataset",
+        default=HUB_DATASET,
+        help=f".json/.jsonl/.parquet file (local or gs://) or a hub id (default {HUB_DATASET})",
+    )
+    p.add_argument("--out", default=None, help="metrics.json to write (local or gs://)")
+    p.add_argument("--subsets", nargs="+", default=None, help="score only these subsets")
+    p.add_argument(
+        "--chat-template", default=None, help="'tokenizer', 'tulu' or a Jinja template file"
+    )
+    p.add_argument("--max-length", type=int, default=2048, help="tokens kept (from the end)")
+    p.add_argument("--max-tokens", type=int, default=None, help="padded tokens per batch")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--save-scores", default=None, help="per-pair rewards as JSON lines")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from rmeval.rewardbench.evaluate import DEFAULT_MAX_TOKENS, evaluate, format_summary
+
+    result = evaluate(
+        args.model,
+        args.dataset,
+        args.out,
+        subsets=args.subsets,
+        chat_template=args.chat_template,
+        max_length=args.max_length,
+        max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
+        device=args.device,
+        dtype=args.dtype,
+        save_scores=args.save_scores,
+        overwrite=args.overwrite,
+    )
+    _print(format_summary(result))
+    if args.out:
+        _print(f"metrics: {args.out}")
+    return 0
+
+
+def _add_rewardbench_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rewardbench-sample",
+        help="write a deterministic RewardBench-format sample (all 23 subsets, generated text)",
+    )
+    p.add_argument("out", help="JSON-lines file to write (local or gs://)")
+    p.add_argument("--per-subset", type=int, default=10, help="pairs per subset (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=_run_rewardbench_sample)
+
+
+def _run_rewardbench_sample(args: argparse.Namespace) -> int:
+    from rmeval.rewardbench.data import write_sample
+
+    out = write_sample(
+        args.out, per_subset=args.per_subset, seed=args.seed, overwrite=args.overwrite
+    )
+    _print(f"wrote {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- commands
 # Each stage adds its _add_/_run_ pair above this line and registers it in COMMANDS.
 
@@ -584,6 +662,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_report,
     _add_pipeline,
     _add_demo,
+    _add_evaluate,
+    _add_rewardbench_sample,
 ]
 
 

@@ -52,8 +52,9 @@ CHAT_TEMPLATE_NAMES = ("tokenizer", "tulu")
 @dataclass
 class EvalResult:
     """``metrics`` is exactly what metrics.json holds; ``sections`` the four section
-    scores (None where no subset of a section was scored); ``padding_ratio`` is padded
-    tokens / real tokens (1.0 = no padding)."""
+    scores (None where no subset of a section was scored); ``seconds`` the time spent
+    formatting, tokenizing and scoring (model loading excluded); ``padding_ratio`` is
+    padded tokens / real tokens (1.0 = no padding)."""
 
     metrics: dict
     sections: dict[str, float | None]
@@ -341,10 +342,10 @@ def evaluate(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     pairs = load_pairs(dataset, subsets)
-    t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         local = _local_model_dir(model_dir, stack)
         model, tokenizer = load_reward_model(local, dev, torch_dtype)
+        t0 = time.perf_counter()
         template, template_name = chat_template_for(tokenizer, chat_template)
         texts = format_texts(tokenizer, template, pairs)
         seqs, n_truncated = tokenize(tokenizer, texts, max_length)
