@@ -90,6 +90,62 @@ def test_reward_is_transformers_reward_alone_and_in_any_batch(loaded, seqs):
                 assert padded >= sum(len(s) for s in seqs)
 
 
+def test_last_layer_shortcut_matches_the_full_forward(loaded, seqs):
+    from rmeval.rewardbench.evaluate import _last_layer_shortcut_supported
+
+    model, _ = loaded
+    assert _last_layer_shortcut_supported(model)  # Llama: the fast path is the one in use
+    batches = plan_batches([len(s) for s in seqs], 4096, slack=0.5)
+    fast, _ = score_batches(model, seqs, batches, pad_id=0, device="cpu", shortcut=True)
+    full, _ = score_batches(model, seqs, batches, pad_id=0, device="cpu", shortcut=False)
+    assert max(abs(a - b) for a, b in zip(fast, full, strict=True)) <= TOL
+    for i in range(0, len(seqs), 4):
+        assert abs(fast[i] - _hf_reward(model, seqs[i])) <= TOL
+    # the model is left as it was
+    assert type(model.base_model.layers[-1]).__name__ == "LlamaDecoderLayer"
+
+
+def test_other_architectures_use_the_full_forward(tmp_path, sample):
+    """GPT-2 has a `score` head but no plain `layers` stack: no shortcut, same contract."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    from rmeval.rewardbench.evaluate import _last_layer_shortcut_supported
+
+    d = make_reward_model(tmp_path / "llama", layers=1)  # for its tokenizer
+    tok = AutoTokenizer.from_pretrained(d)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=2048,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = GPT2ForSequenceClassification(config)
+    model.save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    loaded_model, _ = load_reward_model(tmp_path / "gpt2", "cpu", torch.float32)
+    assert not _last_layer_shortcut_supported(loaded_model)
+    pairs = load_pairs(str(sample), subsets=["xstest-should-refuse", "hep-js"])
+    template, _ = chat_template_for(tok)
+    ids, _ = tokenize(tok, format_texts(tok, template, pairs), 2048)
+    got, _ = score_batches(
+        loaded_model,
+        ids,
+        plan_batches([len(x) for x in ids], 4096, slack=1.0),
+        pad_id=0,
+        device="cpu",
+        padding_side="left",
+    )
+    for i in range(len(ids)):
+        assert abs(got[i] - _hf_reward(loaded_model, ids[i])) <= TOL
+    result = evaluate(str(tmp_path / "gpt2"), str(sample), subsets=["hep-js"], progress=False)
+    assert result.n_pairs == 2
+
+
 def test_plan_batches_properties():
     rng = random.Random(1)
     lengths = [int(rng.lognormvariate(5, 1)) + 1 for _ in range(500)]
@@ -278,6 +334,7 @@ def test_gcs_model_data_and_outputs(model_dir, sample, gcs_bucket):
         progress=False,
     )
     assert json.loads(storage.read_text(out)) == result.metrics
-    assert len(storage.read_text(f"{gcs_bucket}/results/scores.jsonl").splitlines()) == 6
+    n = len(load_pairs(str(sample), subsets=["alpacaeval-easy", "math-prm"]))
+    assert len(storage.read_text(f"{gcs_bucket}/results/scores.jsonl").splitlines()) == n == 4
     with pytest.raises(EvalError, match="already exists"):
         evaluate(f"{gcs_bucket}/models/rm", str(sample), out, progress=False)

@@ -9,6 +9,8 @@ What it does, and why:
 - the texts (two per pair) are sorted by length and packed into batches by a token budget
   counted on the *padded* size (``max_tokens``), and a batch only takes a text if the batch
   stays within ``PAD_SLACK`` of padding: near-equal lengths, little wasted compute;
+- for plain pre-norm decoders (Llama, Mistral, Qwen2) the last layer's MLP runs only at the
+  token whose reward is read (checked against the full forward on a probe batch first);
 - the reward is read at the last real token, located from the attention mask (never from
   pad-id detection, which picks the wrong position when pad == eos), and position ids are
   derived from the mask, so a text gets the same reward alone or in any batch, with left
@@ -42,8 +44,10 @@ MODEL_TYPE = "Seq. Classifier"
 DEFAULT_MAX_LENGTH = 2048
 DEFAULT_MAX_TOKENS = 8192
 # A batch takes another text only while padded tokens stay within this fraction of the
-# batch's real tokens.
-PAD_SLACK = 0.03
+# batch's real tokens. On a GPU batching pays; on a CPU a batch of one long text runs as
+# fast per token as a batch of several, and a padding-free batch needs no attention mask
+# (the faster causal kernel), so CPU batches only group texts of equal length.
+PAD_SLACK = {"cuda": 0.03, "cpu": 0.0}
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "bf16", "fp32")
 CHAT_TEMPLATE_NAMES = ("tokenizer", "tulu")
@@ -231,9 +235,7 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[lis
     return out, n_truncated
 
 
-def plan_batches(
-    lengths: Sequence[int], max_tokens: int, slack: float = PAD_SLACK
-) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], max_tokens: int, slack: float = 0.03) -> list[list[int]]:
     """Indices grouped into batches: longest first; a batch of ``k`` texts padded to its
     longest ``L`` takes the next text only if ``(k+1)·L <= max_tokens`` and the padded size
     stays within ``1 + slack`` of its real tokens. A text longer than the budget gets a
@@ -259,6 +261,97 @@ def plan_batches(
     return batches
 
 
+# Decoder layers whose forward is exactly: h + attn(norm1(h)), then h + mlp(norm2(h)).
+_PLAIN_DECODER_LAYERS = frozenset({"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"})
+
+
+def _last_layer_shortcut_supported(model) -> bool:
+    base = model.base_model
+    layers = getattr(base, "layers", None)
+    if not layers or not hasattr(base, "norm"):
+        return False
+    last = layers[-1]
+    return type(last).__name__ in _PLAIN_DECODER_LAYERS and all(
+        hasattr(last, a)
+        for a in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+    )
+
+
+class _LastTokenLayer:
+    """Stands in for the model's last decoder layer while scoring: attention runs over
+    every position (it needs them all, through transformers' own module), but the MLP,
+    the layer's largest part, runs only at the rows whose reward is read. The layer's
+    output then has one position per sequence; the base model's final norm and the score
+    head apply to it unchanged."""
+
+    def __init__(self, layer, rows):
+        import torch
+
+        class Shortcut(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = layer
+                if hasattr(layer, "attention_type"):
+                    self.attention_type = layer.attention_type
+
+            def forward(self, hidden_states, attention_mask=None, **kwargs):
+                residual = hidden_states
+                h = layer.input_layernorm(hidden_states)
+                h, _ = layer.self_attn(hidden_states=h, attention_mask=attention_mask, **kwargs)
+                picked = (residual + h)[torch.arange(h.shape[0], device=h.device), rows.value]
+                picked = picked.unsqueeze(1)
+                return picked + layer.mlp(layer.post_attention_layernorm(picked))
+
+        self.module = Shortcut()
+
+
+class _Rows:
+    value = None
+
+
+def _forward_last_hidden(model, ids, mask, positions, last, shortcut: bool):
+    """The final-norm hidden state at ``last`` of every row: (batch, hidden)."""
+    import torch
+
+    base = model.base_model
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    if not shortcut:
+        out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[rows, last]
+    holder = _Rows()
+    holder.value = last
+    original = base.layers[-1]
+    base.layers[-1] = _LastTokenLayer(original, holder).module
+    try:
+        out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    finally:
+        base.layers[-1] = original
+    return out.last_hidden_state[:, 0]
+
+
+def _shortcut_agrees(model, device: str) -> bool:
+    """Check the last-layer shortcut against the full forward on a small padded batch."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (3, 24), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    mask[2, 9:] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    last = (mask * torch.arange(ids.shape[1])).argmax(-1)
+    ids, mask, positions, last = (t.to(device) for t in (ids, mask, positions, last))
+    with torch.inference_mode():
+        full = _forward_last_hidden(model, ids, mask, positions, last, False).float()
+        fast = _forward_last_hidden(model, ids, mask, positions, last, True).float()
+    tol = 1e-4 if full.dtype == torch.float32 and model.dtype == torch.float32 else 2e-2
+    ok = bool(torch.allclose(full, fast, rtol=tol, atol=tol))
+    if not ok:
+        log.warning("last-layer shortcut disagrees with the full forward; using the full forward")
+    return ok
+
+
 def score_batches(
     model,
     seqs: Sequence[Sequence[int]],
@@ -268,14 +361,22 @@ def score_batches(
     device: str,
     padding_side: str = "right",
     progress=None,
+    shortcut: bool | None = None,
 ) -> tuple[list[float], int]:
     """The reward of every sequence (float, in input order), computed batch by batch; and
-    the number of padded positions (real + pad) processed."""
+    the number of padded positions (real + pad) processed.
+
+    ``shortcut``: run the last decoder layer's MLP only at the last real token (``None``:
+    when the architecture is a plain pre-norm decoder and a probe batch agrees with the
+    full forward)."""
     import torch
 
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    base = model.base_model
+    if shortcut is None:
+        shortcut = _last_layer_shortcut_supported(model) and _shortcut_agrees(model, device)
+    elif shortcut and not _last_layer_shortcut_supported(model):
+        raise ValueError(f"{type(model).__name__}: the last-layer shortcut is not supported")
     head = model.score
     rewards = [math.nan] * len(seqs)
     padded_total = 0
@@ -295,10 +396,7 @@ def score_batches(
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             last = (mask * torch.arange(width)).argmax(-1)  # index of the last real token
             ids, mask, positions, last = (t.to(device) for t in (ids, mask, positions, last))
-            hidden = base(
-                input_ids=ids, attention_mask=mask, position_ids=positions
-            ).last_hidden_state
-            picked = hidden[torch.arange(len(batch), device=hidden.device), last]
+            picked = _forward_last_hidden(model, ids, mask, positions, last, shortcut)
             scores = head(picked).float().reshape(len(batch), -1)[:, 0].cpu().tolist()
             for i, r in zip(batch, scores, strict=True):
                 rewards[i] = r
@@ -359,7 +457,7 @@ def evaluate(
         pad_id = tokenizer.pad_token_id
         if pad_id is None:  # any id works: padded positions are masked and never read
             pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        batches = plan_batches([len(s) for s in seqs], max_tokens)
+        batches = plan_batches([len(s) for s in seqs], max_tokens, slack=PAD_SLACK[dev])
         done = [0] * len(pairs)
         bar = tqdm(
             total=len(pairs), unit="pair", desc="rewardbench", disable=None if progress else True
