@@ -176,6 +176,20 @@ def test_truncation_keeps_the_end(loaded):
     assert n == 0 and same == full
 
 
+def test_templates_that_write_bos_get_exactly_one(loaded, tmp_path):
+    _, tok = loaded
+    pair = load_pairs_one()
+    own_bos = tmp_path / "bos.jinja"
+    own_bos.write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    template, _ = chat_template_for(tok, str(own_bos))
+    (with_bos,), _ = tokenize(tok, format_texts(tok, template, [pair])[:1], 100)
+    template, _ = chat_template_for(tok, "tulu")
+    (tulu,), _ = tokenize(tok, format_texts(tok, template, [pair])[:1], 100)
+    for ids in (with_bos, tulu):
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert tulu[-1] == tok.eos_token_id
+
+
 def test_chat_templates(loaded, tmp_path):
     _, tok = loaded
     pair = load_pairs_one()

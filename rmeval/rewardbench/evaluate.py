@@ -277,36 +277,29 @@ def _last_layer_shortcut_supported(model) -> bool:
     )
 
 
-class _LastTokenLayer:
-    """Stands in for the model's last decoder layer while scoring: attention runs over
-    every position (it needs them all, through transformers' own module), but the MLP,
-    the layer's largest part, runs only at the rows whose reward is read. The layer's
-    output then has one position per sequence; the base model's final norm and the score
-    head apply to it unchanged."""
+def _shortcut_layer(layer, last):
+    """A stand-in for the model's last decoder layer while scoring: attention runs over
+    every position (it needs them all; transformers' own module), but the MLP, the layer's
+    largest part, runs only at ``last`` (one row index per sequence). The output has one
+    position per sequence; the base model's final norm and the score head apply to it
+    unchanged."""
+    import torch
 
-    def __init__(self, layer, rows):
-        import torch
+    class LastTokenLayer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = layer
+            if hasattr(layer, "attention_type"):  # read by models that mix attention types
+                self.attention_type = layer.attention_type
 
-        class Shortcut(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inner = layer
-                if hasattr(layer, "attention_type"):
-                    self.attention_type = layer.attention_type
+        def forward(self, hidden_states, attention_mask=None, **kwargs):
+            h = layer.input_layernorm(hidden_states)
+            h, _ = layer.self_attn(hidden_states=h, attention_mask=attention_mask, **kwargs)
+            rows = torch.arange(h.shape[0], device=h.device)
+            picked = (hidden_states + h)[rows, last].unsqueeze(1)
+            return picked + layer.mlp(layer.post_attention_layernorm(picked))
 
-            def forward(self, hidden_states, attention_mask=None, **kwargs):
-                residual = hidden_states
-                h = layer.input_layernorm(hidden_states)
-                h, _ = layer.self_attn(hidden_states=h, attention_mask=attention_mask, **kwargs)
-                picked = (residual + h)[torch.arange(h.shape[0], device=h.device), rows.value]
-                picked = picked.unsqueeze(1)
-                return picked + layer.mlp(layer.post_attention_layernorm(picked))
-
-        self.module = Shortcut()
-
-
-class _Rows:
-    value = None
+    return LastTokenLayer()
 
 
 def _forward_last_hidden(model, ids, mask, positions, last, shortcut: bool):
@@ -314,14 +307,12 @@ def _forward_last_hidden(model, ids, mask, positions, last, shortcut: bool):
     import torch
 
     base = model.base_model
-    rows = torch.arange(ids.shape[0], device=ids.device)
     if not shortcut:
         out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        rows = torch.arange(ids.shape[0], device=ids.device)
         return out.last_hidden_state[rows, last]
-    holder = _Rows()
-    holder.value = last
     original = base.layers[-1]
-    base.layers[-1] = _LastTokenLayer(original, holder).module
+    base.layers[-1] = _shortcut_layer(original, last)
     try:
         out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     finally:
@@ -479,6 +470,13 @@ def evaluate(
             bar.close()
     seconds = time.perf_counter() - t0
     real = sum(len(s) for s in seqs)
+    n_nan = sum(math.isnan(r) for r in rewards)
+    if n_nan:
+        log.warning(
+            "%d of %d rewards are NaN (counted as wrong); check the model and --dtype",
+            n_nan,
+            len(rewards),
+        )
 
     per_subset: dict[str, list[int]] = {}
     score_rows = []
