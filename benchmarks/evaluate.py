@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         f"speed-up: {speedup:.2f}x pairs/s (target >= 3x); padding {100 * (result.padding_ratio - 1):.1f} % (target <= 5 %)"
     )
     print(f"decisions identical: {same}/{n_pairs}; max |reward difference| {max_diff:.2e}")
+    if not args.quick:
+        print("(a smaller run: --quick, 120 pairs)")
     ok = same == n_pairs and result.padding_ratio <= 1.05
     return 0 if ok else 1
 

@@ -599,6 +599,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--save-scores", default=None, help="per-pair rewards as JSON lines")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--model-name", default=None, help="'model' in metrics.json (default MODEL)")
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -617,6 +618,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         save_scores=args.save_scores,
         overwrite=args.overwrite,
+        model_name=args.model_name,
     )
     _print(format_summary(result))
     if args.out:

@@ -27,9 +27,11 @@ def test_sample_then_evaluate(model_dir, tmp_path, capsys):
 
     out, scores = tmp_path / "metrics.json", tmp_path / "scores.jsonl"
     argv = ["evaluate", str(model_dir), "--dataset", str(data), "--out", str(out)]
-    assert main([*argv, "--save-scores", str(scores), "--device", "cpu", "--dtype", "fp32"]) == 0
+    extra = ["--save-scores", str(scores), "--device", "cpu", "--dtype", "fp32"]
+    assert main([*argv, *extra, "--model-name", "org/rm-7b"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads(out.read_text())
+    assert metrics["model"] == "org/rm-7b"
     summary = scoring.summarize(scoring.subset_accuracies(metrics))
     for name, value in summary.items():
         assert f"{name:<26} {100 * value:6.2f}" in printed

@@ -419,10 +419,12 @@ def evaluate(
     save_scores: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    model_name: str | None = None,
 ) -> EvalResult:
     """Score the reward model in ``model_dir`` (local or gs://) on ``dataset``; write
     ``metrics.json`` to ``out`` and per-pair rewards to ``save_scores`` if given (local or
-    gs://, atomic, never clobbering unless ``overwrite``)."""
+    gs://, atomic, never clobbering unless ``overwrite``). ``model_name`` is what
+    metrics.json records as ``model`` (default: ``model_dir`` as given, like run_rm)."""
     from tqdm.auto import tqdm
 
     model_dir = os.fspath(model_dir)
@@ -498,7 +500,11 @@ def evaluate(
     ordered = [s for s in scoring.SUBSETS if s in per_subset] + sorted(
         s for s in per_subset if s not in scoring.EXAMPLE_COUNTS
     )
-    metrics: dict = {"model": model_dir, "model_type": MODEL_TYPE, "chat_template": template_name}
+    metrics: dict = {
+        "model": model_name or model_dir,
+        "model_type": MODEL_TYPE,
+        "chat_template": template_name,
+    }
     for s in ordered:
         metrics[s] = sum(per_subset[s]) / len(per_subset[s])
     summary = scoring.summarize(scoring.subset_accuracies(metrics))
