@@ -89,12 +89,12 @@ def _fetch(src: str, work: Path) -> Path:
             )
         return p
     name = storage.basename(src)
-    if name.endswith(".model"):
-        return storage.download_file(src, work / name)
     try:
+        if name.endswith(".model"):
+            return storage.download_file(src, work / name)
         return storage.download_tree(src, work / "tokenizer")
     except StoreError as exc:
-        raise CheckpointError(f"{src}: cannot fetch the tokenizer directory: {exc}") from exc
+        raise CheckpointError(f"cannot fetch the tokenizer: {exc}") from exc
 
 
 def _load_sentencepiece(model_file: Path):
@@ -147,9 +147,37 @@ def _load_sentencepiece(model_file: Path):
         bpe.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
         )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token=unk, bos_token=bos, eos_token=eos
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token=unk, bos_token=bos, eos_token=eos)
+    _check_same_encoding(sp, tok, model_file)
+    return tok
+
+
+_PROBES = (
+    "Hello, world! How are you today?",
+    "  two leading spaces and trailing  ",
+    "line one\nline two\n\n\tindented",
+    "def f(x):\n    return x ** 2  # code",
+    "Zürich, naïve café, 東京, emoji 😀",
+    "1234567890 3.14159 -42",
+)
+
+
+def _check_same_encoding(sp, tok, model_file: Path) -> None:
+    """The rebuilt tokenizer must encode like sentencepiece itself (Llama-style BPE with
+    byte fallback); anything else (e.g. a unigram model) is refused, not silently wrong."""
+    normal = [
+        i
+        for i in range(sp.GetPieceSize())
+        if not (sp.IsControl(i) or sp.IsUnknown(i) or sp.IsByte(i) or sp.IsUnused(i))
+    ]
+    pieces = [sp.IdToPiece(i).replace("▁", " ") for i in normal[::7]]
+    probes = [*_PROBES, "".join(pieces[:200])]
+    for text in probes:
+        if tok(text, add_special_tokens=False)["input_ids"] != sp.encode(text):
+            raise CheckpointError(
+                f"{model_file}: this sentencepiece model does not encode like a Llama BPE "
+                f"tokenizer (e.g. {text[:30]!r}); pass a Hugging Face tokenizer directory instead"
+            )
 
 
 def _load_hf(directory: Path):

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from rmeval import storage
-from rmeval.errors import CheckpointError, StoreError
+from rmeval.errors import CheckpointError
 from rmeval.tokenizer import (
     TULU_CHAT_TEMPLATE,
     prepare_tokenizer,
@@ -215,10 +215,28 @@ def test_bad_tokenizers_fail_clearly(sp_model, hf_dir, tmp_path):
 
 
 def test_missing_gcs_tokenizer(gcs_bucket, tmp_path):
-    with pytest.raises((CheckpointError, StoreError)):
+    with pytest.raises(CheckpointError, match="cannot fetch the tokenizer"):
         prepare_tokenizer(f"{gcs_bucket}/nothing/tokenizer.model", tmp_path / "o")
-    with pytest.raises(CheckpointError, match="cannot fetch the tokenizer directory"):
+    with pytest.raises(CheckpointError, match="cannot fetch the tokenizer"):
         prepare_tokenizer(f"{gcs_bucket}/nothing", tmp_path / "o")
+
+
+def test_unigram_sentencepiece_is_refused(tmp_path):
+    import sentencepiece as spm
+
+    (tmp_path / "corpus.txt").write_text("\n".join(_corpus()), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"),
+        model_prefix=str(tmp_path / "uni"),
+        vocab_size=330,
+        model_type="unigram",
+        character_coverage=0.99,
+        byte_fallback=True,
+        minloglevel=2,
+    )
+    with pytest.raises(CheckpointError, match="does not encode like a Llama BPE"):
+        prepare_tokenizer(str(tmp_path / "uni.model"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_train_tokenizer_round_trips(hf_dir):
