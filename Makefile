@@ -25,6 +25,9 @@ $(DEPS_OK):
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/pip check
+	@# RewardBench's own scoring helper, to test ours against it. Its dependencies (fastchat,
+	@# datasets, ...) are not wanted: the tests load only its constants and one function.
+	$(BIN)/pip install -q --no-deps "rewardbench==0.1.4"
 	touch $(DEPS_OK)
 	@# environments of older pyproject versions are left behind by nothing else: prune them
 	@for d in $(ENV_ROOT)/venv-*; do [ "$$d" = "$(VENV)" ] || rm -rf "$$d"; done
