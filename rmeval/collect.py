@@ -265,22 +265,6 @@ def _bounded_map(
                 yield fut.result()
 
 
-def _beaker_client():
-    try:
-        from beaker import Beaker
-        from beaker.exceptions import BeakerConfigurationError
-    except ImportError:  # pragma: no cover - optional extra
-        raise CollectError(
-            "beaker-py is not installed: install rmeval[beaker] to collect from beaker://"
-        ) from None
-    try:
-        return Beaker.from_env(check_for_upgrades=False)
-    except BeakerConfigurationError as exc:
-        raise CollectError(
-            f"Beaker is not configured ({exc}); set BEAKER_TOKEN (and BEAKER_CONFIG if needed)"
-        ) from None
-
-
 def fetch_beaker(
     workspace: str,
     *,
@@ -298,11 +282,12 @@ def fetch_beaker(
         BeakerWorkspaceNotFound,
     )
 
-    own = client is None
-    b = _beaker_client() if own else client
+    from rmeval.backends import beaker as beaker_backend
+
     runs: list[RunMetrics] = []
     issues: list[Issue] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        b = client if client is not None else stack.enter_context(beaker_backend.client())
         try:
             ws = b.workspace.get(workspace)
         except BeakerWorkspaceNotFound:
@@ -390,9 +375,6 @@ def fetch_beaker(
             fetch, listing(), max_concurrency, desc="beaker", initializer=b.__enter__
         ):
             (runs if isinstance(result, RunMetrics) else issues).append(result)
-    finally:
-        if own:
-            b.close()
     return runs, issues
 
 
