@@ -21,13 +21,13 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import tempfile
 import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 from rmeval.errors import CredentialsError
+from rmeval.procutil import sigterm_as_exit
 
 log = logging.getLogger(__name__)
 
@@ -121,29 +121,6 @@ def _write_key_file(text: str) -> Path:
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Inside the block, SIGTERM raises SystemExit(143) so ``finally`` clauses run (the
-    default action would kill the process and leave the key file behind). Only in the
-    main thread and only when nobody else installed a SIGTERM handler."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous not in (signal.SIG_DFL, None):
-        yield
-        return
-
-    def _handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
 def google_from_env(environ: MutableMapping[str, str] | None = None) -> Iterator[Path | None]:
     """Make ``GOOGLE_SERVICE_ACCOUNT`` usable as Application Default Credentials for the
     duration of the block.
@@ -171,7 +148,7 @@ def google_from_env(environ: MutableMapping[str, str] | None = None) -> Iterator
         atexit.register(key.cleanup)
         env[ADC_VAR] = str(key.path)
         log.debug("using the service-account key from %s for Google access", SERVICE_ACCOUNT_VAR)
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             yield key.path
     finally:
         key.cleanup()

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +45,7 @@ from rmeval.collect import (
     sidecar,
 )
 from rmeval.errors import NamingError, ResultsError, UsageError
+from rmeval.procutil import git_head
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +103,6 @@ def diff_rows(old_csv: str, new_csv: str) -> RowDiff:
     removed = len(old.keys() - new.keys())
     changed = sum(1 for k in new.keys() & old.keys() if new[k] != old[k])
     return RowDiff(total=len(new), added=added, changed=changed, removed=removed)
-
-
-def _git_sha(where: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and sha else None
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -206,7 +191,7 @@ def update(
         "issues": len(table.issues),
         "sha256": hashlib.sha256(files[path].encode("utf-8")).hexdigest(),
         "rmeval_version": __version__,
-        "git_sha": _git_sha(_existing_ancestor(path.parent)),
+        "git_sha": git_head(_existing_ancestor(path.parent)),
         "command": command if command is not None else default_command(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

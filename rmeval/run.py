@@ -24,24 +24,20 @@ a local sample.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from rmeval import __version__, naming, storage
 from rmeval.errors import StoreError
+from rmeval.procutil import git_head, sigterm_as_exit
 
 log = logging.getLogger(__name__)
 
@@ -69,42 +65,7 @@ def git_sha() -> str | None:
     if env:
         return env
     src = Path(__file__).resolve().parent.parent
-    if not (src / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and len(sha) == 40 else None
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM (Beaker preemption, a cancelled runner) raises SystemExit so temporary files
-    are removed. Main thread only, and only if nobody else handles SIGTERM."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous not in (signal.SIG_DFL, None):
-        yield
-        return
-
-    def _handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return git_head(src) if (src / ".git").exists() else None
 
 
 def _plain(obj: Any) -> Any:
@@ -159,7 +120,7 @@ def run_one(
     started = time.time()
     if work_dir:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-    with _sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="rmeval-run-", dir=work_dir) as tmp:
+    with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="rmeval-run-", dir=work_dir) as tmp:
         tmpdir = Path(tmp)
         model_dir = tmpdir / run  # metrics.json's "model" field ends with the run name
         metrics_path = tmpdir / METRICS_FILE
