@@ -658,14 +658,14 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_run_one,
     _add_convert,
     _add_verify,
+    _add_evaluate,
+    _add_rewardbench_sample,
     _add_collect,
     _add_history,
     _add_fit,
     _add_report,
     _add_pipeline,
     _add_demo,
-    _add_evaluate,
-    _add_rewardbench_sample,
 ]
 
 
