@@ -122,7 +122,7 @@ def run_one(
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="rmeval-run-", dir=work_dir) as tmp:
         tmpdir = Path(tmp)
-        model_dir = tmpdir / run  # metrics.json's "model" field ends with the run name
+        model_dir = tmpdir / run
         metrics_path = tmpdir / METRICS_FILE
         scores_path = tmpdir / SCORES_FILE
 
@@ -151,6 +151,7 @@ def run_one(
             dtype=dtype,
             save_scores=str(scores_path),
             progress=progress,
+            model_name=run,  # metrics.json names the run, not a temporary directory
         )
         timings["evaluate"] = time.perf_counter() - t0
 

@@ -50,7 +50,7 @@ def test_run_one_publishes_metrics_scores_provenance(material, store_root, tmp_p
     for subset, hits in by_subset.items():
         assert metrics[subset] == pytest.approx(sum(hits) / len(hits))
     assert metrics["model_type"] == "Seq. Classifier"
-    assert metrics["model"].endswith(expected_run)
+    assert metrics["model"] == expected_run
 
     prov = json.loads(storage.read_text(storage.join(dest, "provenance.json")))
     assert prov["checkpoint"] == material.checkpoints[0]
