@@ -172,11 +172,14 @@ def build_notebook(csv: str, notebook_dir: Path, frame, fit_dir: str | None = No
         code(
             f"hm = df.assign(_label=labels).sort_values({OVERALL!r}, ascending=False, kind='mergesort')"
             f".head({HEATMAP_ROWS})\n"
+            "import os\n"
             "values = hm[SUBSETS].to_numpy(dtype=float)\n"
             "fig, ax = plt.subplots(figsize=(0.35 * len(SUBSETS) + 3, 0.22 * len(hm) + 2))\n"
             "im = ax.imshow(values, aspect='auto', cmap='viridis', vmin=0, vmax=1, interpolation='nearest')\n"
             "ax.set_xticks(range(len(SUBSETS)), SUBSETS, rotation=90)\n"
-            "ax.set_yticks(range(len(hm)), [s[:40] for s in hm['_label']])\n"
+            "# run names share long prefixes: label rows by what tells them apart\n"
+            "common = os.path.commonprefix(list(hm['_label'])) if len(hm) > 1 else ''\n"
+            "ax.set_yticks(range(len(hm)), [('…' if common else '') + s[len(common):][-40:] for s in hm['_label']])\n"
             "fig.colorbar(im, ax=ax, label='accuracy')\n"
             f"ax.set_title('subset accuracy (top {{}} runs by Overall)'.format(len(hm)))\nshow(fig)",
             figure="subset_heatmap",
