@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from rmeval import storage
+from rmeval import naming, storage
 from rmeval.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,10 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         if isinstance(v, str) and v and "://" not in v and not os.path.isabs(v):
             cfg[key] = str(base / v)
     cfg.setdefault("backend", "local")
+    if cfg["backend"] not in ("local", "beaker"):
+        raise ConfigError(f"{path}: backend must be 'local' or 'beaker', got {cfg['backend']!r}")
+    if cfg["backend"] == "beaker" and not cfg.get("workspace"):
+        raise ConfigError(f"{path}: backend beaker needs a workspace (ORG/NAME)")
     cfg.setdefault("max_parallel", 1)
     cfg.setdefault("table", "runs")
     cfg.setdefault("log_dir", str(base / "logs"))
@@ -200,11 +204,16 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
     res.runs_failed = [f"{o.name} (log: {o.log})" for o in summary.failed]
 
     # collect into results/<dataset>/<table>.csv with history
+    # Collect only this pipeline's runs (a store or workspace may hold other datasets').
+    options: dict[str, Any] = {}
+    prefix = cfg.get("prefix") or ""
     if cfg["backend"] == "beaker":
         source = f"beaker://{cfg['workspace']}"
+        options["experiment_prefix"] = naming.DEFAULT_EVAL_EXPERIMENT_PREFIX + prefix
     else:
         source = cfg["store"]
-    options: dict[str, Any] = {}
+        if prefix:
+            options["experiment_prefix"] = prefix
     if cfg.get("features_dir"):
         options["feature_counts_dir"] = cfg["features_dir"]
         if cfg.get("dataset_total_size"):

@@ -87,6 +87,8 @@ def test_demo_end_to_end_and_idempotent(tmp_path):
             "source: a\nstore: b\nresults_dir: r\ndataset: d\nmax_parallel: two\n",
             "max_parallel must be int",
         ),
+        ("source: a\nstore: b\nresults_dir: r\ndataset: d\nbackend: slurm\n", "backend must be"),
+        ("source: a\nstore: b\nresults_dir: r\ndataset: d\nbackend: beaker\n", "needs a workspace"),
     ],
 )
 def test_bad_pipeline_config_is_one_line(tmp_path, text, message):
@@ -102,3 +104,28 @@ def test_missing_pipeline_config(tmp_path):
     proc = _rmeval("pipeline", str(tmp_path / "nope.yml"), cwd=tmp_path)
     assert proc.returncode == 1
     assert "no such pipeline config" in proc.stderr
+
+
+def test_pipeline_collects_only_its_own_runs(tmp_path):
+    """A store shared by two datasets: each pipeline's table holds its own runs only."""
+    import random
+
+    from rmeval.rewardbench.scoring import SUBSETS
+
+    (tmp_path / "ckpts").mkdir()  # nothing new to convert
+    rng = random.Random(1)
+    for run in ("hs2-exp_a", "hs2-exp_b", "mp-exp_a"):
+        metrics = {"model": run, "model_type": "Seq. Classifier", "chat_template": "tulu"}
+        metrics.update({s: rng.random() for s in SUBSETS})
+        (tmp_path / "store" / run).mkdir(parents=True)
+        (tmp_path / "store" / run / "metrics.json").write_text(json.dumps(metrics))
+    cfg = tmp_path / "p.yml"
+    cfg.write_text(
+        "source: ckpts\nstore: store\nprefix: hs2\nresults_dir: results\ndataset: hs2\n"
+        "table: runs\nfit: false\nreport: false\n"
+    )
+    proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with (tmp_path / "results" / "hs2" / "runs.csv").open(newline="") as f:
+        names = sorted(r["name"] for r in csv.DictReader(f))
+    assert names == ["hs2-exp_a", "hs2-exp_b"]
