@@ -96,9 +96,14 @@ def test_last_layer_shortcut_matches_the_full_forward(loaded, seqs):
     model, _ = loaded
     assert _last_layer_shortcut_supported(model)  # Llama: the fast path is the one in use
     batches = plan_batches([len(s) for s in seqs], 4096, slack=0.5)
-    fast, _ = score_batches(model, seqs, batches, pad_id=0, device="cpu", shortcut=True)
-    full, _ = score_batches(model, seqs, batches, pad_id=0, device="cpu", shortcut=False)
-    assert max(abs(a - b) for a, b in zip(fast, full, strict=True)) <= TOL
+    for side in ("right", "left"):
+        fast, _ = score_batches(
+            model, seqs, batches, pad_id=0, device="cpu", shortcut=True, padding_side=side
+        )
+        full, _ = score_batches(
+            model, seqs, batches, pad_id=0, device="cpu", shortcut=False, padding_side=side
+        )
+        assert max(abs(a - b) for a, b in zip(fast, full, strict=True)) <= TOL, side
     for i in range(0, len(seqs), 4):
         assert abs(fast[i] - _hf_reward(model, seqs[i])) <= TOL
     # the model is left as it was

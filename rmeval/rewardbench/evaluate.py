@@ -261,8 +261,9 @@ def plan_batches(lengths: Sequence[int], max_tokens: int, slack: float = 0.03) -
     return batches
 
 
-# Decoder layers whose forward is exactly: h + attn(norm1(h)), then h + mlp(norm2(h)).
-_PLAIN_DECODER_LAYERS = frozenset({"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"})
+# Decoder layers whose forward is exactly h + attn(norm1(h)), then h + mlp(norm2(h)), with
+# full causal attention (no sliding window) and rotary applied to q and k.
+_PLAIN_DECODER_LAYERS = frozenset({"LlamaDecoderLayer"})
 
 
 def _last_layer_shortcut_supported(model) -> bool:
@@ -271,19 +272,26 @@ def _last_layer_shortcut_supported(model) -> bool:
     if not layers or not hasattr(base, "norm"):
         return False
     last = layers[-1]
-    return type(last).__name__ in _PLAIN_DECODER_LAYERS and all(
-        hasattr(last, a)
-        for a in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+    attn = getattr(last, "self_attn", None)
+    return (
+        type(last).__name__ in _PLAIN_DECODER_LAYERS
+        and all(hasattr(last, a) for a in ("input_layernorm", "post_attention_layernorm", "mlp"))
+        and all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim"))
     )
 
 
-def _shortcut_layer(layer, last):
-    """A stand-in for the model's last decoder layer while scoring: attention runs over
-    every position (it needs them all; transformers' own module), but the MLP, the layer's
-    largest part, runs only at ``last`` (one row index per sequence). The output has one
-    position per sequence; the base model's final norm and the score head apply to it
-    unchanged."""
+def _shortcut_layer(layer, last, key_mask):
+    """A stand-in for the model's last decoder layer while scoring. Only the token whose
+    reward is read (``last``: one row index per sequence, the last real token) needs the
+    layer's output, so the query, the attention, ``o_proj`` and the MLP run for that one
+    position; keys and values still cover every real position (``key_mask``: the 2-D
+    padding mask; every real token is at or before ``last``, so it is also the causal
+    mask). The output has one position per sequence; the final norm and the score head
+    apply to it unchanged. Rotary and GQA use transformers' own functions."""
     import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    attn = layer.self_attn
 
     class LastTokenLayer(torch.nn.Module):
         def __init__(self):
@@ -292,11 +300,26 @@ def _shortcut_layer(layer, last):
             if hasattr(layer, "attention_type"):  # read by models that mix attention types
                 self.attention_type = layer.attention_type
 
-        def forward(self, hidden_states, attention_mask=None, **kwargs):
+        def forward(self, hidden_states, attention_mask=None, position_embeddings=None, **kwargs):
+            b, n, _ = hidden_states.shape
+            rows = torch.arange(b, device=hidden_states.device)
             h = layer.input_layernorm(hidden_states)
-            h, _ = layer.self_attn(hidden_states=h, attention_mask=attention_mask, **kwargs)
-            rows = torch.arange(h.shape[0], device=h.device)
-            picked = (hidden_states + h)[rows, last].unsqueeze(1)
+            k = attn.k_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+            q = attn.q_proj(h[rows, last]).view(b, 1, -1, attn.head_dim).transpose(1, 2)
+            cos, sin = position_embeddings
+            k, _ = apply_rotary_pos_emb(k, k, cos, sin)
+            q, _ = apply_rotary_pos_emb(q, q, cos[rows, last][:, None], sin[rows, last][:, None])
+            groups = q.shape[1] // k.shape[1]
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q,
+                repeat_kv(k, groups),
+                repeat_kv(v, groups),
+                attn_mask=key_mask[:, None, None, :],
+                scale=attn.scaling,
+            )
+            out = attn.o_proj(out.transpose(1, 2).reshape(b, 1, -1))
+            picked = hidden_states[rows, last].unsqueeze(1) + out
             return picked + layer.mlp(layer.post_attention_layernorm(picked))
 
     return LastTokenLayer()
@@ -312,7 +335,7 @@ def _forward_last_hidden(model, ids, mask, positions, last, shortcut: bool):
         rows = torch.arange(ids.shape[0], device=ids.device)
         return out.last_hidden_state[rows, last]
     original = base.layers[-1]
-    base.layers[-1] = _shortcut_layer(original, last)
+    base.layers[-1] = _shortcut_layer(original, last, mask.bool())
     try:
         out = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
     finally:
@@ -326,10 +349,11 @@ def _shortcut_agrees(model, device: str) -> bool:
 
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (3, 24), generator=gen)
+    ids = torch.randint(0, vocab, (4, 24), generator=gen)
     mask = torch.ones_like(ids)
-    mask[1, 17:] = 0
+    mask[1, 17:] = 0  # right padding
     mask[2, 9:] = 0
+    mask[3, :7] = 0  # left padding
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     last = (mask * torch.arange(ids.shape[1])).argmax(-1)
     ids, mask, positions, last = (t.to(device) for t in (ids, mask, positions, last))
@@ -340,7 +364,7 @@ def _shortcut_agrees(model, device: str) -> bool:
         except Exception as exc:  # a transformers version whose layer internals differ
             log.warning("last-layer shortcut unavailable (%s); using the full forward", _first(exc))
             return False
-    tol = 1e-4 if full.dtype == torch.float32 and model.dtype == torch.float32 else 2e-2
+    tol = 1e-4 if model.dtype == torch.float32 else 2e-2
     ok = bool(torch.allclose(full, fast, rtol=tol, atol=tol))
     if not ok:
         log.warning("last-layer shortcut disagrees with the full forward; using the full forward")
@@ -361,7 +385,7 @@ def score_batches(
     """The reward of every sequence (float, in input order), computed batch by batch; and
     the number of padded positions (real + pad) processed.
 
-    ``shortcut``: run the last decoder layer's MLP only at the last real token (``None``:
+    ``shortcut``: run the last decoder layer only for the last real token (``None``:
     when the architecture is a plain pre-norm decoder and a probe batch agrees with the
     full forward)."""
     import torch
