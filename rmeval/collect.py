@@ -611,7 +611,7 @@ def build_table(
     meta = list(META_COLUMNS) + (list(JOIN_COLUMNS) if mode == "counts" else [])
     rows: list[dict[str, Any]] = []
     features: set[str] = set()
-    used: set[str] = set()  # joined feature keys (uuid / hash)
+    used: set[str] = set()  # joined feature keys (counts file URI / hash)
 
     for r in unique:
         row = metrics_row(r)
@@ -644,8 +644,8 @@ def build_table(
                     )
                 )
                 continue
-            used.add(uuid)
-            _, counts, _ = entries[0]
+            _, counts, counts_uri = entries[0]
+            used.add(counts_uri)
             row["uuid"] = uuid
             if budget is not None and dataset_total_size is not None:
                 budget = naming.rescale_budget(budget, dataset_total_size)
@@ -682,15 +682,21 @@ def build_table(
         rows.append(row)
 
     if mode == "counts":
-        for uuid in sorted(set(feature_counts) - used):  # type: ignore[arg-type]
-            for _, _, uri in feature_counts[uuid]:  # type: ignore[index]
+        # Per file, not per uuid: a file of a joined uuid with another budget is reported too.
+        joined_uuids = {
+            u for u, entries in feature_counts.items() if any(e[2] in used for e in entries)
+        }  # type: ignore[union-attr]
+        for uuid in sorted(feature_counts):  # type: ignore[arg-type]
+            for budget, _, uri in feature_counts[uuid]:  # type: ignore[index]
+                if uri in used:
+                    continue
+                detail = (
+                    f"no run with uuid {uuid} and SWAPS_{budget}"
+                    if uuid in joined_uuids
+                    else f"no run with uuid {uuid}"
+                )
                 issues.append(
-                    Issue(
-                        "features_without_run",
-                        storage.basename(uri),
-                        f"no run with uuid {uuid}",
-                        file=uri,
-                    )
+                    Issue("features_without_run", storage.basename(uri), detail, file=uri)
                 )
     elif mode == "experiments":
         for h in sorted(set(experiments) - used):  # type: ignore[arg-type]

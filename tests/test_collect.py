@@ -248,3 +248,24 @@ def test_existing_table_refused_untouched_and_rescale_needs_counts(tmp_path):
     assert out.read_text() == "someone else's table\n"
     with pytest.raises(UsageError, match="feature-counts-dir"):
         collect.collect(str(store), dataset_total_size=7000)
+
+
+def test_counts_file_of_a_joined_uuid_but_other_budget_is_reported(tmp_path):
+    """Two counts files for one uuid, one run: the run joins the file of its budget; the
+    other file is reported, not dropped silently because its uuid was used."""
+    rng = random.Random(11)
+    store, feats = str(tmp_path / "store"), str(tmp_path / "feats")
+    uid = new_uuid(rng)
+    name = counts_run_name(uid, 100)
+    _put_run(store, name, make_metrics(seed=500))
+    mine, other = make_counts(rng, ["f"]), make_counts(rng, ["f"])
+    _put(feats, f"regressor_feats_ID__{uid}__SWAPS_100.json", json.dumps(mine))
+    _put(feats, f"regressor_feats_ID__{uid}__SWAPS_200.json", json.dumps(other))
+
+    table = collect.collect(store, feature_counts_dir=feats)
+
+    (row,) = table.rows
+    assert row["name"] == name and row["f"] == mine["f"]
+    (left,) = [i for i in table.issues if i.kind == "features_without_run"]
+    assert left.name == f"regressor_feats_ID__{uid}__SWAPS_200.json"
+    assert "200" in left.detail
