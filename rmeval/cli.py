@@ -683,9 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that reach GCS / Beaker from inside a task: for them a GOOGLE_SERVICE_ACCOUNT
-# secret becomes Application Default Credentials for the run (rmeval/credentials.py).
-CREDENTIAL_COMMANDS = frozenset({"run-one", "launch", "collect"})
+# Commands that reach GCS / Beaker from a task or a CI job: for them a GOOGLE_SERVICE_ACCOUNT
+# secret becomes Application Default Credentials for the run (rmeval/credentials.py). `plan`
+# lists a gs:// source (the convert-and-eval workflow's plan job runs it with only that
+# secret); `pipeline` plans, launches and collects.
+CREDENTIAL_COMMANDS = frozenset({"plan", "run-one", "launch", "collect", "pipeline"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

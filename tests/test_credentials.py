@@ -297,6 +297,13 @@ def test_cli_wraps_the_credential_commands(tmp_path, key_json):
     assert after == {"after": None}
     assert proc.stderr.strip() == "rmeval: error: the stage failed"
     assert _leftovers(tmp_path) == []
+    # `plan` lists gs:// sources: the workflow's plan job has only GOOGLE_SERVICE_ACCOUNT
+    for name in ("plan", "pipeline"):
+        proc = _run_cli(tmp_path, name, "ok", env)
+        assert proc.returncode == 0, proc.stderr
+        inside = json.loads(proc.stdout.splitlines()[0])
+        assert inside["mode"] == 0o600, name
+        assert _leftovers(tmp_path) == []
     # a command outside the list never sees the key
     proc = _run_cli(tmp_path, "ls", "ok", env)
     assert proc.returncode == 0, proc.stderr
