@@ -47,7 +47,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -201,10 +201,12 @@ def fetch_store(
     root: str,
     *,
     experiment_prefix: str | None = None,
+    names: Collection[str] | None = None,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
 ) -> tuple[list[RunMetrics], list[Issue]]:
     """Read ``<root>/<run>/metrics.json`` for every run (whose name contains
-    ``experiment_prefix`` when given), ``max_concurrency`` reads at a time."""
+    ``experiment_prefix`` when given, and is one of ``names`` when given),
+    ``max_concurrency`` reads at a time."""
     found: list[tuple[str, str]] = []
     for obj in storage.list_objects(root, match=METRICS_FILE):
         parts = obj.name.split("/")
@@ -212,6 +214,8 @@ def fetch_store(
             continue  # not <run>/metrics.json (e.g. a model's own files deeper down)
         run = parts[0]
         if experiment_prefix and experiment_prefix not in run:
+            continue
+        if names is not None and run not in names:
             continue
         found.append((run, obj.uri))
     runs: list[RunMetrics] = []
@@ -269,11 +273,13 @@ def fetch_beaker(
     workspace: str,
     *,
     experiment_prefix: str | None = naming.DEFAULT_EVAL_EXPERIMENT_PREFIX,
+    names: Collection[str] | None = None,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     client: Any | None = None,
 ) -> tuple[list[RunMetrics], list[Issue]]:
     """Metrics of the finalized, successful experiments of ``workspace`` whose names contain
-    ``experiment_prefix``; the others are returned as skipped issues."""
+    ``experiment_prefix`` (and are one of ``names`` when given); the others are returned as
+    skipped issues."""
     from beaker import beaker_pb2 as pb2
     from beaker.exceptions import (
         BeakerChecksumFailedError,
@@ -317,6 +323,8 @@ def fetch_beaker(
                 name = wl.experiment.name
                 if experiment_prefix and experiment_prefix not in (name or ""):
                     continue  # matched on the description only
+                if names is not None and name not in names:
+                    continue
                 yield wl
 
         def fetch(wl: Any) -> RunMetrics | Issue:
@@ -834,6 +842,7 @@ def collect(
     source: str,
     *,
     experiment_prefix: str | None = None,
+    names: Collection[str] | None = None,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     feature_counts_dir: str | None = None,
     experiments_file: str | None = None,
@@ -841,7 +850,8 @@ def collect(
     gpt4_threshold: float | None = None,
 ) -> Table:
     """Fetch the source's metrics and build the table (see the module doc). For a Beaker
-    source the experiment prefix defaults to ``rm-eval-``; a store takes every run."""
+    source the experiment prefix defaults to ``rm-eval-``; a store takes every run.
+    ``names``: only these exact run (store) or experiment (Beaker) names."""
     if feature_counts_dir and experiments_file:
         raise UsageError("give either --feature-counts-dir or --experiments-file, not both")
     if dataset_total_size is not None and not feature_counts_dir:
@@ -864,13 +874,16 @@ def collect(
             else experiment_prefix
         )
         runs, more = fetch_beaker(
-            beaker_workspace(source), experiment_prefix=prefix, max_concurrency=max_concurrency
+            beaker_workspace(source),
+            experiment_prefix=prefix,
+            names=names,
+            max_concurrency=max_concurrency,
         )
     else:
         prefix = experiment_prefix
         try:
             runs, more = fetch_store(
-                source, experiment_prefix=prefix, max_concurrency=max_concurrency
+                source, experiment_prefix=prefix, names=names, max_concurrency=max_concurrency
             )
         except StoreError as exc:
             raise CollectError(f"results store: {exc}") from None

@@ -173,47 +173,55 @@ def _run_values(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResult:
     """Run every stage of the pipeline described by ``cfg`` (see :func:`load_config`)."""
-    from rmeval import collect, results
+    from rmeval import collect, results, specs
     from rmeval.launch import launch
-    from rmeval.specs import DEFAULT_TEMPLATE
+    from rmeval.plan import make_plan
 
     res = PipelineResult()
 
-    # plan + launch: runs already published in the store are skipped by exact name.
-    plan_args = {
-        "source": cfg["source"],
-        "template": cfg.get("template") or str(DEFAULT_TEMPLATE),
-        "preset": cfg.get("preset"),
-        "prefix": cfg.get("prefix"),
-        "store": cfg["store"],
-        "values": _run_values(cfg),
-    }
-    summary = launch(
-        None,
-        backend=cfg["backend"],
-        plan_args=plan_args,
-        max_parallel=cfg["max_parallel"],
-        workspace=cfg.get("workspace"),
-        log_dir=cfg["log_dir"],
-        progress=progress,
+    # plan once: runs already published in the store (or launched on Beaker) are skipped
+    # by exact name, and the plan names every run this pipeline's table may hold.
+    values = _run_values(cfg)
+    if cfg["backend"] == "local":
+        values.setdefault("keep_model", False)
+    plan, text = make_plan(
+        cfg["source"],
+        template=cfg.get("template") or str(specs.DEFAULT_TEMPLATE),
+        preset=cfg.get("preset"),
+        prefix=cfg.get("prefix"),
+        store=cfg["store"],
+        values=values,
+        workspace=cfg.get("workspace") if cfg["backend"] == "beaker" else None,
     )
-    if summary.outcomes:
+    log.info("%s", plan.summary())
+    if text is not None:
+        summary = launch(
+            specs.parse_spec(text, where="planned spec"),
+            backend=cfg["backend"],
+            max_parallel=cfg["max_parallel"],
+            workspace=cfg.get("workspace"),
+            experiment_prefix=plan.experiment_prefix,
+            log_dir=cfg["log_dir"],
+            progress=progress,
+        )
         log.info("%s", summary.lines()[-1])
-    res.runs_ok = summary.count("ok") + summary.count("created")
-    res.runs_skipped = summary.count("skipped") + summary.count("exists")
-    res.runs_failed = [f"{o.name} (log: {o.log})" for o in summary.failed]
+        res.runs_ok = summary.count("ok") + summary.count("created")
+        res.runs_skipped = summary.count("skipped") + summary.count("exists")
+        res.runs_failed = [f"{o.name} (log: {o.log})" for o in summary.failed]
+    res.runs_skipped += len(plan.done)
 
     # collect into results/<dataset>/<table>.csv with history
-    # Collect only this pipeline's runs (a store or workspace may hold other datasets').
+    # Collect exactly this pipeline's runs: a store or workspace may hold other datasets'
+    # runs, and prefixes can nest (helpsteer2-counts, helpsteer2-counts-v2).
+    runs = {r.run for r in plan.to_run + plan.done}
     options: dict[str, Any] = {}
-    prefix = cfg.get("prefix") or ""
     if cfg["backend"] == "beaker":
         source = f"beaker://{cfg['workspace']}"
-        options["experiment_prefix"] = naming.DEFAULT_EVAL_EXPERIMENT_PREFIX + prefix
+        options["experiment_prefix"] = plan.experiment_prefix
+        options["names"] = {naming.eval_experiment_name(r, plan.experiment_prefix) for r in runs}
     else:
         source = cfg["store"]
-        if prefix:
-            options["experiment_prefix"] = prefix
+        options["names"] = runs
     if cfg.get("features_dir"):
         options["feature_counts_dir"] = cfg["features_dir"]
         if cfg.get("dataset_total_size"):

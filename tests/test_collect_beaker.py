@@ -170,3 +170,18 @@ def test_seed_script_flags_verbatim(fake_beaker, tmp_path):  # noqa: F811
     assert sorted(df["name"]) == sorted(names)
     assert set(df["label"]) <= {0, 1}
     assert list(df["label"]) == [int(o > 0.6) for o in df["Overall"]]
+
+
+def test_beaker_source_exact_names(fake_beaker):  # noqa: F811
+    """Nested prefixes: only the named experiments are read, whatever else matches."""
+    ws = fake_beaker.add_workspace("ai2/nested")
+    for i, name in enumerate(
+        [f"{PREFIX}exp_a", f"{PREFIX}exp_b", f"{PREFIX}v2-exp_a", "rm-eval-multipref-exp_a"]
+    ):
+        fake_beaker.add_experiment(ws, name, files=_metrics_file(i))
+    table = collect.collect(
+        "beaker://ai2/nested",
+        experiment_prefix=PREFIX,
+        names={f"{PREFIX}exp_a", f"{PREFIX}exp_b"},
+    )
+    assert sorted(r["name"] for r in table.rows) == [f"{PREFIX}exp_a", f"{PREFIX}exp_b"]

@@ -107,14 +107,17 @@ def test_missing_pipeline_config(tmp_path):
 
 
 def test_pipeline_collects_only_its_own_runs(tmp_path):
-    """A store shared by two datasets: each pipeline's table holds its own runs only."""
+    """A store shared by several datasets, with nested prefixes: the table holds exactly
+    the runs of this pipeline's checkpoints."""
     import random
 
     from rmeval.rewardbench.scoring import SUBSETS
 
-    (tmp_path / "ckpts").mkdir()  # nothing new to convert
+    for exp in ("exp_a", "exp_b"):  # already evaluated: plan skips them, nothing converts
+        (tmp_path / "ckpts" / f"{exp}--h1").mkdir(parents=True)
+        (tmp_path / "ckpts" / f"{exp}--h1" / "streaming_params_10").write_bytes(b"")
     rng = random.Random(1)
-    for run in ("hs2-exp_a", "hs2-exp_b", "mp-exp_a"):
+    for run in ("hs2-exp_a", "hs2-exp_b", "hs2-exp_c", "hs2-counts-exp_a", "mp-exp_a"):
         metrics = {"model": run, "model_type": "Seq. Classifier", "chat_template": "tulu"}
         metrics.update({s: rng.random() for s in SUBSETS})
         (tmp_path / "store" / run).mkdir(parents=True)
@@ -126,6 +129,7 @@ def test_pipeline_collects_only_its_own_runs(tmp_path):
     )
     proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 converted and scored now, 2 skipped" in proc.stdout
     with (tmp_path / "results" / "hs2" / "runs.csv").open(newline="") as f:
         names = sorted(r["name"] for r in csv.DictReader(f))
     assert names == ["hs2-exp_a", "hs2-exp_b"]
