@@ -211,7 +211,12 @@ def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:
     task's /output/model costs no copy), an upload (config.json last) for gs://."""
     try:
         if storage.is_gcs(keep_model):
-            storage.upload_tree(model_dir, keep_model, overwrite=overwrite)
+            # upload_tree writes config.json last: without it, what is there is the partial
+            # upload of an interrupted attempt (a preempted task), replaced, not refused.
+            complete = storage.exists(storage.join(keep_model, "config.json"))
+            if complete and not overwrite:
+                raise StoreError(f"{keep_model}: already holds a model; pass --force to replace it")
+            storage.upload_tree(model_dir, keep_model, overwrite=True)
             return
         dest = storage.local_path(keep_model)
         if dest.exists() and (dest.is_file() or any(dest.iterdir())):

@@ -145,3 +145,20 @@ def test_keep_model_never_clobbers(material, tmp_path):
     assert [p.name for p in keep.iterdir()] == ["someone-elses-model.bin"]
     assert not any(p.name == "metrics.json" for p in store.rglob("*"))
     assert list((tmp_path / "w").iterdir()) == []
+
+
+def test_gcs_keep_model_resumes_an_interrupted_upload(material, gcs_bucket, tmp_path):
+    """A preempted task leaves a partial upload (no config.json, written last): the retry
+    replaces it; a complete model is only replaced with force."""
+    store = gcs_bucket + "/store"
+    keep = gcs_bucket + "/models/m"
+    storage.write_bytes(storage.join(keep, "model.safetensors"), b"half an upload")
+    res = _go(material, store, keep_model=keep, work_dir=str(tmp_path / "w"))
+    assert res.status == "ok"
+    assert storage.exists(storage.join(keep, "config.json"))
+    assert storage.read_bytes(storage.join(keep, "model.safetensors")) != b"half an upload"
+    # the model is complete; with the run not done, a rerun must not replace it silently
+    storage.delete(storage.join(store, res.run, "metrics.json"))
+    with pytest.raises(RmevalError, match=r"already holds a model; pass --force"):
+        _go(material, store, keep_model=keep, work_dir=str(tmp_path / "w2"))
+    assert _go(material, store, keep_model=keep, force=True).status == "ok"
