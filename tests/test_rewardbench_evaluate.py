@@ -174,8 +174,8 @@ def test_truncation_keeps_the_end(loaded):
     text = " ".join(f"word{i}" for i in range(300)) + "</s>"
     full = tok(text)["input_ids"]
     (cut,), n = tokenize(tok, [text], 50)
-    assert n == 1 and len(full) > 50
-    assert cut == full[-50:]
+    assert n == 1 and len(full) > 50 and full[0] == tok.bos_token_id
+    assert cut == full[:1] + full[-49:]  # bos stays in front of the end of the text
     assert cut[-1] == tok.eos_token_id
     (same,), n = tokenize(tok, [text], 10_000)
     assert n == 0 and same == full

@@ -209,7 +209,8 @@ def format_texts(tokenizer, template: str, pairs: Sequence[Pair]) -> list[str]:
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
     """Token ids per text, truncated from the left to ``max_length``; and how many were
     truncated. Special tokens are added as the tokenizer does, unless the rendered text
-    already starts with bos (templates that write it themselves)."""
+    already starts with bos (templates that write it themselves). A leading bos is kept
+    when truncating: the model never saw a text without it."""
     if max_length < 2:
         raise UsageError(f"--max-length must be at least 2, got {max_length}")
     bos = tokenizer.bos_token
@@ -222,12 +223,14 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[lis
         enc = tokenizer([texts[i] for i in idx], add_special_tokens=not flag)["input_ids"]
         for i, e in zip(idx, enc, strict=True):
             ids[i] = list(e)
+    bos_id = tokenizer.bos_token_id
     n_truncated = 0
     out: list[list[int]] = []
     for e in ids:
         assert e is not None
         if len(e) > max_length:
-            e = e[-max_length:]
+            keep = 1 if bos_id is not None and e[0] == bos_id else 0
+            e = e[:keep] + e[len(e) - (max_length - keep) :]
             n_truncated += 1
         if not e:
             raise EvalError("a formatted text tokenized to zero tokens")
