@@ -136,6 +136,24 @@ def test_verify_catches_unpermuted_rotary(tmp_path, capsys):
     assert "rmeval: error:" in capsys.readouterr().err
 
 
+def test_verify_reads_the_checkpoint_once(tmp_path, monkeypatch):
+    from rmeval.checkpoints import easylm
+
+    fx = make_checkpoint(tmp_path / "streaming_params", heads=4, kv_heads=2, float_dtype="fp32")
+    conv.convert(fx.path, str(tmp_path / "hf"), num_heads=4, dtype="bf16", progress=False)
+    opened = []
+    real_init = easylm.CheckpointReader.__init__
+
+    def counting_init(self, uri):
+        opened.append(uri)
+        real_init(self, uri)
+
+    monkeypatch.setattr(easylm.CheckpointReader, "__init__", counting_init)
+    v = reference.verify(fx.path, str(tmp_path / "hf"))
+    assert opened == [fx.path]  # one index pass, not a second one for the stored dtypes
+    assert v.ok and v.tolerance == reference.ROUNDED_TOLERANCE  # fp32 rounded to bf16
+
+
 def test_gcs_source_and_output(tmp_path, gcs_bucket):
     fx = make_checkpoint(tmp_path / "streaming_params", heads=4, kv_heads=2, chunk_size=4096)
     src = f"{gcs_bucket}/runs/rm1/streaming_params"

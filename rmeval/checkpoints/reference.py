@@ -214,6 +214,7 @@ def verify(
                 f"{hf_dir}: no config.json; not a converted model directory"
             ) from None
         params = easylm.load_params(checkpoint)
+        stored = {v.dtype.name for v in params.values()}  # as stored: load_params keeps dtypes
         kind = "reward" if "score/kernel" in params else "causal"
         if kind == "causal" and "lm_head/kernel" not in params:
             raise CheckpointError(f"{checkpoint}: neither score/kernel nor lm_head/kernel found")
@@ -234,7 +235,7 @@ def verify(
         exact = all(
             s == out_dtype
             or (out_dtype in ("float32", "float64") and _WIDTH[s] < _WIDTH[out_dtype])
-            for s in _stored_dtypes(checkpoint)
+            for s in stored
         )
         layers = int(config.get("num_hidden_layers", 4))
         tolerance = EXACT_TOLERANCE if exact else ROUNDED_TOLERANCE * math.sqrt(max(layers, 4) / 4)
@@ -264,7 +265,3 @@ def _summary_values(out: np.ndarray, mask: np.ndarray, kind: str) -> list:
         return [float(v) for v in out]
     last = mask.sum(-1) - 1
     return [out[b, last[b]].tolist()[:4] for b in range(out.shape[0])]
-
-
-def _stored_dtypes(checkpoint: str) -> set[str]:
-    return {t.dtype for t in easylm.index_checkpoint(checkpoint).tensors.values()}
