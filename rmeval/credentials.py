@@ -155,29 +155,6 @@ def google_from_env(environ: MutableMapping[str, str] | None = None) -> Iterator
         atexit.unregister(key.cleanup)
 
 
-def beaker_token(environ: MutableMapping[str, str] | None = None) -> str | None:
-    """``BEAKER_TOKEN`` from the environment, or ``None`` when unset or empty."""
-    env = os.environ if environ is None else environ
-    return env.get(BEAKER_TOKEN_VAR) or None
-
-
-def hf_token(environ: MutableMapping[str, str] | None = None) -> str | None:
-    """``HF_TOKEN`` from the environment, or ``None`` when unset or empty."""
-    env = os.environ if environ is None else environ
-    return env.get(HF_TOKEN_VAR) or None
-
-
-def require_beaker_token(environ: MutableMapping[str, str] | None = None) -> str:
-    """``BEAKER_TOKEN``, or :class:`CredentialsError` saying how to provide it."""
-    token = beaker_token(environ)
-    if token is None:
-        raise CredentialsError(
-            f"{BEAKER_TOKEN_VAR} is not set; export it (beaker account token, or the Beaker "
-            "secret in a task) before talking to Beaker"
-        )
-    return token
-
-
 def redact(text: str, environ: MutableMapping[str, str] | None = None) -> str:
     """``text`` with the value of every secret variable replaced by ``***``, for messages
     that may echo a subprocess's output or a server's reply."""
@@ -195,11 +172,8 @@ __all__ = [
     "HF_TOKEN_VAR",
     "SERVICE_ACCOUNT_VAR",
     "adc_configured",
-    "beaker_token",
     "gcloud_adc_file",
     "google_from_env",
-    "hf_token",
     "parse_service_account",
     "redact",
-    "require_beaker_token",
 ]

@@ -163,15 +163,18 @@ def _run_task(task: LocalTask, log_dir: Path, env: Mapping[str, str] | None) -> 
 
 
 def _last_error(log_path: Path) -> str:
-    """The worker's last ``rmeval: error:`` line (or its last line)."""
+    """The worker's last ``rmeval: error:`` line (or its last line), secrets masked: it is
+    echoed into the launch summary."""
+    from rmeval.credentials import redact
+
     try:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return ""
     for line in reversed(lines):
         if line.startswith("rmeval: error:"):
-            return line[len("rmeval: error:") :].strip()[:300]
-    return (lines[-1].strip() if lines else "")[:300]
+            return redact(line[len("rmeval: error:") :].strip())[:300]
+    return redact(lines[-1].strip() if lines else "")[:300]
 
 
 def run_local(
