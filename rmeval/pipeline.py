@@ -271,17 +271,15 @@ def _fit(
     from rmeval.errors import FitError
     from rmeval.fit import fit
 
-    if out.exists() and not rebuild:
+    wanted = {
+        "model": opts.get("model", "linear"),
+        "log_linear": bool(opts.get("log_linear", False)),
+        "seed": int(opts.get("seed", 42)),
+    }
+    if out.exists() and not rebuild and _fit_settings(out) == wanted:
         return out
     try:
-        fit(
-            table,
-            out,
-            model=opts.get("model", "linear"),
-            log_linear=bool(opts.get("log_linear", False)),
-            seed=int(opts.get("seed", 42)),
-            overwrite=True,
-        )
+        fit(table, out, **wanted, overwrite=True)
     except FitError as exc:
         # A small table (e.g. a handful of demo runs) cannot support a regressor yet: say so
         # and carry on to the report rather than failing the whole pipeline.
@@ -290,3 +288,15 @@ def _fit(
             storage.delete(str(out))
         return None
     return out
+
+
+def _fit_settings(fit_dir: Path) -> dict[str, Any] | None:
+    """The settings an existing fit was made with (None if unreadable)."""
+    from rmeval.errors import FitError
+    from rmeval.fit import read_fit
+
+    try:
+        metrics, _ = read_fit(fit_dir)
+    except FitError:
+        return None
+    return {k: metrics.get(k) for k in ("model", "log_linear", "seed")}

@@ -133,3 +133,44 @@ def test_pipeline_collects_only_its_own_runs(tmp_path):
     with (tmp_path / "results" / "hs2" / "runs.csv").open(newline="") as f:
         names = sorted(r["name"] for r in csv.DictReader(f))
     assert names == ["hs2-exp_a", "hs2-exp_b"]
+
+
+def test_fit_is_redone_only_when_the_table_or_its_settings_change(tmp_path):
+    import random
+
+    from rmeval import naming
+    from rmeval.rewardbench.scoring import SUBSETS
+
+    rng = random.Random(2)
+    (tmp_path / "feats").mkdir()
+    for i in range(10):
+        uid, budget = f"{i:032x}", 100 * (i + 1)
+        exp = f"rm_ID__{uid}__SWAPS_{budget}"
+        (tmp_path / "ckpts" / f"{exp}--h").mkdir(parents=True)
+        (tmp_path / "ckpts" / f"{exp}--h" / "streaming_params").write_bytes(b"")
+        metrics = {"model": exp, "model_type": "Seq. Classifier", "chat_template": "tulu"}
+        metrics.update({s: rng.random() for s in SUBSETS})
+        (tmp_path / "store" / f"p-{exp}").mkdir(parents=True)
+        (tmp_path / "store" / f"p-{exp}" / "metrics.json").write_text(json.dumps(metrics))
+        counts = {"f::a=1": rng.randrange(50), "f::b=2": rng.randrange(50)}
+        (tmp_path / "feats" / naming.feature_counts_filename(uid, budget)).write_text(
+            json.dumps(counts)
+        )
+    base = (
+        "source: ckpts\nstore: store\nprefix: p\nresults_dir: results\ndataset: d\n"
+        "table: runs\nfeatures_dir: feats\nreport: false\n"
+    )
+    cfg = tmp_path / "p.yml"
+    cfg.write_text(base + "fit: {model: linear}\n")
+    assert _rmeval("pipeline", str(cfg), cwd=tmp_path).returncode == 0
+    fit_metrics = tmp_path / "results" / "d" / "runs.fit" / "metrics.json"
+    first = fit_metrics.stat().st_mtime_ns
+    assert json.loads(fit_metrics.read_text())["model"] == "linear"
+
+    assert _rmeval("pipeline", str(cfg), cwd=tmp_path).returncode == 0
+    assert fit_metrics.stat().st_mtime_ns == first  # nothing changed: nothing redone
+
+    cfg.write_text(base + "fit: {model: quadratic}\n")
+    proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(fit_metrics.read_text())["model"] == "quadratic"

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -192,7 +193,7 @@ def run_local(
     if max_parallel < 1:
         raise BackendError(f"--max-parallel must be at least 1, got {max_parallel}")
     names = [t.name for t in tasks]
-    dup = {n for n in names if names.count(n) > 1}
+    dup = {n for n, k in Counter(names).items() if k > 1}
     if dup:
         raise BackendError(f"duplicate run name {sorted(dup)[0]!r}: each run needs its own log")
     log_dir = Path(log_dir)
