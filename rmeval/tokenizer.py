@@ -244,10 +244,14 @@ def prepare_tokenizer(
     *,
     vocab_size: int | None = None,
     pad_token_id: int | None = None,
+    chat_template: str = TULU,
 ) -> TokenizerInfo:
     """Load the tokenizer at ``src``, complete it and save it into the local ``out_dir``.
 
-    - chat template: kept if the tokenizer has one, else :data:`TULU_CHAT_TEMPLATE`;
+    - chat template: :data:`TULU_CHAT_TEMPLATE`, the format EasyLM reward models are trained
+      on, even when the tokenizer brings its own (a Llama-3 directory ships Meta's chat
+      format, which would score the model on text unlike its training data);
+      ``chat_template="tokenizer"`` keeps the tokenizer's own when it has one;
     - pad token: ``pad_token_id`` if given; else the tokenizer's own unless it is eos; else
       id 128255 for a Llama-3 vocabulary (as the seed does); else unk (Llama-2: id 0);
     - ``vocab_size`` (the model's embedding rows): every id must be below it.
@@ -260,7 +264,9 @@ def prepare_tokenizer(
                 f"{os.fspath(src)}: the tokenizer has {n} ids but the model's vocabulary has "
                 f"{vocab_size} rows; pass the tokenizer the checkpoint was trained with"
             )
-        if getattr(tok, "chat_template", None):
+        if chat_template not in (TULU, FROM_TOKENIZER):
+            raise ValueError(f"chat_template must be {TULU!r} or {FROM_TOKENIZER!r}")
+        if chat_template == FROM_TOKENIZER and getattr(tok, "chat_template", None):
             template = FROM_TOKENIZER
         else:
             tok.chat_template = TULU_CHAT_TEMPLATE

@@ -137,12 +137,22 @@ def test_sentencepiece_in_a_directory_and_from_gcs(sp_model, tmp_path, gcs_bucke
     )
 
 
-def test_hf_directory_keeps_its_template_and_pad(hf_dir, tmp_path, gcs_bucket):
+def test_hf_directory_gets_tulu_unless_asked_to_keep_its_template(hf_dir, tmp_path, gcs_bucket):
     from transformers import AutoTokenizer
+
+    own = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}"
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    tok.chat_template = own  # e.g. a Llama-3 directory with Meta's chat format
+    tok.save_pretrained(tmp_path / "own")
+    tulu = prepare_tokenizer(str(tmp_path / "own"), tmp_path / "tulu", vocab_size=500)
+    assert tulu.chat_template == "tulu"
+    assert AutoTokenizer.from_pretrained(tmp_path / "tulu").chat_template == TULU_CHAT_TEMPLATE
+    kept = prepare_tokenizer(str(tmp_path / "own"), tmp_path / "kept", chat_template="tokenizer")
+    assert kept.chat_template == "tokenizer"
+    assert AutoTokenizer.from_pretrained(tmp_path / "kept").chat_template == own
 
     info = prepare_tokenizer(str(hf_dir), tmp_path / "out", vocab_size=500)
     assert info.kind == "hf"
-    assert info.chat_template == "tokenizer"
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tok.chat_template == TULU_CHAT_TEMPLATE
     assert tok.pad_token_id == info.pad_token_id != tok.eos_token_id
