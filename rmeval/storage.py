@@ -471,7 +471,7 @@ def atomic_local_file(path: str | os.PathLike, overwrite: bool = False) -> Itera
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
     try:
         yield tmp
         _commit_local(tmp, path, overwrite)
@@ -480,10 +480,14 @@ def atomic_local_file(path: str | os.PathLike, overwrite: bool = False) -> Itera
             tmp.unlink()
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = _read_umask()
 
 
 def _commit_local(tmp: Path, path: Path, overwrite: bool) -> None:

@@ -234,9 +234,10 @@ def test_nonexistent_local_path_cli(tmp_path):
 
 
 def test_local_writes_get_the_usual_file_mode(tmp_path):
-    old = os.umask(0o022)
-    try:
-        storage.write_text(str(tmp_path / "t.csv"), "a,b\n")
-    finally:
-        os.umask(old)
-    assert (tmp_path / "t.csv").stat().st_mode & 0o777 == 0o644
+    """Not mkstemp's 0600: what open() would give under the process umask."""
+    storage.write_text(str(tmp_path / "t.csv"), "a,b\n")
+    with open(tmp_path / "plain.csv", "w") as f:
+        f.write("a,b\n")
+    mode = (tmp_path / "t.csv").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.csv").stat().st_mode & 0o777
+    assert mode & 0o044  # readable by others, as results files must be
