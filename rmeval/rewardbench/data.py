@@ -106,7 +106,7 @@ def _read_hub(dataset: str) -> list[dict]:
     except ImportError:
         raise EvalError(
             f"{dataset}: not a local .json/.jsonl/.parquet file; loading a hub dataset needs the "
-            "`datasets` package (`pip install datasets`), or pass a local file"
+            "`datasets` package (`pip install rmeval[hub]`), or pass a local file"
         ) from None
     try:
         ds = datasets.load_dataset(dataset, split=HUB_SPLIT)
