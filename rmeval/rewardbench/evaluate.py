@@ -470,7 +470,10 @@ def evaluate(
         t0 = time.perf_counter()
         template, template_name = chat_template_for(tokenizer, chat_template)
         texts = format_texts(tokenizer, template, pairs)
-        seqs, n_truncated = tokenize(tokenizer, texts, max_length)
+        limit = getattr(model.config, "max_position_embeddings", None) or max_length
+        if limit < max_length:  # a model with learned positions cannot read further
+            log.info("--max-length %d is above the model's %d positions", max_length, limit)
+        seqs, n_truncated = tokenize(tokenizer, texts, min(max_length, limit))
         if n_truncated:
             log.info(
                 "%d of %d texts truncated from the left to %d tokens",
