@@ -18,7 +18,7 @@ Validation
     fields, duplicate task names, an image that names both or neither of beaker/docker.
 
 Presets
-    ``templates/presets/<name>.yml`` hold per-dataset values (prefix, experiment prefix,
+    ``rmeval/templates/presets/<name>.yml`` hold per-dataset values (prefix, experiment prefix,
     image, clusters, priority, model size). Bucket and workspace are never defaulted.
 """
 
@@ -38,7 +38,8 @@ from rmeval.errors import SpecError
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# Package data: installed with rmeval, so plan and launch work from any install.
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 PRESETS_DIR = TEMPLATES_DIR / "presets"
 DEFAULT_TEMPLATE = TEMPLATES_DIR / "beaker" / "convert-and-eval.yml.j2"
 PRIORITIES = ("low", "normal", "high", "urgent", "immediate")

@@ -8,7 +8,7 @@
 
 Differences from the seed, on purpose:
 
-- ``--template`` takes a Jinja spec template (``templates/beaker/*.yml.j2``). A seed
+- ``--template`` takes a Jinja spec template (``rmeval/templates/beaker/*.yml.j2``). A seed
   template named ``template-<dataset>-counts.yml`` selects the preset ``<dataset>`` with the
   default convert-and-eval template instead.
 - Runs already done are dropped by exact name (metrics.json in ``--store``; with

@@ -1,6 +1,6 @@
 """The workflows end to end with `act` in host mode (no Docker, no network).
 
-A scratch repository holds this checkout's workflows, composite actions and templates, with
+A scratch repository holds this checkout's workflows, composite actions and the rmeval package (templates included), with
 a bare repository as its origin. actions/checkout is replaced by a local stub (act already
 copies the repository into the job's workspace); every runner label maps to the host, and
 setup-rmeval reuses this interpreter through RMEVAL_PYTHON. The bucket is built here
@@ -123,7 +123,7 @@ class Env:
             check=True,
             capture_output=True,
         )
-        for part in (".github", "actions", "templates"):
+        for part in (".github", "actions", "rmeval"):
             shutil.copytree(
                 ROOT / part, self.repo / part, ignore=shutil.ignore_patterns("__pycache__")
             )

@@ -509,7 +509,7 @@ def test_spec_preview_renders_every_preset(gh_files, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert preview.main([]) == 0
     _, summary = gh_files()
-    presets = sorted(p.stem for p in (ROOT / "templates" / "presets").glob("*.yml"))
+    presets = sorted(p.stem for p in (ROOT / "rmeval" / "templates" / "presets").glob("*.yml"))
     assert presets
     for name in presets:
         assert f"<summary>{name}: found 3 checkpoint(s)" in summary
@@ -523,7 +523,7 @@ def test_spec_preview_renders_every_preset(gh_files, monkeypatch):
 def test_spec_preview_reports_a_broken_preset(tmp_path, gh_files, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     presets = tmp_path / "presets"
-    shutil.copytree(ROOT / "templates" / "presets", presets)
+    shutil.copytree(ROOT / "rmeval" / "templates" / "presets", presets)
     (presets / "broken-counts.yml").write_text("- not\n- a mapping\n")
     assert preview.main(["--presets", str(presets)]) == 1
     errors = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("::error")]

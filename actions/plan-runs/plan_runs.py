@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("mode", choices=("runs", "targets"))
     p.add_argument("--config", default="", help="schedule config (all its entries)")
     p.add_argument("--only", default="", help="only this dataset of the config")
-    p.add_argument("--template", default="templates/beaker/convert-and-eval.yml.j2")
+    p.add_argument("--template", default="rmeval/templates/beaker/convert-and-eval.yml.j2")
     p.add_argument("--max-runs", type=int, default=MATRIX_LIMIT)
     for key in KEYS:
         p.add_argument(f"--{key}", default="")

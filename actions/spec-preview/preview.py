@@ -1,6 +1,6 @@
 """Render every preset against a fixture listing and show the specs in the job summary.
 
-    preview.py [--presets templates/presets] [--listing listing.txt]
+    preview.py [--presets rmeval/templates/presets] [--listing listing.txt]
 
 The listing's object names become empty files under a scratch directory (``rmeval plan``
 only lists them); each preset is planned with ``--output`` into a scratch spec. Every preset
@@ -46,7 +46,7 @@ def render(preset: Path, source: Path, work: Path) -> tuple[bool, str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", default="templates/presets")
+    p.add_argument("--presets", default="rmeval/templates/presets")
     p.add_argument("--listing", default=str(HERE / "listing.txt"))
     args = p.parse_args(argv)
     presets = sorted(Path(args.presets).glob("*.yml"))
