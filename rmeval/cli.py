@@ -75,7 +75,9 @@ def _add_plan_source_args(p: argparse.ArgumentParser) -> None:
         help="Jinja spec template (default: rmeval/templates/beaker/convert-and-eval.yml.j2)",
     )
     p.add_argument(
-        "--preset", default=None, help="rmeval/templates/presets/NAME[-counts].yml, or a path to a .yml"
+        "--preset",
+        default=None,
+        help="rmeval/templates/presets/NAME[-counts].yml, or a path to a .yml",
     )
     p.add_argument("--prefix", default=None, help="run-name prefix: <prefix>-<experiment>")
     p.add_argument(
