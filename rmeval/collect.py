@@ -285,7 +285,6 @@ def fetch_beaker(
         BeakerChecksumFailedError,
         BeakerError,
         BeakerNotFoundError,
-        BeakerWorkspaceNotFound,
     )
 
     from rmeval.backends import beaker as beaker_backend
@@ -294,14 +293,9 @@ def fetch_beaker(
     issues: list[Issue] = []
     with contextlib.ExitStack() as stack:
         b = client if client is not None else stack.enter_context(beaker_backend.client())
-        try:
-            ws = b.workspace.get(workspace)
-        except BeakerWorkspaceNotFound:
-            raise CollectError(
-                f"Beaker workspace {workspace!r} not found (expected beaker://ORG/WORKSPACE)"
-            ) from None
-        except BeakerError as exc:
-            raise CollectError(f"Beaker workspace {workspace!r}: {exc}") from None
+        ws = beaker_backend.get_workspace(
+            b, workspace, error=CollectError, expected="beaker://ORG/WORKSPACE"
+        )
         # Resolve the organization once, not once per job listing.
         org = pb2.Organization(id=b.job.resolve_org_id())
         b.service  # noqa: B018 - open the gRPC channel before the threads share it

@@ -21,7 +21,7 @@ from typing import Any
 
 from rmeval import naming
 from rmeval.backends.local import LaunchSummary, Outcome
-from rmeval.errors import BackendError
+from rmeval.errors import BackendError, RmevalError
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,22 @@ def client(workspace: str | None = None) -> Iterator[Any]:
             b.close()
 
 
-def _workspace(b: Any, workspace: str):
+def get_workspace(
+    b: Any,
+    workspace: str,
+    *,
+    error: type[RmevalError] = BackendError,
+    expected: str = "ORG/NAME; check --workspace",
+):
+    """The workspace, or one ``error`` line naming it (``expected``: the form to use)."""
     from beaker.exceptions import BeakerError, BeakerWorkspaceNotFound
 
     try:
         return b.workspace.get(workspace)
     except BeakerWorkspaceNotFound:
-        raise BackendError(
-            f"Beaker workspace {workspace!r} not found (expected ORG/NAME; check --workspace)"
-        ) from None
+        raise error(f"Beaker workspace {workspace!r} not found (expected {expected})") from None
     except BeakerError as exc:
-        raise BackendError(f"Beaker workspace {workspace!r}: {type(exc).__name__}: {exc}") from None
+        raise error(f"Beaker workspace {workspace!r}: {type(exc).__name__}: {exc}") from None
 
 
 def existing_experiments(workspace: str, prefix: str | None = None) -> set[str]:
@@ -77,7 +82,7 @@ def existing_experiments(workspace: str, prefix: str | None = None) -> set[str]:
     from beaker.exceptions import BeakerError
 
     with client(workspace) as b:
-        ws = _workspace(b, workspace)
+        ws = get_workspace(b, workspace)
         try:
             return {
                 w.experiment.name
@@ -134,7 +139,7 @@ def launch_beaker(
 
     outcomes: list[Outcome] = []
     with client(workspace) as b:
-        ws = _workspace(b, workspace)
+        ws = get_workspace(b, workspace)
         for run, name, one in items:
             beaker_spec = specs.beaker_load(one, where=f"experiment {name}")
             try:
