@@ -387,6 +387,11 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
         help="exit 1, writing nothing, if any run or file was left out",
     )
     p.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help="replace a table even by one with fewer than half its rows",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="collect and print the summary; write nothing"
     )
     p.set_defaults(handler=_run_collect)
@@ -404,6 +409,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         table_name=args.table,
         strict=args.strict,
         dry_run=args.dry_run,
+        allow_shrink=args.allow_shrink,
         experiment_prefix=args.experiment_prefix,
         max_concurrency=args.max_concurrency,
         feature_counts_dir=args.feature_counts_dir,
