@@ -330,10 +330,11 @@ def fetch_beaker(
     names: Collection[str] | None = None,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     client: Any | None = None,
+    timeout: float | None = None,
 ) -> tuple[list[RunMetrics], list[Issue]]:
     """Metrics of the finalized, successful experiments of ``workspace`` whose names contain
     ``experiment_prefix`` (and are one of ``names`` when given); the others are returned as
-    skipped issues."""
+    skipped issues. ``timeout``: see :func:`rmeval.backends.beaker.client`."""
     from beaker import beaker_pb2 as pb2
     from beaker.exceptions import (
         BeakerChecksumFailedError,
@@ -346,7 +347,11 @@ def fetch_beaker(
     runs: list[RunMetrics] = []
     issues: list[Issue] = []
     with contextlib.ExitStack() as stack:
-        b = client if client is not None else stack.enter_context(beaker_backend.client())
+        b = (
+            client
+            if client is not None
+            else stack.enter_context(beaker_backend.client(timeout=timeout))
+        )
         ws = beaker_backend.get_workspace(
             b, workspace, error=CollectError, expected="beaker://ORG/WORKSPACE"
         )
@@ -1059,10 +1064,12 @@ def collect(
     experiments_file: str | None = None,
     dataset_total_size: int | None = None,
     gpt4_threshold: float | None = None,
+    beaker_timeout: float | None = None,
 ) -> Table:
     """Fetch the source's metrics and build the table (see the module doc). For a Beaker
     source the experiment prefix defaults to ``rm-eval-``; a store takes every run.
-    ``names``: only these exact run (store) or experiment (Beaker) names."""
+    ``names``: only these exact run (store) or experiment (Beaker) names.
+    ``beaker_timeout``: see :func:`rmeval.backends.beaker.client`."""
     if feature_counts_dir and experiments_file:
         raise UsageError("give either --feature-counts-dir or --experiments-file, not both")
     if dataset_total_size is not None and not feature_counts_dir:
@@ -1089,6 +1096,7 @@ def collect(
             experiment_prefix=prefix,
             names=names,
             max_concurrency=max_concurrency,
+            timeout=beaker_timeout,
         )
     else:
         prefix = experiment_prefix
