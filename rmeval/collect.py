@@ -34,10 +34,10 @@ Join modes (names parsed by :mod:`rmeval.naming` only):
   7,000-example dataset when ``dataset_total_size`` is given.
 - experiments file: lines ``<experiment>::<feat1>___<feat2>…``; binary feature columns
   (``-`` in a feature name becomes ``=``), joined on the ``FEATS_<hash>_SWAPS`` hash.
+- neither: scores only.
 
 Runs with the same join key ((uuid, budget), or (hash, budget)) under different names, e.g.
 two prefixes, are ``duplicate_key``: the newest is kept.
-- neither: scores only.
 
 Nothing is dropped silently: every run or file left out is an :class:`Issue` (kind, name,
 detail, file and line where known), counted in the summary and written to the issues
@@ -847,8 +847,8 @@ def build_table(
                     Issue(
                         "budget_mismatch",
                         r.name,
-                        f"the run says SWAPS_{budget}, the counts file(s) of uuid {uuid} another "
-                        f"budget: {files}",
+                        f"the run says SWAPS_{budget}, but uuid {uuid} has counts for other "
+                        f"budgets only: {files}",
                         file=r.uri,
                     )
                 )

@@ -110,3 +110,15 @@ def test_deadline_values(monkeypatch):
         monkeypatch.setenv(beaker.TIMEOUT_ENV, bad)
         with pytest.raises(UsageError, match=beaker.TIMEOUT_ENV):
             beaker.resolve_timeout()
+
+
+def test_config_file_without_token_is_one_line(tmp_path, monkeypatch):
+    from rmeval.backends import beaker
+
+    config = tmp_path / "beaker.yml"
+    config.write_text("rpc_address: 127.0.0.1:1\ndefault_org: ai2\n")  # no user_token
+    monkeypatch.setenv("BEAKER_CONFIG", str(config))
+    monkeypatch.setenv("BEAKER_TOKEN", "t")
+    expected = r"beaker\.yml: unusable Beaker configuration"
+    with pytest.raises(BackendError, match=expected), beaker.client():
+        pass
