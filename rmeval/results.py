@@ -293,6 +293,11 @@ def repair(directory: Path) -> dict[str, Any] | None:
     return appended
 
 
+def _current(files: dict[Path, str]) -> dict[Path, str | None]:
+    """What each of ``files`` holds now (``None``: absent)."""
+    return {p: _read_if_exists(p) for p in files}
+
+
 def update(
     table: Table,
     results_dir: str | os.PathLike,
@@ -312,14 +317,19 @@ def update(
         Path(sidecar(path, COLUMNS_SUFFIX)): render_columns(table),
         Path(sidecar(path, ISSUES_SUFFIX)): render_issues(table),
     }
+    # Unchanged and nothing to repair: touch nothing (no lock either; a read-only checkout
+    # that is up to date stays fine). Checked again under the lock otherwise.
+    if not (path.parent / PENDING_FILE).exists() and _current(files) == files:
+        log.info("%s: unchanged; nothing written", path)
+        return None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _os_error(path.parent, exc, "create the results directory") from None
     with dataset_lock(path.parent):
         repair(path.parent)
-        old = {p: _read_if_exists(p) for p in files}
-        if all(old[p] == text for p, text in files.items()):
+        old = _current(files)
+        if old == files:
             log.info("%s: unchanged; nothing written", path)
             return None
         old_csv = old[path]

@@ -239,3 +239,15 @@ def test_old_history_records_still_read(tmp_path):
     assert rec["version"] == 5
     assert results.read_history(ds)[0] == old
     assert "   4  " in results.format_history(results.read_history(ds))
+
+
+def test_unchanged_update_touches_nothing(tmp_path):
+    """No lock file comes and goes either: an up-to-date read-only checkout stays fine."""
+    store = _store(tmp_path / "store", {"a": make_metrics(seed=1), "b": make_metrics(seed=2)})
+    res = tmp_path / "results"
+    assert results.update(collect.collect(store), res, "d", "t") is not None
+    ds = res / "d"
+    before = ds.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert results.update(collect.collect(store), res, "d", "t") is None
+    assert ds.stat().st_mtime_ns == before
