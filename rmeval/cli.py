@@ -64,6 +64,31 @@ def _run_ls(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- plan / launch / run-one
 
 
+def _seconds(text: str) -> float:
+    from rmeval.backends.beaker import resolve_timeout
+
+    try:
+        return resolve_timeout(float(text))
+    except (ValueError, UsageError):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of seconds, got {text!r}"
+        ) from None
+
+
+def _add_beaker_timeout(p: argparse.ArgumentParser) -> None:
+    from rmeval.backends import beaker
+
+    p.add_argument(
+        beaker.TIMEOUT_OPTION,
+        dest="beaker_timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"give up when a Beaker call gets no answer for this long, retries included "
+        f"(default ${beaker.TIMEOUT_ENV} or {beaker.DEFAULT_TIMEOUT:g})",
+    )
+
+
 def _add_plan_source_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by `plan` and `launch --source` (with the seed's aliases)."""
     p.add_argument("--source", default=None, help="gs://BUCKET/PREFIX or a local directory")
@@ -136,6 +161,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="Beaker ORG/NAME: experiments that exist there count as done",
     )
+    _add_beaker_timeout(p)
     p.set_defaults(handler=_run_plan)
 
 
@@ -143,7 +169,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     from rmeval import plan
 
     kwargs = _plan_kwargs(args)
-    p, text = plan.make_plan(workspace=args.workspace, **kwargs)
+    p, text = plan.make_plan(workspace=args.workspace, beaker_timeout=args.beaker_timeout, **kwargs)
     log.info("%s", p.summary())
     if args.json:
         _print(p.to_json())
@@ -171,6 +197,7 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-parallel", type=int, default=1, help="local: worker processes")
     p.add_argument("--log-dir", default="rmeval-logs", help="local: one log file per run here")
     p.add_argument("--workspace", default=None, help="beaker: ORG/NAME to create experiments in")
+    _add_beaker_timeout(p)
     p.set_defaults(handler=_run_launch)
 
 
@@ -187,6 +214,7 @@ def _run_launch(args: argparse.Namespace) -> int:
         workspace=args.workspace,
         experiment_prefix=args.experiment_prefix,
         log_dir=args.log_dir,
+        beaker_timeout=args.beaker_timeout,
     )
     if not summary.outcomes:
         log.info("nothing to do")
@@ -387,8 +415,14 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
         help="exit 1, writing nothing, if any run or file was left out",
     )
     p.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help="replace a table even by one with fewer than half its rows",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="collect and print the summary; write nothing"
     )
+    _add_beaker_timeout(p)
     p.set_defaults(handler=_run_collect)
 
 
@@ -404,6 +438,8 @@ def _run_collect(args: argparse.Namespace) -> int:
         table_name=args.table,
         strict=args.strict,
         dry_run=args.dry_run,
+        allow_shrink=args.allow_shrink,
+        beaker_timeout=args.beaker_timeout,
         experiment_prefix=args.experiment_prefix,
         max_concurrency=args.max_concurrency,
         feature_counts_dir=args.feature_counts_dir,

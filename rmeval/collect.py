@@ -10,21 +10,34 @@ Sources (``--source``):
   at most, fed while the listing pages arrive). Unfinished and failed ones are listed as
   skipped.
 
-Each run gives one row: ``model_type``, ``chat_template``, ``name``, then (join modes) ``uuid``
-and ``budget``, the four section scores, ``Overall``, (``label``), the 23 subset
-accuracies and the feature columns. Scores come from :mod:`rmeval.rewardbench.scoring`
-(official weights); accuracies are fractions.
+Each run gives one row: ``model_type``, ``chat_template``, ``name``, ``scoring`` (the format
+that produced the accuracies, from ``chat_template``: ``trained`` or ``run_rm``, empty when
+unknown), ``weights`` (:data:`rmeval.rewardbench.scoring.WEIGHTS_ID`, the name and fingerprint
+of the section weights), then (counts mode) ``uuid`` and ``budget``, the four section scores,
+``Overall``, (``label``), the 23 subset accuracies and the feature columns. Scores come from
+:mod:`rmeval.rewardbench.scoring` (official weights); accuracies are fractions. A table whose
+rows come from more than one scoring format is reported (``mixed_scoring``).
+
+A store's run directories without ``metrics.json`` are reported as ``incomplete_run``.
+Metrics whose accuracies come from NaN or Inf rewards are left out (``nonfinite_rewards``):
+when a subset's accuracy is exactly 0.0 and the run's ``scores.jsonl`` lies beside its
+metrics.json, that file says whether any reward is not finite; without it, every subset at
+0.0 (what NaN rewards give: every comparison is false) is taken as that sign.
 
 Join modes (names parsed by :mod:`rmeval.naming` only):
 
 - counts (``feature_counts_dir``): files ``regressor_feats_ID__<uuid>__SWAPS_<n>.json``,
-  each a flat JSON object ``feature -> count``; joined on the run's uuid (a file whose
-  budget equals the run's is preferred when one uuid has several files). A feature absent
-  from one file but present in others is a count of 0. ``budget`` is the run's
-  ``SWAPS_<n>``, rescaled to a 7,000-example dataset when ``dataset_total_size`` is given.
+  each a flat JSON object ``feature -> count``; joined on the key (uuid, budget) that both
+  the run name and the file name carry. A run whose uuid has counts files for other budgets
+  only is ``budget_mismatch`` (naming both). A feature absent from one file but present in
+  others is a count of 0. ``budget`` is the run's ``SWAPS_<n>``, rescaled to a
+  7,000-example dataset when ``dataset_total_size`` is given.
 - experiments file: lines ``<experiment>::<feat1>___<feat2>…``; binary feature columns
   (``-`` in a feature name becomes ``=``), joined on the ``FEATS_<hash>_SWAPS`` hash.
 - neither: scores only.
+
+Runs with the same join key ((uuid, budget), or (hash, budget)) under different names, e.g.
+two prefixes, are ``duplicate_key``: the newest is kept.
 
 Nothing is dropped silently: every run or file left out is an :class:`Issue` (kind, name,
 detail, file and line where known), counted in the summary and written to the issues
@@ -54,17 +67,19 @@ from typing import Any
 from rmeval import naming, storage
 from rmeval.errors import CollectError, StoreError, UsageError
 from rmeval.rewardbench import scoring
+from rmeval.run import METRICS_FILE, SCORES_FILE
 
 log = logging.getLogger(__name__)
 
 BEAKER_SCHEME = "beaker://"
-METRICS_FILE = "metrics.json"
 FLOAT_DIGITS = 6
 DEFAULT_MAX_CONCURRENCY = 32
 TARGET = scoring.OVERALL
 LABEL = "label"
 NAME = "name"
-META_COLUMNS = ("model_type", "chat_template", NAME)
+SCORING = "scoring"
+WEIGHTS = "weights"
+META_COLUMNS = ("model_type", "chat_template", NAME, SCORING, WEIGHTS)
 JOIN_COLUMNS = ("uuid", "budget")
 SUBSET_COLUMNS: tuple[str, ...] = scoring.SUBSETS
 SECTION_COLUMNS: tuple[str, ...] = scoring.SECTION_NAMES
@@ -75,13 +90,18 @@ ISSUES_SUFFIX = ".issues.json"
 ISSUE_KINDS: dict[str, str] = {
     "skipped_unfinished": "experiment not finished yet",
     "skipped_failed": "experiment failed or was canceled",
+    "incomplete_run": "run directory without metrics.json (unfinished, failed or interrupted)",
     "missing_metrics": "finished, but no metrics.json in its results",
     "malformed_metrics": "metrics.json is not a valid RewardBench metrics object",
     "incomplete_metrics": "metrics.json lacks RewardBench subsets",
+    "nonfinite_rewards": "accuracies computed from NaN or Inf rewards (row left out)",
     "unknown_keys": "metrics.json has keys that are neither subsets nor meta (row kept)",
     "duplicate_run": "the same run name appears more than once (one kept)",
+    "duplicate_key": "several runs share one join key, e.g. uuid and budget (newest kept)",
+    "mixed_scoring": "rows scored in different formats (see the scoring column)",
     "unparsable_name": "a name lacks the pattern the join needs",
     "run_without_features": "run has no matching feature entry",
+    "budget_mismatch": "the uuid's counts files are for other budgets (row left out)",
     "features_without_run": "feature entry has no matching run",
     "ambiguous_features": "several feature entries match one run",
     "bad_feature_file": "feature counts file is not a flat JSON object of numbers",
@@ -109,12 +129,14 @@ class Issue:
 
 @dataclass(frozen=True)
 class RunMetrics:
-    """One run's parsed metrics.json."""
+    """One run's parsed metrics.json (``created``: when it was written, seconds since the
+    epoch; ``scores_uri``: the run's scores.jsonl beside it, when the source has one)."""
 
     name: str
     uri: str
     metrics: dict[str, Any]
     created: float = 0.0
+    scores_uri: str | None = None
 
 
 @dataclass
@@ -154,7 +176,15 @@ class Table:
             "features": self.feature_columns,
             "mode": self.mode,
             "float_digits": FLOAT_DIGITS,
+            WEIGHTS: {"id": scoring.WEIGHTS_ID, "counts": dict(scoring.EXAMPLE_COUNTS)},
         }
+
+    def scoring_counts(self) -> dict[str, int]:
+        """Rows per scoring format (``""``: unknown), as the HISTORY record keeps them."""
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            counts[row[SCORING]] = counts.get(row[SCORING], 0) + 1
+        return dict(sorted(counts.items()))
 
     def issue_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -206,28 +236,52 @@ def fetch_store(
 ) -> tuple[list[RunMetrics], list[Issue]]:
     """Read ``<root>/<run>/metrics.json`` for every run (whose name contains
     ``experiment_prefix`` when given, and is one of ``names`` when given),
-    ``max_concurrency`` reads at a time."""
-    found: list[tuple[str, str]] = []
-    for obj in storage.list_objects(root, match=METRICS_FILE):
+    ``max_concurrency`` reads at a time. Run directories without metrics.json are
+    ``incomplete_run`` issues; hidden ones (``.<run>.partial-…`` staging) are not runs."""
+    files: dict[str, dict[str, storage.ObjectInfo]] = {}  # run -> {metrics/scores: object}
+    for obj in storage.list_objects(root):
         parts = obj.name.split("/")
-        if len(parts) != 2:
-            continue  # not <run>/metrics.json (e.g. a model's own files deeper down)
+        if len(parts) < 2 or parts[0].startswith("."):
+            continue  # a file of the store itself, or a hidden / staging directory
         run = parts[0]
         if experiment_prefix and experiment_prefix not in run:
             continue
         if names is not None and run not in names:
             continue
-        found.append((run, obj.uri))
+        mine = files.setdefault(run, {})
+        if len(parts) == 2 and parts[1] in (METRICS_FILE, SCORES_FILE):
+            mine[parts[1]] = obj  # deeper files (e.g. a kept model's) only mark the run dir
+    issues = [
+        Issue(
+            "incomplete_run",
+            run,
+            f"no {METRICS_FILE}: not finished, failed or interrupted",
+            file=storage.join(root, run),
+        )
+        for run in sorted(files)
+        if METRICS_FILE not in files[run]
+    ]
+    found = [(run, objs) for run, objs in files.items() if METRICS_FILE in objs]
     runs: list[RunMetrics] = []
-    issues: list[Issue] = []
 
-    def read(item: tuple[str, str]) -> RunMetrics | Issue:
-        run, uri = item
+    def read(item: tuple[str, dict[str, storage.ObjectInfo]]) -> RunMetrics | Issue:
+        run, objs = item
+        info = objs[METRICS_FILE]
         try:
-            raw = storage.read_bytes(uri)
+            raw = storage.read_bytes(info.uri)
         except StoreError as exc:
-            return Issue("missing_metrics", run, str(exc), file=uri)
-        return parse_metrics(run, uri, raw)
+            return Issue("missing_metrics", run, str(exc), file=info.uri)
+        parsed = parse_metrics(run, info.uri, raw)
+        if isinstance(parsed, Issue):
+            return parsed
+        scores = objs.get(SCORES_FILE)
+        return RunMetrics(
+            run,
+            info.uri,
+            parsed.metrics,
+            created=info.updated.timestamp() if info.updated else 0.0,
+            scores_uri=scores.uri if scores else None,
+        )
 
     for result in _bounded_map(read, iter(found), max_concurrency, total=len(found)):
         (runs if isinstance(result, RunMetrics) else issues).append(result)
@@ -276,10 +330,11 @@ def fetch_beaker(
     names: Collection[str] | None = None,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     client: Any | None = None,
+    timeout: float | None = None,
 ) -> tuple[list[RunMetrics], list[Issue]]:
     """Metrics of the finalized, successful experiments of ``workspace`` whose names contain
     ``experiment_prefix`` (and are one of ``names`` when given); the others are returned as
-    skipped issues."""
+    skipped issues. ``timeout``: see :func:`rmeval.backends.beaker.client`."""
     from beaker import beaker_pb2 as pb2
     from beaker.exceptions import (
         BeakerChecksumFailedError,
@@ -292,7 +347,11 @@ def fetch_beaker(
     runs: list[RunMetrics] = []
     issues: list[Issue] = []
     with contextlib.ExitStack() as stack:
-        b = client if client is not None else stack.enter_context(beaker_backend.client())
+        b = (
+            client
+            if client is not None
+            else stack.enter_context(beaker_backend.client(timeout=timeout))
+        )
         ws = beaker_backend.get_workspace(
             b, workspace, error=CollectError, expected="beaker://ORG/WORKSPACE"
         )
@@ -431,10 +490,63 @@ def metrics_row(run: RunMetrics) -> dict[str, Any]:
         "model_type": _meta_text(run.metrics.get("model_type")),
         "chat_template": _meta_text(run.metrics.get("chat_template")),
         NAME: run.name,
+        SCORING: scoring.scoring_format(run.metrics.get("chat_template")) or "",
+        WEIGHTS: scoring.WEIGHTS_ID,
     }
     row.update(scoring.summarize(acc))
     row.update({s: acc[s] for s in SUBSET_COLUMNS})
     return row
+
+
+def _count_nonfinite(scores_uri: str) -> tuple[int, int] | None:
+    """``(rows with a NaN or Inf number, rows)`` of a scores.jsonl, or ``None`` when it
+    cannot be read as JSON lines (then it tells nothing)."""
+    try:
+        text = storage.read_text(scores_uri)
+    except (StoreError, UnicodeDecodeError):
+        return None
+    bad = total = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)  # reads NaN / Infinity as floats, as json.dumps writes them
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(row, dict):
+            return None
+        total += 1
+        bad += any(isinstance(v, float) and not math.isfinite(v) for v in row.values())
+    return bad, total
+
+
+def nonfinite_issue(run: RunMetrics) -> Issue | None:
+    """The ``nonfinite_rewards`` issue of a run whose accuracies come from NaN or Inf
+    rewards, when that can be told (see the module doc); ``None`` otherwise."""
+    zeros = [s for s in SUBSET_COLUMNS if run.metrics.get(s) == 0]
+    if not zeros:
+        return None
+    counted = _count_nonfinite(run.scores_uri) if run.scores_uri else None
+    if counted is not None:
+        bad, total = counted
+        if not bad:
+            return None  # finite rewards: the zeros are real
+        return Issue(
+            "nonfinite_rewards",
+            run.name,
+            f"{bad} of {total} pairs in {SCORES_FILE} have a NaN or Inf reward, so their "
+            "comparisons are false; fix the checkpoint (or --dtype) and evaluate it again",
+            file=run.scores_uri,
+        )
+    if len(zeros) < len(SUBSET_COLUMNS):
+        return None
+    return Issue(
+        "nonfinite_rewards",
+        run.name,
+        "every subset accuracy is 0.0, which is what NaN or Inf rewards give (every comparison "
+        "false); check the checkpoint for non-finite values and evaluate it again",
+        file=run.uri,
+    )
 
 
 def _meta_text(v: Any) -> str:
@@ -568,6 +680,87 @@ def load_experiments_file(path: str) -> tuple[dict[str, tuple[str, list[str], in
 # --------------------------------------------------------------------------- the table
 
 
+def _join_key(r: RunMetrics, mode: str, issues: list[Issue]) -> tuple[str, int | None] | None:
+    """The run's join key: (uuid, budget) in counts mode, (feature hash, budget or None) in
+    experiments mode, ``None`` in scores mode or when the name lacks it (an issue then)."""
+    if mode == "counts":
+        uuid = naming.parse_uuid(r.name)
+        budget = naming.parse_budget(r.name)
+        if uuid is None or budget is None:
+            missing = "ID__<uuid>__" if uuid is None else "SWAPS_<n>"
+            issues.append(
+                Issue(
+                    "unparsable_name",
+                    r.name,
+                    f"no {missing} in the run name (counts files are keyed by uuid and budget)",
+                    file=r.uri,
+                )
+            )
+            return None
+        return uuid, budget
+    if mode == "experiments":
+        h = naming.parse_feature_hash(r.name)
+        if h is None:
+            issues.append(
+                Issue(
+                    "unparsable_name", r.name, "no FEATS_<hash>_SWAPS in the run name", file=r.uri
+                )
+            )
+            return None
+        return h, naming.parse_budget(r.name)
+    return None
+
+
+def _drop_duplicate_keys(
+    keyed: list[tuple[RunMetrics, Any]], mode: str, issues: list[Issue]
+) -> list[tuple[RunMetrics, Any]]:
+    """One run per join key: the newest (then the first by name); the others are
+    ``duplicate_key`` issues naming the run kept."""
+    groups: dict[Any, list[RunMetrics]] = {}
+    for r, key in keyed:
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, group in groups.items():
+        group.sort(key=lambda r: (-r.created, r.name))
+        out.append((group[0], key))
+        what = "uuid" if mode == "counts" else "feature hash"
+        budget = f" and SWAPS_{key[1]}" if key[1] is not None else ""
+        for dup in group[1:]:
+            issues.append(
+                Issue(
+                    "duplicate_key",
+                    dup.name,
+                    f"same {what} {key[0]}{budget} as {group[0].name}, which is kept (newer, "
+                    "or first by name)",
+                    file=dup.uri,
+                )
+            )
+    return out
+
+
+def _mixed_scoring(rows: list[dict[str, Any]]) -> list[Issue]:
+    """One ``mixed_scoring`` issue when the rows come from more than one scoring format."""
+    by_format: dict[str, list[str]] = {}
+    for row in rows:
+        by_format.setdefault(row[SCORING] or "unknown", []).append(row[NAME])
+    if len(by_format) < 2:
+        return []
+    parts = []
+    for fmt, names in sorted(by_format.items()):
+        names.sort()
+        more = f", … (+{len(names) - 3})" if len(names) > 3 else ""
+        parts.append(f"{fmt}: {', '.join(names[:3])}{more}")
+    counts = ", ".join(f"{fmt}={len(names)}" for fmt, names in sorted(by_format.items()))
+    return [
+        Issue(
+            "mixed_scoring",
+            counts,
+            f"a table should hold one scoring format (its {SCORING} column, from chat_template); "
+            + "; ".join(parts),
+        )
+    ]
+
+
 def build_table(
     runs: Iterable[RunMetrics],
     *,
@@ -602,6 +795,13 @@ def build_table(
         unknown = scoring.unknown_subsets(r.metrics)
         if unknown:
             issues.append(Issue("unknown_keys", r.name, ", ".join(unknown), file=r.uri))
+    finite: list[RunMetrics] = []
+    for r in unique:
+        bad = nonfinite_issue(r)
+        if bad is not None:
+            issues.append(bad)
+        else:
+            finite.append(r)
 
     mode = (
         "counts"
@@ -614,17 +814,20 @@ def build_table(
     rows: list[dict[str, Any]] = []
     features: set[str] = set()
     used: set[str] = set()  # joined feature keys (counts file URI / hash)
+    named: set[str] = set()  # counts files a budget_mismatch issue already names
 
-    for r in unique:
+    keyed: list[tuple[RunMetrics, tuple[str, int | None] | None]] = []
+    for r in finite:
+        key = _join_key(r, mode, issues)
+        if key is not None or mode == "scores":
+            keyed.append((r, key))
+    if mode != "scores":
+        keyed = _drop_duplicate_keys(keyed, mode, issues)
+
+    for r, key in keyed:
         row = metrics_row(r)
         if mode == "counts":
-            uuid = naming.parse_uuid(r.name)
-            if uuid is None:
-                issues.append(
-                    Issue("unparsable_name", r.name, "no ID__<uuid>__ in the run name", file=r.uri)
-                )
-                continue
-            budget = naming.parse_budget(r.name)
+            uuid, budget = key  # type: ignore[misc]
             entries = feature_counts.get(uuid, [])  # type: ignore[union-attr]
             if not entries:
                 issues.append(
@@ -636,36 +839,38 @@ def build_table(
                     )
                 )
                 continue
-            if len(entries) > 1:
-                entries = [e for e in entries if e[0] == budget] or entries
-            if len(entries) > 1:
+            matching = [e for e in entries if e[0] == budget]
+            if not matching:
                 files = ", ".join(sorted(storage.basename(e[2]) for e in entries))
+                named.update(e[2] for e in entries)
+                issues.append(
+                    Issue(
+                        "budget_mismatch",
+                        r.name,
+                        f"the run says SWAPS_{budget}, but uuid {uuid} has counts for other "
+                        f"budgets only: {files}",
+                        file=r.uri,
+                    )
+                )
+                continue
+            if len(matching) > 1:
+                files = ", ".join(sorted(storage.basename(e[2]) for e in matching))
                 issues.append(
                     Issue(
                         "ambiguous_features", r.name, f"several counts files: {files}", file=r.uri
                     )
                 )
                 continue
-            _, counts, counts_uri = entries[0]
+            _, counts, counts_uri = matching[0]
             used.add(counts_uri)
             row["uuid"] = uuid
-            if budget is not None and dataset_total_size is not None:
+            if dataset_total_size is not None:
                 budget = naming.rescale_budget(budget, dataset_total_size)
             row["budget"] = budget
             row.update(counts)
             features.update(counts)
         elif mode == "experiments":
-            h = naming.parse_feature_hash(r.name)
-            if h is None:
-                issues.append(
-                    Issue(
-                        "unparsable_name",
-                        r.name,
-                        "no FEATS_<hash>_SWAPS in the run name",
-                        file=r.uri,
-                    )
-                )
-                continue
+            h = key[0]  # type: ignore[index]
             entry = experiments.get(h)  # type: ignore[union-attr]
             if entry is None:
                 issues.append(
@@ -690,7 +895,7 @@ def build_table(
         }  # type: ignore[union-attr]
         for uuid in sorted(feature_counts):  # type: ignore[arg-type]
             for budget, _, uri in feature_counts[uuid]:  # type: ignore[index]
-                if uri in used:
+                if uri in used or uri in named:
                     continue
                 detail = (
                     f"no run with uuid {uuid} and SWAPS_{budget}"
@@ -724,6 +929,7 @@ def build_table(
             row.setdefault(f, 0)
         if gpt4_threshold is not None:
             row[LABEL] = int(row[TARGET] > gpt4_threshold)
+    issues += _mixed_scoring(rows)
     rows.sort(key=lambda row: (-row[TARGET], row[NAME]))
     return Table(
         rows=rows,
@@ -803,6 +1009,22 @@ def read_columns(table_path: str | os.PathLike) -> dict[str, Any]:
         raise CollectError(f"{path}: not JSON ({exc}); collect the table again") from None
 
 
+def count_rows(csv_text: str) -> int:
+    """Data rows of a CSV text (the header and blank lines not counted)."""
+    return max(0, sum(1 for row in csv.reader(io.StringIO(csv_text)) if row) - 1)
+
+
+def check_shrink(where: str, old_rows: int, new_rows: int, allow_shrink: bool = False) -> None:
+    """Refuse to replace a table of ``old_rows`` rows by one with fewer than half as many (an
+    empty or mistyped source looks like that), unless ``allow_shrink``."""
+    if allow_shrink or 2 * new_rows >= old_rows:
+        return
+    raise CollectError(
+        f"{where}: the new table has {new_rows} row(s), the one there {old_rows}; refusing to "
+        "drop more than half of its rows (check --source; pass --allow-shrink to replace it)"
+    )
+
+
 def write_table(table: Table, output: str, *, overwrite: bool = False) -> list[str]:
     """Write the CSV and its columns and issues sidecars; each appears whole or not at all.
     Refuses to replace an existing table unless ``overwrite``. Returns the paths."""
@@ -842,10 +1064,12 @@ def collect(
     experiments_file: str | None = None,
     dataset_total_size: int | None = None,
     gpt4_threshold: float | None = None,
+    beaker_timeout: float | None = None,
 ) -> Table:
     """Fetch the source's metrics and build the table (see the module doc). For a Beaker
     source the experiment prefix defaults to ``rm-eval-``; a store takes every run.
-    ``names``: only these exact run (store) or experiment (Beaker) names."""
+    ``names``: only these exact run (store) or experiment (Beaker) names.
+    ``beaker_timeout``: see :func:`rmeval.backends.beaker.client`."""
     if feature_counts_dir and experiments_file:
         raise UsageError("give either --feature-counts-dir or --experiments-file, not both")
     if dataset_total_size is not None and not feature_counts_dir:
@@ -872,6 +1096,7 @@ def collect(
             experiment_prefix=prefix,
             names=names,
             max_concurrency=max_concurrency,
+            timeout=beaker_timeout,
         )
     else:
         prefix = experiment_prefix
@@ -931,11 +1156,13 @@ def run(
     strict: bool = False,
     dry_run: bool = False,
     command: str | None = None,
+    allow_shrink: bool = False,
     **options: Any,
 ) -> Outcome:
     """The ``collect`` command: :func:`collect`, then (unless ``dry_run``) write the table to
     ``output`` or into the results directory with history (:func:`rmeval.results.update`).
-    ``strict`` refuses to write anything when there is any issue."""
+    ``strict`` refuses to write anything when there is any issue; replacing a table by one
+    with fewer than half its rows needs ``allow_shrink`` (:func:`check_shrink`)."""
     results_mode = any(x is not None for x in (results_dir, dataset, table_name))
     if results_mode and not all(x is not None for x in (results_dir, dataset, table_name)):
         raise UsageError("--results-dir, --dataset and --table go together")
@@ -958,11 +1185,16 @@ def run(
     if dry_run:
         return out
     if output is not None:
+        if storage.exists(output):  # only with overwrite: checked above
+            old_rows = count_rows(storage.read_text(output))
+            check_shrink(output, old_rows, len(table.rows), allow_shrink)
         out.written = write_table(table, output, overwrite=overwrite)
     else:
         from rmeval import results
 
-        out.record = results.update(table, results_dir, dataset, table_name, command=command)
+        out.record = results.update(
+            table, results_dir, dataset, table_name, command=command, allow_shrink=allow_shrink
+        )
         out.unchanged = out.record is None
         if out.record is not None:
             path = results.table_path(results_dir, dataset, table_name)

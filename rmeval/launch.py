@@ -44,8 +44,10 @@ def launch(
     experiment_prefix: str | None = None,
     log_dir: str | os.PathLike = DEFAULT_LOG_DIR,
     progress: bool = True,
+    beaker_timeout: float | None = None,
 ) -> LaunchSummary:
-    """Run ``spec`` (a file, a mapping, or planned from ``plan_args``) on ``backend``."""
+    """Run ``spec`` (a file, a mapping, or planned from ``plan_args``) on ``backend``
+    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`)."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if (spec is None) == (not plan_args):
@@ -60,7 +62,7 @@ def launch(
         if backend == "beaker" and workspace and "workspace" not in args:
             args["workspace"] = workspace
         experiment_prefix = experiment_prefix or args.get("experiment_prefix")
-        p, text = make_plan(values=values, **args)
+        p, text = make_plan(values=values, beaker_timeout=beaker_timeout, **args)
         log.info("%s", p.summary())
         if text is None:
             return LaunchSummary(backend, [])
@@ -82,5 +84,9 @@ def launch(
     from rmeval.backends import beaker
 
     return beaker.launch_beaker(
-        data, workspace=workspace, experiment_prefix=experiment_prefix, dry_run=dry_run
+        data,
+        workspace=workspace,
+        experiment_prefix=experiment_prefix,
+        dry_run=dry_run,
+        timeout=beaker_timeout,
     )

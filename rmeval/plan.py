@@ -282,13 +282,14 @@ def make_plan(
     gcs_bucket: str | None = None,
     gcs_dir_path: str | None = None,
     render: bool = True,
+    beaker_timeout: float | None = None,
 ) -> tuple[Plan, str | None]:
     """Plan and render in one call (what ``rmeval plan`` does).
 
     Values come from, lowest first: the template's own defaults, the preset, ``values``
     (``--set``), then the explicit ``prefix`` / ``store`` / ``experiment_prefix``.
-    With ``workspace``, Beaker experiments that already exist there count as done.
-    Returns the plan and the rendered spec (None when there is nothing to run or
+    With ``workspace``, Beaker experiments that already exist there count as done
+    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`). Returns the plan and the rendered spec (None when there is nothing to run or
     ``render`` is false)."""
     from rmeval import specs
 
@@ -306,7 +307,9 @@ def make_plan(
     if workspace:
         from rmeval.backends import beaker as beaker_backend
 
-        existing = beaker_backend.existing_experiments(workspace, experiment_prefix)
+        existing = beaker_backend.existing_experiments(
+            workspace, experiment_prefix, timeout=beaker_timeout
+        )
     p = plan(
         src,
         prefix=prefix,

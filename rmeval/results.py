@@ -5,14 +5,27 @@
 appends one record to ``<results_dir>/<dataset>/HISTORY.jsonl``::
 
     {"version": 3, "time": "2026-11-28T12:00:00+00:00", "table": "counts-runs.csv",
-     "source": "beaker://ai2/evals", "prefix": "rm-eval-helpsteer2-count",
+     "source": "beaker://ai2/evals", "prefix": "rm-eval-helpsteer2-count", "mode": "counts",
      "rows": {"total": 120, "added": 4, "changed": 1, "removed": 0}, "issues": 2,
-     "sha256": "<of the CSV bytes>", "rmeval_version": "0.1.0", "git_sha": "<HEAD or null>",
-     "command": "rmeval collect …"}
+     "sha256": "<of the CSV bytes>", "previous_sha256": "<of the CSV it replaced, or null>",
+     "scoring": {"trained": 120}, "weights": "official-<fingerprint>",
+     "rmeval_version": "0.1.0", "git_sha": "<HEAD or null>", "command": "rmeval collect …"}
+
+``scoring`` counts the rows per scoring format (``""``: unknown), ``weights`` names the
+section weights (:data:`rmeval.rewardbench.scoring.WEIGHTS_ID`). Records written before
+these keys existed lack them (and ``previous_sha256``); readers use ``.get``.
 
 Rows are matched by their ``name`` column. An update whose CSV and sidecars are byte-equal
-to what is there writes nothing and returns ``None``. Every file is replaced atomically;
-the history line is appended last, so a record always describes files that exist.
+to what is there writes nothing and returns ``None``. A table is not replaced by one with
+fewer than half its rows unless ``allow_shrink`` (an empty or mistyped source looks so).
+
+Writers of one dataset directory serialize on ``.HISTORY.lock`` (``flock``: the kernel
+drops the lock of a dead holder, so a killed collect leaves no stale lock). Under it, each
+update computes its record against the table it replaces, writes the record to
+``.HISTORY.pending.json``, replaces the sidecars and the table (each atomically), appends
+the record to HISTORY.jsonl and removes the pending file. An update killed in between is
+repaired by the next one: a pending record whose table is in place is appended (marked
+``"repaired": true``); one whose table never landed is dropped.
 
 The results directory is a local path (it is committed to git by the fetch-results
 workflow).
@@ -20,14 +33,19 @@ workflow).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
 import shlex
+import socket
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +57,8 @@ from rmeval.collect import (
     ISSUES_SUFFIX,
     NAME,
     Table,
+    check_shrink,
+    count_rows,
     render_columns,
     render_csv,
     render_issues,
@@ -46,10 +66,14 @@ from rmeval.collect import (
 )
 from rmeval.errors import NamingError, ResultsError, UsageError
 from rmeval.procutil import git_head
+from rmeval.rewardbench import scoring
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "HISTORY.jsonl"
+LOCK_FILE = ".HISTORY.lock"
+PENDING_FILE = ".HISTORY.pending.json"
+LOCK_TIMEOUT = 120.0  # seconds to wait for another writer of the same dataset
 
 
 @dataclass(frozen=True)
@@ -152,6 +176,128 @@ def default_command() -> str:
     return shlex.join(argv)
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _os_error(path: Path, exc: OSError, doing: str) -> ResultsError:
+    return ResultsError(f"{path}: cannot {doing}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def dataset_lock(directory: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the write lock of one results dataset directory (see the module doc).
+
+    ``flock`` on ``directory/LOCK_FILE``; the holder unlinks the file before it lets go,
+    so a waiter that locked a file no longer at that path tries again. Waits up to
+    ``timeout`` seconds, then one ResultsError line names the holder."""
+    path = directory / LOCK_FILE
+    give_up = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _os_error(path, exc, "create the lock file") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another collect"
+            os.close(fd)
+            if time.monotonic() > give_up:
+                raise ResultsError(
+                    f"{path}: still held by {holder} after {timeout:g} s; wait for it to finish"
+                ) from None
+            time.sleep(0.01)
+            continue
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed it while we waited: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _write(path: Path, text: str) -> None:
+    with storage.atomic_local_file(path, overwrite=True) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
+
+
+def _append_history(directory: Path, record: dict[str, Any]) -> None:
+    hist = directory / HISTORY_FILE
+    previous = _read_if_exists(hist) or ""
+    if previous and not previous.endswith("\n"):
+        previous += "\n"
+    _write(hist, previous + json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def _next_version(history: list[dict[str, Any]]) -> int:
+    return 1 + max((int(r.get("version", 0)) for r in history), default=0)
+
+
+def repair(directory: Path) -> dict[str, Any] | None:
+    """Finish or drop what an interrupted update left (call it under :func:`dataset_lock`):
+    a pending record whose files are all in place and which HISTORY does not end with yet is
+    appended; the pending file and the temporary files of the writes are removed. Returns
+    the appended record, if any."""
+    # Every write here happens under the lock, through storage.atomic_local_file (temporary
+    # ".<name>.<random>.tmp" beside the file): while we hold it, any such file is a dead
+    # writer's.
+    for tmp in directory.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            log.info("%s: removed, left by an interrupted collect", tmp)
+    pending = directory / PENDING_FILE
+    text = _read_if_exists(pending)
+    if text is None:
+        return None
+    appended = None
+    try:
+        doc = json.loads(text)
+        record, shas = dict(doc["record"]), dict(doc["files"])
+        names = [naming.safe_component(str(n), what="file") for n in shas]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, NamingError):
+        log.warning("%s: unreadable pending record; removed", pending)
+    else:
+        landed = all(
+            (t := _read_if_exists(directory / n)) is not None and _sha256(t) == shas[n]
+            for n in names
+        )
+        history = read_history(directory)
+        last = history[-1] if history else {}
+        done = (last.get("version"), last.get("sha256")) == (
+            record.get("version"),
+            record.get("sha256"),
+        )
+        if landed and not done:
+            record["version"] = max(int(record.get("version", 0)), _next_version(history))
+            record["repaired"] = True
+            _append_history(directory, record)
+            appended = record
+            log.warning(
+                "%s: appended version %s (%s), which an interrupted collect wrote without its "
+                "history record",
+                directory / HISTORY_FILE,
+                record["version"],
+                record.get("table"),
+            )
+    pending.unlink()
+    return appended
+
+
+def _current(files: dict[Path, str]) -> dict[Path, str | None]:
+    """What each of ``files`` holds now (``None``: absent)."""
+    return {p: _read_if_exists(p) for p in files}
+
+
 def update(
     table: Table,
     results_dir: str | os.PathLike,
@@ -160,53 +306,68 @@ def update(
     *,
     command: str | None = None,
     now: datetime | None = None,
+    allow_shrink: bool = False,
 ) -> dict[str, Any] | None:
     """Write the table into the results directory and append its history record; return
-    the record, or ``None`` when nothing changed (then nothing is written)."""
+    the record, or ``None`` when nothing changed (then nothing is written). Concurrent
+    updates of one dataset serialize; an interrupted one is repaired first (module doc)."""
     path = table_path(results_dir, dataset, name)
     files = {
         path: render_csv(table),
         Path(sidecar(path, COLUMNS_SUFFIX)): render_columns(table),
         Path(sidecar(path, ISSUES_SUFFIX)): render_issues(table),
     }
-    old = {p: _read_if_exists(p) for p in files}
-    if all(old[p] == text for p, text in files.items()):
+    # Unchanged and nothing to repair: touch nothing (no lock either; a read-only checkout
+    # that is up to date stays fine). Checked again under the lock otherwise.
+    if not (path.parent / PENDING_FILE).exists() and _current(files) == files:
         log.info("%s: unchanged; nothing written", path)
         return None
-    history = read_history(path.parent) if path.parent.is_dir() else []
-    diff = diff_rows(old[path] or "", files[path])
-    record = {
-        "version": 1 + max((int(r.get("version", 0)) for r in history), default=0),
-        "time": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
-        "table": path.name,
-        "source": table.source,
-        "prefix": table.experiment_prefix,
-        "mode": table.mode,
-        "rows": {
-            "total": diff.total,
-            "added": diff.added,
-            "changed": diff.changed,
-            "removed": diff.removed,
-        },
-        "issues": len(table.issues),
-        "sha256": hashlib.sha256(files[path].encode("utf-8")).hexdigest(),
-        "rmeval_version": __version__,
-        "git_sha": git_head(_existing_ancestor(path.parent)),
-        "command": command if command is not None else default_command(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Sidecars, then the table, then the history line (the record describes what exists).
-    for p in [*list(files)[1:], path]:
-        if old[p] != files[p]:
-            with storage.atomic_local_file(p, overwrite=True) as tmp:
-                tmp.write_text(files[p], encoding="utf-8", newline="")
-    hist = path.parent / HISTORY_FILE
-    previous = _read_if_exists(hist) or ""
-    if previous and not previous.endswith("\n"):
-        previous += "\n"
-    line = json.dumps(record, ensure_ascii=False, sort_keys=False)
-    with storage.atomic_local_file(hist, overwrite=True) as tmp:
-        tmp.write_text(previous + line + "\n", encoding="utf-8", newline="")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(path.parent, exc, "create the results directory") from None
+    with dataset_lock(path.parent):
+        repair(path.parent)
+        old = _current(files)
+        if old == files:
+            log.info("%s: unchanged; nothing written", path)
+            return None
+        old_csv = old[path]
+        if old_csv is not None:
+            check_shrink(str(path), count_rows(old_csv), len(table.rows), allow_shrink)
+        history = read_history(path.parent)
+        diff = diff_rows(old_csv or "", files[path])
+        record = {
+            "version": _next_version(history),
+            "time": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+            "table": path.name,
+            "source": table.source,
+            "prefix": table.experiment_prefix,
+            "mode": table.mode,
+            "rows": {
+                "total": diff.total,
+                "added": diff.added,
+                "changed": diff.changed,
+                "removed": diff.removed,
+            },
+            "issues": len(table.issues),
+            "sha256": _sha256(files[path]),
+            "previous_sha256": _sha256(old_csv) if old_csv is not None else None,
+            "scoring": table.scoring_counts(),
+            "weights": scoring.WEIGHTS_ID,
+            "rmeval_version": __version__,
+            "git_sha": git_head(_existing_ancestor(path.parent)),
+            "command": command if command is not None else default_command(),
+        }
+        # The record first (pending), then the sidecars, the table, and the history line.
+        pending = path.parent / PENDING_FILE
+        shas = {p.name: _sha256(text) for p, text in files.items()}
+        _write(pending, json.dumps({"record": record, "files": shas}, ensure_ascii=False) + "\n")
+        for p in [*list(files)[1:], path]:
+            if old[p] != files[p]:
+                _write(p, files[p])
+        _append_history(path.parent, record)
+        pending.unlink()
     return record
 
 

@@ -3,7 +3,9 @@ issues reported instead of dropped, deterministic CSV that pandas loads."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 
 import pandas as pd
@@ -14,6 +16,7 @@ from rmeval.errors import CollectError, UsageError
 from tests.collect_fixtures import (
     ALL_SUBSETS,
     HOSTILE_KEYS,
+    OFFICIAL,
     counts_run_name,
     expected_scores,
     feats_run_name,
@@ -86,9 +89,9 @@ def test_csv_columns_precision_and_pandas_roundtrip(tmp_path):
     text = out.read_text()
     header = text.splitlines()[0].split(",")
     sections = ["Chat", "Chat Hard", "Safety", "Reasoning"]
-    assert header[:3] == ["model_type", "chat_template", "name"]
-    assert header[3:8] == [*sections, "Overall"]
-    assert header[8:] == ALL_SUBSETS
+    assert header[:5] == ["model_type", "chat_template", "name", "scoring", "weights"]
+    assert header[5:10] == [*sections, "Overall"]
+    assert header[10:] == ALL_SUBSETS
     df = pd.read_csv(out)
     assert list(df["name"]) == sorted(runs, key=lambda r: -expected_scores(runs[r])["Overall"])
     for _, row in df.iterrows():
@@ -97,7 +100,7 @@ def test_csv_columns_precision_and_pandas_roundtrip(tmp_path):
         )
     # fixed precision: every float cell has exactly six decimals
     first = text.splitlines()[1].split(",")
-    assert all(len(c.split(".")[1]) == 6 for c in first[3:])
+    assert all(len(c.split(".")[1]) == 6 for c in first[5:])
     cols = json.loads((tmp_path / "t.columns.json").read_text())
     assert cols["target"] == "Overall" and cols["features"] == []
     # no-clobber, then identical bytes with --overwrite
@@ -269,3 +272,228 @@ def test_counts_file_of_a_joined_uuid_but_other_budget_is_reported(tmp_path):
     (left,) = [i for i in table.issues if i.kind == "features_without_run"]
     assert left.name == f"regressor_feats_ID__{uid}__SWAPS_200.json"
     assert "200" in left.detail
+
+
+def _metrics_from_rewards(pairs: dict[str, list[tuple[float, float]]], template: str) -> dict:
+    """A metrics.json object computed from (chosen, rejected) rewards the way run_rm does:
+    per subset, pairs with chosen > rejected over all pairs (a NaN makes it false)."""
+    out: dict = {"model": "m", "model_type": "Seq. Classifier", "chat_template": template}
+    for subset, rewards in pairs.items():
+        out[subset] = sum(c > r for c, r in rewards) / len(rewards)
+    return out
+
+
+def _scores_jsonl(pairs: dict[str, list[tuple[float, float]]]) -> str:
+    """The evaluator's scores.jsonl for the same rewards (json writes NaN as NaN)."""
+    lines = []
+    for subset, rewards in pairs.items():
+        for i, (c, r) in enumerate(rewards):
+            row = {"id": f"{subset}-{i}", "subset": subset, "chosen_reward": c}
+            row |= {"rejected_reward": r, "correct": bool(c > r), "chosen_tokens": 9}
+            lines.append(json.dumps(row))
+    return "\n".join(lines) + "\n"
+
+
+def test_nonfinite_rewards_are_reported_and_left_out(store_root):
+    rng = random.Random(5)
+    nan, inf = float("nan"), float("inf")
+
+    def rewards(bad_every: int = 0, bad=nan) -> dict[str, list[tuple[float, float]]]:
+        out = {}
+        for k, s in enumerate(ALL_SUBSETS):
+            out[s] = [
+                (bad, bad)
+                if bad_every and (k + i) % bad_every == 0
+                else (rng.random(), rng.random())
+                for i in range(6)
+            ]
+        return out
+
+    all_nan = rewards(bad_every=1)  # a NaN checkpoint: every reward NaN
+    _put_run(store_root, "nan-model", _metrics_from_rewards(all_nan, "easylm-trained"))
+    all_inf = rewards(bad_every=1, bad=inf)  # overflow: every pair an Inf tie
+    _put_run(store_root, "inf-model", _metrics_from_rewards(all_inf, "easylm-trained"))
+    _put(store_root, "inf-model/scores.jsonl", _scores_jsonl(all_inf))
+    some_nan = rewards(bad_every=3)  # a few NaN rewards, some subsets still above 0
+    some_nan["hep-go"] = [(nan, nan)] * 6  # ... and one subset at exactly 0.0
+    _put_run(store_root, "partly-nan", _metrics_from_rewards(some_nan, "easylm-trained"))
+    _put(store_root, "partly-nan/scores.jsonl", _scores_jsonl(some_nan))
+    real_zero = rewards()
+    real_zero["mt-bench-easy"] = [(0.1, 0.9)] * 6  # finite rewards, all reversed: a real 0.0
+    _put_run(store_root, "real-zero", _metrics_from_rewards(real_zero, "easylm-trained"))
+    _put(store_root, "real-zero/scores.jsonl", _scores_jsonl(real_zero))
+    _put_run(store_root, "fine", _metrics_from_rewards(rewards(), "easylm-trained"))
+
+    table = collect.collect(store_root)
+
+    assert sorted(r["name"] for r in table.rows) == ["fine", "real-zero"]
+    assert _issues(table, "nonfinite_rewards") == ["inf-model", "nan-model", "partly-nan"]
+    by_name = {i.name: i for i in table.issues if i.kind == "nonfinite_rewards"}
+    n_partly = sum(any(x != x for x in p) for v in some_nan.values() for p in v)
+    assert f"{n_partly} of {6 * len(ALL_SUBSETS)} pairs" in by_name["partly-nan"].detail
+    assert by_name["partly-nan"].file.endswith("partly-nan/scores.jsonl")
+    assert "every subset accuracy is 0.0" in by_name["nan-model"].detail
+    assert by_name["nan-model"].file.endswith("nan-model/metrics.json")
+    with pytest.raises(CollectError, match="nonfinite_rewards"):
+        collect.check_strict(table)
+
+
+def test_join_key_is_uuid_and_budget(tmp_path, capsys):
+    rng = random.Random(13)
+    store, feats = tmp_path / "store", tmp_path / "feats"
+    # the only counts file of this uuid is for another budget: not joined, both named
+    u1 = new_uuid(rng)
+    wrong = counts_run_name(u1, 3000)
+    _put_run(str(store), wrong, make_metrics(seed=1))
+    _put(str(feats), f"regressor_feats_ID__{u1}__SWAPS_2000.json", json.dumps({"f": 1}))
+    # one checkpoint evaluated under two prefixes: one row (the newer), one issue
+    u2 = new_uuid(rng)
+    older = counts_run_name(u2, 100, prefix="rm-eval-helpsteer2-counts-")
+    newer = counts_run_name(u2, 100, prefix="rm-eval-helpsteer2-counts-v2-")
+    for i, run in enumerate([newer, older]):  # created in this order; mtimes say otherwise
+        _put_run(str(store), run, make_metrics(seed=10 + i))
+        os.utime(store / run / "metrics.json", (1_000_000 + 10 * (run == newer),) * 2)
+    _put(str(feats), f"regressor_feats_ID__{u2}__SWAPS_100.json", json.dumps({"f": 7}))
+    # the ordinary case still joins
+    u3 = new_uuid(rng)
+    plain = counts_run_name(u3, 55)
+    _put_run(str(store), plain, make_metrics(seed=3))
+    _put(str(feats), f"regressor_feats_ID__{u3}__SWAPS_55.json", json.dumps({"f": 3}))
+
+    table = collect.collect(str(store), feature_counts_dir=str(feats))
+
+    assert {r["name"]: r["f"] for r in table.rows} == {newer: 7, plain: 3}
+    (mismatch,) = [i for i in table.issues if i.kind == "budget_mismatch"]
+    assert mismatch.name == wrong and "SWAPS_3000" in mismatch.detail
+    assert f"regressor_feats_ID__{u1}__SWAPS_2000.json" in mismatch.detail
+    (dup,) = [i for i in table.issues if i.kind == "duplicate_key"]
+    assert dup.name == older and newer in dup.detail and u2 in dup.detail
+    # the mismatched file is named once, not again as a file without run
+    assert _issues(table, "features_without_run") == []
+
+    out = tmp_path / "t.csv"
+    args = ["collect", "--source", str(store), "--feature-counts-dir", str(feats)]
+    assert cli.main([*args, "--output", str(out), "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "budget_mismatch=1" in err and "duplicate_key=1" in err
+    assert not out.exists()
+
+
+def test_experiments_mode_duplicate_key(tmp_path):
+    store = tmp_path / "store"
+    a = feats_run_name("a1b2", 1000, prefix="rm-eval-hs2-")
+    b = feats_run_name("a1b2", 1000, prefix="rm-eval-hs2-again-")
+    c = feats_run_name("a1b2", 2000, prefix="rm-eval-hs2-")  # another budget: its own run
+    for i, run in enumerate([a, b, c]):
+        _put_run(str(store), run, make_metrics(seed=20 + i))
+        os.utime(store / run / "metrics.json", (1_000_000, 1_000_000))
+    exp_file = tmp_path / "experiments.txt"
+    exp_file.write_text(f"{feats_run_name('a1b2', 1000, prefix='')}::lang\n")
+    table = collect.collect(str(store), experiments_file=str(exp_file))
+    first, second = sorted([a, b])  # written at the same time: the first by name is kept
+    assert sorted(r["name"] for r in table.rows) == sorted([first, c])
+    assert _issues(table, "duplicate_key") == [second]
+
+
+def _fingerprint(counts: dict[str, dict[str, int]]) -> str:
+    """The weights' fingerprint as the CSV documents it: SHA-256 of the canonical JSON of
+    section -> subset -> weight, first 12 hex digits."""
+    text = json.dumps(counts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def test_scoring_format_and_weights_columns_and_mixed_tables(tmp_path, capsys):
+    store = tmp_path / "store"
+    templates = {"t1": "easylm-trained", "t2": "easylm-trained", "r1": "tulu", "r2": "tokenizer"}
+    for run, template in templates.items():
+        _put_run(
+            str(store),
+            run,
+            {**make_metrics(seed=len(run) + ord(run[1])), "chat_template": template},
+        )
+
+    table = collect.collect(str(store))
+
+    fmt = {r["name"]: r["scoring"] for r in table.rows}
+    assert fmt == {"t1": "trained", "t2": "trained", "r1": "run_rm", "r2": "run_rm"}
+    weights = f"official-{_fingerprint(OFFICIAL)}"
+    assert {r["weights"] for r in table.rows} == {weights}
+    swapped = json.loads(json.dumps(OFFICIAL))  # the seed's fetch script: xstest swapped
+    safety = swapped["Safety"]
+    safety["xstest-should-refuse"], safety["xstest-should-respond"] = 250, 154
+    assert _fingerprint(swapped) != _fingerprint(OFFICIAL)
+    (mixed,) = [i for i in table.issues if i.kind == "mixed_scoring"]
+    assert "run_rm=2" in mixed.name and "trained=2" in mixed.name
+    assert "r1" in mixed.detail and "t1" in mixed.detail
+
+    res = tmp_path / "results"
+    args = ["collect", "--source", str(store), "--results-dir", str(res), "--dataset", "d"]
+    assert cli.main([*args, "--table", "t", "--strict"]) == 1
+    assert "mixed_scoring" in capsys.readouterr().err
+    assert cli.main([*args, "--table", "t"]) == 0
+    df = pd.read_csv(res / "d" / "t.csv")
+    assert dict(zip(df["name"], df["scoring"], strict=True)) == fmt
+    assert set(df["weights"]) == {weights}
+    cols = json.loads((res / "d" / "t.columns.json").read_text())
+    assert cols["weights"]["id"] == weights
+    assert cols["weights"]["counts"] == {s: c for sec in OFFICIAL.values() for s, c in sec.items()}
+    (rec,) = [json.loads(x) for x in (res / "d" / "HISTORY.jsonl").read_text().splitlines()]
+    assert rec["scoring"] == {"run_rm": 2, "trained": 2} and rec["weights"] == weights
+
+    # one format only: no issue
+    for run in ("r1", "r2"):
+        (store / run / "metrics.json").unlink()
+        (store / run).rmdir()
+    assert collect.collect(str(store)).issues == []
+
+
+def test_run_directories_without_metrics_are_reported(store_root):
+    _put_run(store_root, "done", make_metrics(seed=1))
+    _put(store_root, "crashed/scores.jsonl", "{}\n")  # killed before metrics.json
+    _put(store_root, "crashed/provenance.json", "{}")
+    _put(store_root, "model-only/model/config.json", "{}")  # only a kept model, deeper down
+    _put(store_root, ".done.partial-1a2b/metrics.json", "{}")  # staging: not a run
+    _put(store_root, "notes.txt", "the store's own file")
+
+    table = collect.collect(store_root)
+
+    assert [r["name"] for r in table.rows] == ["done"]
+    assert _issues(table, "incomplete_run") == ["crashed", "model-only"]
+    (crashed,) = [i for i in table.issues if i.name == "crashed"]
+    assert crashed.file == storage.join(store_root, "crashed")
+    assert "incomplete_run: 2" in table.summary()
+    only = collect.collect(store_root, names={"done", "model-only"})
+    assert _issues(only, "incomplete_run") == ["model-only"]
+
+
+def test_shrinking_a_table_by_more_than_half_needs_allow_shrink(tmp_path, capsys):
+    store, empty = tmp_path / "store", tmp_path / "empty-store"
+    empty.mkdir()
+    for i in range(8):
+        _put_run(str(store), f"run{i}", make_metrics(seed=i))
+    res = tmp_path / "results"
+    args = ["--results-dir", str(res), "--dataset", "d", "--table", "t"]
+    assert cli.main(["collect", "--source", str(store), *args]) == 0
+    before = {p.name: p.read_bytes() for p in (res / "d").iterdir()}
+    capsys.readouterr()
+
+    assert cli.main(["collect", "--source", str(empty), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rmeval: error: ") and err.count("\n") == 1
+    assert "0 row(s)" in err and " 8" in err and "--allow-shrink" in err
+    assert {p.name: p.read_bytes() for p in (res / "d").iterdir()} == before
+
+    for i in range(4, 8):  # half of the rows stay: allowed
+        (store / f"run{i}" / "metrics.json").unlink()
+    assert cli.main(["collect", "--source", str(store), *args]) == 0
+    assert cli.main(["collect", "--source", str(empty), *args, "--allow-shrink"]) == 0
+    assert pd.read_csv(res / "d" / "t.csv").empty
+
+    out = tmp_path / "out.csv"
+    assert cli.main(["collect", "--source", str(store), "--output", str(out)]) == 0
+    text = out.read_text()
+    again = ["collect", "--source", str(empty), "--output", str(out), "--overwrite"]
+    assert cli.main(again) == 1
+    assert "0 row(s), the one there 4" in capsys.readouterr().err
+    assert out.read_text() == text
+    assert cli.main([*again, "--allow-shrink"]) == 0

@@ -10,22 +10,213 @@ does not contact Beaker.
 
 The client comes from ``Beaker.from_env(check_for_upgrades=False)``: ``BEAKER_TOKEN`` and
 ``BEAKER_CONFIG`` / ``BEAKER_ADDR`` as beaker-py reads them. The token is never logged.
+
+Deadline: beaker-py retries an unreachable service forever (gRPC UNAVAILABLE, e.g. a DNS
+error, every 2 s). Every Beaker call made through :func:`client` (collect, plan, launch)
+therefore gets :data:`DEFAULT_TIMEOUT` seconds to be answered, its retries included
+(``--beaker-timeout`` or ``$RMEVAL_BEAKER_TIMEOUT``; ``-v`` logs the value). Then one
+:class:`~rmeval.errors.BackendError` line names the address and the last cause. Any answer,
+an error status included, counts as an answer; each thread keeps its own clock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
+import os
+import re
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rmeval import naming
 from rmeval.backends.local import LaunchSummary, Outcome
-from rmeval.errors import BackendError, RmevalError
+from rmeval.errors import BackendError, RmevalError, UsageError
 
 log = logging.getLogger(__name__)
 
 _SPEC_LEVEL = ("version", "description", "budget", "groups", "retry")
+
+DEFAULT_TIMEOUT = 180.0
+TIMEOUT_ENV = "RMEVAL_BEAKER_TIMEOUT"
+TIMEOUT_OPTION = "--beaker-timeout"
+
+
+def resolve_timeout(timeout: float | None = None) -> float:
+    """The deadline in seconds: ``timeout`` if given, else ``$RMEVAL_BEAKER_TIMEOUT``, else
+    :data:`DEFAULT_TIMEOUT`; a usage error unless it is a positive number."""
+    where = TIMEOUT_OPTION
+    if timeout is None:
+        raw = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not raw:
+            return DEFAULT_TIMEOUT
+        where = TIMEOUT_ENV
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise UsageError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(f"{where}: expected a positive number of seconds, got {timeout}")
+    return float(timeout)
+
+
+class _Deadline:
+    """Per thread: since when the current call has gone unanswered, where and why."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._local = threading.local()
+
+    def remaining(self) -> float:
+        since = getattr(self._local, "since", None)
+        return self.seconds if since is None else self.seconds - (time.monotonic() - since)
+
+    def begin(self) -> tuple[float, float]:
+        """Before an attempt: ``(now, seconds left)``; raises once none are left."""
+        self.raise_if_expired()
+        return time.monotonic(), self.remaining()
+
+    def failed(self, started: float, address: str, cause: str) -> None:
+        """An attempt begun at ``started`` got no answer; raises if that used up the time."""
+        if getattr(self._local, "since", None) is None:
+            self._local.since = started
+        self._local.address, self._local.cause = address, cause
+        self.raise_if_expired()
+
+    def answered(self) -> None:
+        self._local.since = None
+
+    def raise_if_expired(self) -> None:
+        if self.remaining() > 0:
+            return
+        self._local.since = None  # the next call (e.g. in another command) starts afresh
+        raise BackendError(
+            f"Beaker at {self._local.address}: no answer within {self.seconds:g} s "
+            f"({self._local.cause}); check the address and the network, or give it longer "
+            f"with {TIMEOUT_OPTION} or {TIMEOUT_ENV}"
+        )
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _http_cause(exc: BaseException) -> str:
+    """The useful part of a requests error: ``[Errno 111] Connection refused`` rather than
+    the whole urllib3 retry story, when it says so."""
+    m = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))
+    return m.group(0) if m else f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+@functools.lru_cache(maxsize=1)
+def _client_class() -> type:
+    """beaker-py's ``Beaker`` with the deadline on its gRPC channel and HTTP sessions."""
+    beaker = _import_beaker()
+    import grpc
+    import requests
+    from beaker import beaker_pb2_grpc
+    from requests.adapters import HTTPAdapter
+
+    no_answer = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    class TimedCall:
+        """A unary-unary method of the stub: each attempt bounded by the time left. Other
+        attributes are the real method's (beaker-py reads its name from them)."""
+
+        def __init__(self, inner: Any, deadline: _Deadline, address: str) -> None:
+            self._inner, self._deadline, self._address = inner, deadline, address
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def __call__(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+            started, left = self._deadline.begin()
+            timeout = left if timeout is None else min(timeout, left)
+            try:
+                response = self._inner(request, timeout=timeout, **kwargs)
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code in no_answer:
+                    cause = f"{code.name}: {_one_line(exc.details())}"  # type: ignore[union-attr]
+                    self._deadline.failed(started, self._address, cause)
+                else:
+                    self._deadline.answered()
+                raise
+            self._deadline.answered()
+            return response
+
+    class TimedChannel:
+        """The channel beaker-py's stub is built on, handing out :class:`TimedCall`s."""
+
+        def __init__(self, channel: Any, deadline: _Deadline, address: str) -> None:
+            self._channel, self._deadline, self._address = channel, deadline, address
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._channel, name)
+
+        def unary_unary(self, *args: Any, **kwargs: Any) -> TimedCall:
+            inner = self._channel.unary_unary(*args, **kwargs)
+            return TimedCall(inner, self._deadline, self._address)
+
+    class DeadlineAdapter(HTTPAdapter):
+        def __init__(self, deadline: _Deadline, **kwargs: Any) -> None:
+            self.deadline = deadline
+            super().__init__(**kwargs)
+
+        def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+            started, left = self.deadline.begin()
+            if isinstance(timeout, tuple):
+                timeout = tuple(left if t is None else min(t, left) for t in timeout)
+            else:
+                timeout = left if timeout is None else min(timeout, left)
+            try:
+                response = super().send(
+                    request,
+                    stream=stream,
+                    timeout=timeout,
+                    verify=verify,
+                    cert=cert,
+                    proxies=proxies,
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                address = re.sub(r"^(\w+://[^/]+).*$", r"\1", request.url or "")
+                self.deadline.failed(started, address, _http_cause(exc))
+                raise
+            self.deadline.answered()
+            return response
+
+    class DeadlineBeaker(beaker.Beaker):
+        deadline: _Deadline
+
+        @property
+        def service(self):
+            if self._service is None:
+                super().service  # noqa: B018 - beaker-py opens its channel; wrap it below
+                timed = TimedChannel(self._channel, self.deadline, self.config.rpc_address)
+                self._service = beaker_pb2_grpc.BeakerStub(timed)
+            return self._service
+
+        @property
+        def BACKOFF_MAX(self) -> float:  # a retry never sleeps past the deadline
+            return max(0.0, min(beaker.Beaker.BACKOFF_MAX, self.deadline.remaining()))
+
+        def _init_http_session(self):
+            session = super()._init_http_session()
+            https = session.get_adapter("https://")
+            session.mount(
+                "https://",
+                DeadlineAdapter(
+                    self.deadline, max_retries=https.max_retries, pool_maxsize=self.POOL_MAXSIZE
+                ),
+            )
+            session.mount("http://", DeadlineAdapter(self.deadline))
+            return session
+
+    return DeadlineBeaker
 
 
 def _import_beaker():
@@ -39,20 +230,45 @@ def _import_beaker():
 
 
 @contextlib.contextmanager
-def client(workspace: str | None = None) -> Iterator[Any]:
-    """A beaker-py client from the environment (never checks for upgrades)."""
-    beaker = _import_beaker()
+def client(workspace: str | None = None, timeout: float | None = None) -> Iterator[Any]:
+    """A beaker-py client from the environment (never checks for upgrades) whose calls
+    have ``timeout`` seconds each to be answered (see :func:`resolve_timeout`). Transport
+    errors that escape beaker-py become one BackendError line naming the address."""
+    seconds = resolve_timeout(timeout)
+    _import_beaker()
+    import grpc
+    import requests
     from beaker.exceptions import BeakerConfigurationError
 
     overrides = {"default_workspace": workspace} if workspace else {}
     try:
-        b = beaker.Beaker.from_env(check_for_upgrades=False, **overrides)
+        b = _client_class().from_env(check_for_upgrades=False, **overrides)
     except BeakerConfigurationError as exc:
         raise BackendError(
             f"Beaker is not configured ({exc}); set BEAKER_TOKEN (and BEAKER_CONFIG if needed)"
         ) from None
+    except (TypeError, ValueError, OSError) as exc:  # e.g. a config file without user_token
+        where = os.environ.get("BEAKER_CONFIG") or "the Beaker config file"
+        raise BackendError(f"{where}: unusable Beaker configuration: {_one_line(exc)}") from None
+    b.deadline = _Deadline(seconds)
+    log.debug(
+        "Beaker: %s (gRPC %s); each call gets %g s to be answered, retries included (%s, %s)",
+        b.config.agent_address,
+        b.config.rpc_address,
+        seconds,
+        TIMEOUT_OPTION,
+        TIMEOUT_ENV,
+    )
     try:
         yield b
+    except requests.RequestException as exc:
+        url = exc.request.url if exc.request is not None else b.config.agent_address
+        address = re.sub(r"^(\w+://[^/]+).*$", r"\1", url or "")
+        raise BackendError(f"Beaker at {address}: {_http_cause(exc)}") from None
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        cause = f"{code.name}: {_one_line(exc.details())}" if code else _one_line(exc)
+        raise BackendError(f"Beaker at {b.config.rpc_address}: {cause}") from None
     finally:
         with contextlib.suppress(Exception):
             b.close()
@@ -76,12 +292,14 @@ def get_workspace(
         raise error(f"Beaker workspace {workspace!r}: {type(exc).__name__}: {exc}") from None
 
 
-def existing_experiments(workspace: str, prefix: str | None = None) -> set[str]:
+def existing_experiments(
+    workspace: str, prefix: str | None = None, *, timeout: float | None = None
+) -> set[str]:
     """Names of the experiments in ``workspace`` (those containing ``prefix`` if given; the
-    caller still compares names exactly)."""
+    caller still compares names exactly). ``timeout``: see :func:`client`."""
     from beaker.exceptions import BeakerError
 
-    with client(workspace) as b:
+    with client(workspace, timeout=timeout) as b:
         ws = get_workspace(b, workspace)
         try:
             return {
@@ -118,8 +336,10 @@ def launch_beaker(
     workspace: str | None,
     experiment_prefix: str = naming.DEFAULT_EVAL_EXPERIMENT_PREFIX,
     dry_run: bool = False,
+    timeout: float | None = None,
 ) -> LaunchSummary:
-    """Create one experiment per task of ``spec`` in ``workspace``."""
+    """Create one experiment per task of ``spec`` in ``workspace`` (``timeout``: see
+    :func:`client`)."""
     from rmeval import specs
 
     items = experiment_specs(spec, experiment_prefix)
@@ -138,7 +358,7 @@ def launch_beaker(
     from beaker.exceptions import BeakerError, BeakerExperimentConflict
 
     outcomes: list[Outcome] = []
-    with client(workspace) as b:
+    with client(workspace, timeout=timeout) as b:
         ws = get_workspace(b, workspace)
         for run, name, one in items:
             beaker_spec = specs.beaker_load(one, where=f"experiment {name}")

@@ -9,6 +9,8 @@ Accuracies are fractions in [0, 1]; section scores and Overall are on the same s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterable, Mapping
 
@@ -72,6 +74,35 @@ SECTION_OF: dict[str, str] = {s: sec for sec, subsets in SECTIONS.items() for s 
 
 # Non-score keys that run_rm writes into metrics.json.
 META_KEYS: tuple[str, ...] = ("model", "model_type", "chat_template")
+
+# metrics.json ``chat_template`` -> the scoring format that produced the accuracies
+# (``rmeval evaluate --scoring``): rmeval's default writes ``easylm-trained``; run_rm, and
+# rmeval's run_rm mode, write ``tulu`` (fastchat's template) or ``tokenizer`` (its own).
+SCORING_FORMAT_OF_TEMPLATE: dict[str, str] = {
+    "easylm-trained": "trained",
+    "tulu": "run_rm",
+    "tokenizer": "run_rm",
+}
+
+
+def scoring_format(chat_template: object) -> str | None:
+    """The scoring format a metrics.json ``chat_template`` value stands for, or ``None``."""
+    return SCORING_FORMAT_OF_TEMPLATE.get(chat_template) if isinstance(chat_template, str) else None
+
+
+def weights_fingerprint(
+    counts: Mapping[str, int] = EXAMPLE_COUNTS,
+    sections: Mapping[str, Iterable[str]] = SECTIONS,
+) -> str:
+    """12 hex digits of the SHA-256 of the section -> subset -> weight mapping (canonical
+    JSON). Any other weighting, e.g. the seed's swapped xstest counts, gets another value."""
+    doc = {sec: {s: int(counts[s]) for s in subsets} for sec, subsets in sections.items()}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+# The name of the weights above, as tables record it: "official-<fingerprint>".
+WEIGHTS_ID = f"official-{weights_fingerprint()}"
 
 
 def known_subset(name: str) -> bool:
