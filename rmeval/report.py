@@ -238,17 +238,17 @@ def build_notebook(csv: str, notebook_dir: Path, frame, fit_dir: str | None = No
             figure="learning_curve",
         )
         code(
-            "top_c = sorted((c for c in coefs if c['coef'] is not None), key=lambda c: (-abs(c['coef']), c['feature']))"
+            "top_c = sorted((c for c in coefs if c['coef'] is not None), key=lambda c: (-abs(c['coef']), c['feat']))"
             f"[:{TOP_COEFFICIENTS}][::-1]\n"
             "fig, ax = plt.subplots(figsize=(7, 0.3 * len(top_c) + 1.2))\n"
-            "ax.barh([c['feature'][:60] for c in top_c], [c['coef'] for c in top_c],\n"
+            "ax.barh([c['feat'][:60] for c in top_c], [c['coef'] for c in top_c],\n"
             "        color=['tab:blue' if c['coef'] > 0 else 'tab:orange' for c in top_c])\n"
             "ax.axvline(0, color='black', linewidth=0.8)\n"
             "ax.ticklabel_format(axis='x', style='sci', scilimits=(-3, 3))\n"
             "ax.set_xlabel('coefficient')\nax.set_title('largest coefficients')\nshow(fig)",
             figure="top_coefficients",
         )
-        code("pd.DataFrame(coefs)[['feature', 'coef']].head(30)")
+        code("pd.DataFrame(coefs)[['feat', 'coef']].head(30)")
 
     nb = v4.new_notebook()
     nb.cells = cells
