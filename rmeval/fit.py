@@ -671,28 +671,28 @@ def read_fit(fit_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str,
     """``(metrics, terms)`` of a fit directory: the rows of ``coef.jsonl`` (each with
     ``feat``, ``coef`` and ``terms``) or, for lightgbm, of ``importance.jsonl``."""
     fit_dir = os.fspath(fit_dir)
-    metrics_uri = storage.join(fit_dir, METRICS_FILE)
-    if not storage.exists(metrics_uri):
-        raise FitError(f"{metrics_uri}: missing; is {fit_dir} the --out of `rmeval fit`?")
-    try:
-        metrics = json.loads(storage.read_text(metrics_uri))
-    except json.JSONDecodeError as exc:
-        raise FitError(
-            f"{fit_dir}: corrupt fit output ({exc.msg}); run `rmeval fit` again"
-        ) from None
-    if not isinstance(metrics, dict):
-        raise FitError(f"{metrics_uri}: not a JSON object; run `rmeval fit` again")
-    terms_file = IMPORTANCE_FILE if metrics.get("model") == "lightgbm" else COEF_FILE
-    coef_uri = storage.join(fit_dir, terms_file)
-    for uri in (coef_uri, storage.join(fit_dir, PREDICTIONS_FILE)):
+
+    def uri_of(name: str) -> str:
+        uri = storage.join(fit_dir, name)
         if not storage.exists(uri):
             raise FitError(f"{uri}: missing; is {fit_dir} the --out of `rmeval fit`?")
-    try:
-        coefs = [json.loads(line) for line in storage.read_text(coef_uri).splitlines() if line]
-    except json.JSONDecodeError as exc:
-        raise FitError(
-            f"{fit_dir}: corrupt fit output ({exc.msg}); run `rmeval fit` again"
-        ) from None
+        return uri
+
+    def json_values(name: str, lines: bool) -> list[Any]:
+        uri = uri_of(name)
+        text = storage.read_text(uri)
+        try:
+            return [json.loads(x) for x in (text.splitlines() if lines else [text]) if x.strip()]
+        except json.JSONDecodeError as exc:
+            raise FitError(
+                f"{uri}: corrupt fit output ({exc.msg}); run `rmeval fit` again"
+            ) from None
+
+    metrics = (json_values(METRICS_FILE, lines=False) or [None])[0]
+    if not isinstance(metrics, dict):
+        raise FitError(f"{fit_dir}: {METRICS_FILE} is not a JSON object; run `rmeval fit` again")
+    coefs = json_values(IMPORTANCE_FILE if metrics.get("model") == "lightgbm" else COEF_FILE, True)
+    uri_of(PREDICTIONS_FILE)
     for row in coefs:  # fits written before coef.jsonl took upstream's key
         if "feat" not in row and "feature" in row:
             row["feat"] = row.pop("feature")

@@ -163,6 +163,7 @@ def test_table_without_budget_or_subsets_still_reports(tmp_path):
     [
         ("no_overall", "no 'Overall' column"),
         ("bad_fit_dir", "missing; is"),
+        ("corrupt_fit", "metrics.json: corrupt fit output"),
         ("not_ipynb", "must name a .ipynb file"),
     ],
 )
@@ -176,6 +177,10 @@ def test_bad_input_one_line_exit_1(tmp_path, capsys, case, expect):
     if case == "bad_fit_dir":
         (tmp_path / "empty").mkdir()
         argv += ["--fit", str(tmp_path / "empty")]
+    if case == "corrupt_fit":
+        (tmp_path / "fit").mkdir()
+        (tmp_path / "fit" / "metrics.json").write_text('{"model": "linear"')
+        argv += ["--fit", str(tmp_path / "fit")]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rmeval: error: ") and expect in err[0]
