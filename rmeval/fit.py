@@ -93,6 +93,8 @@ PREDICTIONS_FILE = "predictions.csv"
 MODEL_FILE = "model.joblib"
 UPSTREAM_MODEL_FILE = "model.pkl"
 UPSTREAM_POLY_FILE = "poly.pkl"
+# metrics.json keys the report reads that older fits lack (read_fit refuses those).
+FIT_KEYS = ("model", "target", "dev", "baseline", "n_terms", "underdetermined", "learning_curve")
 
 
 @dataclass
@@ -691,6 +693,12 @@ def read_fit(fit_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str,
     metrics = (json_values(METRICS_FILE, lines=False) or [None])[0]
     if not isinstance(metrics, dict):
         raise FitError(f"{fit_dir}: {METRICS_FILE} is not a JSON object; run `rmeval fit` again")
+    for key in FIT_KEYS:
+        if key not in metrics:
+            raise FitError(
+                f"{fit_dir}: {METRICS_FILE} has no {key!r} (written by an older rmeval); "
+                "run `rmeval fit` again"
+            )
     coefs = json_values(IMPORTANCE_FILE if metrics.get("model") == "lightgbm" else COEF_FILE, True)
     uri_of(PREDICTIONS_FILE)
     for row in coefs:  # fits written before coef.jsonl took upstream's key

@@ -164,6 +164,7 @@ def test_table_without_budget_or_subsets_still_reports(tmp_path):
         ("no_overall", "no 'Overall' column"),
         ("bad_fit_dir", "missing; is"),
         ("corrupt_fit", "metrics.json: corrupt fit output"),
+        ("old_fit", "metrics.json has no 'baseline' (written by an older rmeval)"),
         ("not_ipynb", "must name a .ipynb file"),
     ],
 )
@@ -177,6 +178,13 @@ def test_bad_input_one_line_exit_1(tmp_path, capsys, case, expect):
     if case == "bad_fit_dir":
         (tmp_path / "empty").mkdir()
         argv += ["--fit", str(tmp_path / "empty")]
+    if case == "old_fit":
+        assert main(["fit", csv, "--out", str(tmp_path / "fit")]) == 0
+        capsys.readouterr()
+        metrics = json.loads((tmp_path / "fit" / "metrics.json").read_text())
+        del metrics["baseline"]
+        (tmp_path / "fit" / "metrics.json").write_text(json.dumps(metrics))
+        argv += ["--fit", str(tmp_path / "fit")]
     if case == "corrupt_fit":
         (tmp_path / "fit").mkdir()
         (tmp_path / "fit" / "metrics.json").write_text('{"model": "linear"')
