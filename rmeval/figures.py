@@ -436,7 +436,7 @@ def learning_curve(metrics: Mapping[str, Any], meta: Mapping[str, Any]):
     ax.set_xlabel("training rows")
     ax.set_ylabel(f"RMSE of {metrics['target']}")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="best", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=7, frameon=False)
     _title(ax, "learning curve", meta, _fit_line(metrics))
     return fig
 
