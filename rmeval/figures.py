@@ -50,22 +50,7 @@ def _title(ax, title: str, meta: Mapping[str, Any], n: str | None = None, note: 
 
 def _tokens(text: str) -> list[str]:
     """``text`` split after each ``::`` and ``|`` (the joints of a feature name)."""
-    out, cur, i = [], "", 0
-    while i < len(text):
-        if text.startswith("::", i):
-            cur += "::"
-            i += 2
-            out.append(cur)
-            cur = ""
-            continue
-        cur += text[i]
-        i += 1
-        if cur.endswith("|"):
-            out.append(cur)
-            cur = ""
-    if cur:
-        out.append(cur)
-    return out
+    return [t for t in re.split(r"(?<=::)|(?<=\|)", text) if t]
 
 
 def _middle(text: str, width: int) -> str:
@@ -178,10 +163,10 @@ def _bins(n: int) -> int:
     return min(20, max(5, math.ceil(math.sqrt(n)) + 1))
 
 
-def _fmt(v: float | None, digits: int = 4) -> str:
+def _fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
-    return f"{v:.{digits}g}".replace("-", "−")
+    return f"{v:.4g}".replace("-", "−")
 
 
 # --------------------------------------------------------------------------- the table
