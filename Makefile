@@ -6,7 +6,7 @@ DEPS_KEY  := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
 VENV      ?= $(ENV_ROOT)/venv-$(DEPS_KEY)
 # The CPU wheel that lies on local disk; pyproject leaves torch unpinned for GPU users.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS    ?= test,beaker,verify,fit
+EXTRAS    ?= test,beaker,verify,fit,lightgbm
 PATH_KEY  := $(shell printf '%s' "$(CURDIR)" | sha256sum | cut -c1-12)
 DEPS_OK   := $(VENV)/.deps-ok
 PKG_OK    := $(VENV)/.pkg-$(PATH_KEY)

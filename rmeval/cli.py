@@ -483,17 +483,23 @@ def _run_history(args: argparse.Namespace) -> int:
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
+    from rmeval.fit import MODELS
+
     p = sub.add_parser(
         "fit",
         help="fit the regressor (feature counts -> Overall) on a results table",
-        description="Fit a linear or quadratic regressor on the table's feature columns (those "
-        "collect recorded in <table>.columns.json, else every numeric non-score column) with an "
-        "80/20 train/dev split; write metrics.json (dev MSE/RMSE/R², learning curve at "
-        "25/50/75/100%), coef.jsonl (sorted), predictions.csv and model.joblib into OUT.",
+        description="Fit a linear, quadratic or LightGBM regressor on the table's feature columns "
+        "(those collect recorded in <table>.columns.json, else every numeric non-score column) "
+        "with an 80/20 train/dev split; write metrics.json (dev MSE/RMSE/R² beside a mean "
+        "baseline, learning curve at 25/50/75/100%), coef.jsonl (importance.jsonl for lightgbm), "
+        "predictions.csv, model.joblib, and upstream's model.pkl (+ poly.pkl for quadratic) "
+        "into OUT.",
     )
     p.add_argument("csv", help="results table (local or gs://)")
     p.add_argument("--out", required=True, help="output directory (local or gs://)")
-    p.add_argument("--model", choices=("linear", "quadratic"), default="linear")
+    p.add_argument(
+        "--model", choices=MODELS, default="linear", help="lightgbm needs the [lightgbm] extra"
+    )
     p.add_argument("--log-linear", action="store_true", help="fit on log1p of the features")
     p.add_argument("--target", default="Overall", help="score column to predict (default Overall)")
     p.add_argument("--features", nargs="+", default=None, metavar="COLUMN", help="feature columns")
@@ -515,13 +521,8 @@ def _run_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
     )
-    r2 = "n/a" if r.dev["r2"] is None else f"{r.dev['r2']:.4f}"
-    _print(
-        f"{r.model} fit of {r.target} on {len(r.features)} feature(s): train {r.n_train}, "
-        f"dev {r.n_dev}; dev MSE {r.dev['mse']:.4g}, RMSE {r.dev['rmse']:.4g}, R² {r2}"
-    )
-    for c in sorted(r.coefficients, key=lambda c: -abs(c["coef"] or 0))[:5]:
-        _print(f"  {c['coef']:+.4g}  {c['feature']}")
+    for line in r.summary():
+        _print(line)
     _print(f"wrote {r.out}")
     return 0
 

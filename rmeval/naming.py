@@ -146,6 +146,23 @@ def parse_feature_hash(name: str) -> str | None:
     return m["hash"] if m else None
 
 
+def run_label(name: str, uuid_chars: int = 8) -> str | None:
+    """The parts of a run's name that tell it from the others, for plots and tables:
+    ``ID 07add08a · SWAPS 4026`` (with ``FEATS <hash>`` when the name has one; the uuid
+    cut to ``uuid_chars``). ``None`` when the name has none of these fields."""
+    parts = []
+    uuid = parse_uuid(name)
+    if uuid:
+        parts.append(f"ID {uuid[:uuid_chars]}")
+    feats = parse_feature_hash(name)
+    if feats:
+        parts.append(f"FEATS {feats}")
+    budget = parse_budget(name)
+    if budget is not None:
+        parts.append(f"SWAPS {budget}")
+    return " · ".join(parts) or None
+
+
 def rescale_budget(budget: int, dataset_total_size: int, reference_size: int = 7000) -> int:
     """The seed's rescaling of a budget to a 7,000-example dataset."""
     if dataset_total_size <= 0:

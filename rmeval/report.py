@@ -4,14 +4,19 @@
 
 The notebook is built with nbformat and executed with nbclient (kernel ``python3``), so its
 tables and figures are stored in it: the top runs, the distribution of Overall and of each
-section, Overall against budget, a per-subset heatmap and, with ``--fit``, the dev metrics,
-the learning curve, predicted vs actual and the largest coefficients. Every figure is also
-written as a PNG into ``<stem>_figures/`` beside the notebook — the very bytes embedded in
-the notebook.
+section, Overall against budget, a per-subset heatmap and, with ``--fit``, the dev metrics
+beside the mean baseline, the learning curve, predicted vs actual and the largest
+coefficients. The figures are drawn by :mod:`rmeval.figures`; their titles carry the
+dataset, the run count and the table's version and date (:func:`table_context`). Every
+figure is also written as a PNG into ``<stem>_figures/`` beside the notebook — the very bytes
+embedded in the notebook. Without ``--fit`` the notebook says why there is no regressor (the
+table's own reason, e.g. no feature columns, when it cannot be fitted). An underdetermined
+fit is called so, and its R² is not shown.
 
 Regenerating from the same data gives byte-identical files: cell ids are fixed, execution
 timing is not recorded, stderr output (warnings, font-cache notes) is dropped from the
-stored outputs, PNGs carry no software/date metadata, and the notebook names the CSV by a
+stored outputs, PNGs carry no software/date metadata, the date comes from the table's
+HISTORY record (else the file's modification day), and the notebook names the CSV by a
 path relative to itself.
 """
 
@@ -19,12 +24,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from datetime import timezone
 from pathlib import Path
+from typing import Any
 
 from rmeval import storage
 from rmeval.errors import FitError
@@ -35,8 +43,6 @@ log = logging.getLogger(__name__)
 KERNEL = "python3"
 FIGURE_KEY = "rmeval_figure"  # cell metadata key naming the figure a cell draws
 TOP_RUNS = 10
-HEATMAP_ROWS = 40
-TOP_COEFFICIENTS = 15
 
 
 @dataclass
@@ -49,6 +55,68 @@ def figures_dir(notebook: str | os.PathLike) -> Path:
     """Where the PNGs of ``notebook`` go: ``<stem>_figures`` beside it."""
     p = Path(notebook)
     return p.with_name(f"{p.stem}_figures")
+
+
+# --------------------------------------------------------------------------- context
+
+
+def table_context(csv: str, frame) -> dict[str, Any]:
+    """What the titles say about the table: ``dataset`` (``<dataset>/<table>`` for a table
+    in a results directory with a HISTORY.jsonl, else the table's name), ``table`` (file
+    name), ``n`` (runs with an Overall), and ``version`` and ``date`` of the HISTORY record
+    whose sha256 is the CSV's (else no version and the file's modification day, UTC)."""
+    from rmeval import results
+
+    name = storage.basename(csv)
+    stem = name[:-4] if name.endswith(".csv") else name
+    out: dict[str, Any] = {
+        "dataset": stem,
+        "table": name,
+        "n": int(frame[OVERALL].notna().sum()),
+        "version": None,
+        "date": None,
+    }
+    if not storage.is_gcs(csv):
+        path = storage.local_path(csv)
+        if (path.parent / results.HISTORY_FILE).exists():
+            out["dataset"] = f"{path.parent.name}/{stem}"
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            for rec in results.read_history(path.parent):
+                if rec.get("table") == name and rec.get("sha256") == digest:
+                    out["version"] = rec.get("version")
+                    out["date"] = str(rec.get("time") or "")[:10] or None
+    if out["date"] is None:
+        info = next(iter(storage.list_objects(csv)), None)
+        updated = info.updated if info is not None else None
+        out["date"] = updated.astimezone(timezone.utc).date().isoformat() if updated else "undated"
+    return out
+
+
+def fit_summary(metrics: dict[str, Any]) -> str:
+    """The fit's dev quality in words (markdown): RMSE and R² beside the mean baseline's,
+    or, for an underdetermined fit, that it is one, instead of its R²."""
+    dev, base = metrics["dev"], metrics["baseline"]
+    bdev = base["dev"]
+
+    def num(v):
+        return "n/a" if v is None else f"{v:.4g}".replace("-", "−")
+
+    baseline = f"mean baseline (every run predicted as the training mean, {base['prediction']:.4f})"
+    if metrics.get("underdetermined"):
+        n_terms = metrics["n_terms"]
+        return (
+            f"**Underdetermined fit, so no R² is shown:** {metrics['n_train']} training rows "
+            f"for {n_terms} terms + intercept ({n_terms + 1} unknowns). Least squares then has "
+            "many exact solutions: the fit reproduces its training rows, and neither its "
+            "coefficients nor its dev R² say anything about the features. It needs a table "
+            f"of at least {metrics['rows_needed']} runs (or fewer features).\n\n"
+            f"Dev ({metrics['n_dev']} runs): RMSE {num(dev['rmse'])}; "
+            f"{baseline}: RMSE {num(bdev['rmse'])}."
+        )
+    return (
+        f"Dev ({metrics['n_dev']} runs): RMSE {num(dev['rmse'])}, R² {num(dev['r2'])}; "
+        f"{baseline}: RMSE {num(bdev['rmse'])}, R² {num(bdev['r2'])}."
+    )
 
 
 # --------------------------------------------------------------------------- building
@@ -66,16 +134,17 @@ import numpy as np
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
+from rmeval import figures
+
 pd.set_option("display.max_columns", 50)
 pd.set_option("display.width", 200)
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9})
 
 
 def show(fig):
-    \"\"\"Display the figure as a PNG with no volatile metadata, then close it.\"\"\"
+    \"\"\"Display the figure as a PNG with no volatile metadata.\"\"\"
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
     display(Image(data=buf.getvalue(), format="png"))
 """
 
@@ -92,14 +161,25 @@ def _rel(uri: str, base: Path) -> str:
     return os.path.relpath(storage.local_path(uri).resolve(), base.resolve()).replace(os.sep, "/")
 
 
-def build_notebook(csv: str, notebook_dir: Path, frame, fit_dir: str | None = None, fit_info=None):
+def build_notebook(
+    csv: str,
+    notebook_dir: Path,
+    frame,
+    fit_dir: str | None = None,
+    fit_info=None,
+    meta: dict[str, Any] | None = None,
+    no_fit: str | None = None,
+):
     """The (unexecuted) notebook for ``frame`` read from ``csv``. Code cells that draw a
-    figure carry ``metadata[FIGURE_KEY]`` = the figure's file stem."""
+    figure carry ``metadata[FIGURE_KEY]`` = the figure's file stem. ``meta`` is
+    :func:`table_context`; ``no_fit`` what to say in place of the regressor section when
+    there is no ``fit_dir``."""
     import nbformat
     from nbformat import v4
 
     from rmeval.fit import LABEL_COLUMNS
 
+    meta = meta or table_context(csv, frame)
     cols = list(map(str, frame.columns))
     sections = [s for s in SECTION_NAMES if s in cols]
     subsets = [s for s in SUBSETS if s in cols]
@@ -116,15 +196,17 @@ def build_notebook(csv: str, notebook_dir: Path, frame, fit_dir: str | None = No
             cell.metadata[FIGURE_KEY] = figure
         cells.append(cell)
 
+    when = f"version {meta['version']} of {meta['date']}" if meta["version"] else meta["date"]
     md(
-        f"# RewardBench results: `{storage.basename(csv)}`\n\n"
-        f"{len(frame)} runs. Generated by `rmeval report`; regenerate rather than edit."
+        f"# RewardBench results: {meta['dataset']}\n\n"
+        f"{meta['n']} runs · {when} · `{meta['table']}`. "
+        "Generated by `rmeval report`; regenerate rather than edit."
     )
     code(_SETUP)
     code(
         _read_code("df", csv, csv_rel)
-        + f"\nLABEL = {label!r}\nSECTIONS = {sections!r}\nSUBSETS = {subsets!r}\n"
-        "labels = df[LABEL].astype(str) if LABEL else pd.Series(df.index.astype(str), index=df.index)\n"
+        + f"\nMETA = {meta!r}\nLABEL = {label!r}\nSECTIONS = {sections!r}\nSUBSETS = {subsets!r}\n"
+        "labels = figures.run_labels(df[LABEL]) if LABEL else [str(i) for i in df.index]\n"
         "df.shape"
     )
 
@@ -136,70 +218,44 @@ def build_notebook(csv: str, notebook_dir: Path, frame, fit_dir: str | None = No
     )
 
     md("## Distribution of Overall and of each section")
-    code(
-        "fig, ax = plt.subplots(figsize=(6, 3.5))\n"
-        f"ax.hist(df[{OVERALL!r}].dropna(), bins=20, color='tab:blue', edgecolor='white')\n"
-        f"ax.set_xlabel({OVERALL!r})\nax.set_ylabel('runs')\nax.set_title('Overall')\nshow(fig)",
-        figure="overall_distribution",
-    )
+    code("show(figures.overall_distribution(df, META))", figure="overall_distribution")
     if sections:
         code(
-            "fig, axes = plt.subplots(1, len(SECTIONS), figsize=(3.2 * len(SECTIONS), 3), squeeze=False)\n"
-            "for ax, name in zip(axes[0], SECTIONS):\n"
-            "    ax.hist(df[name].dropna(), bins=15, color='tab:green', edgecolor='white')\n"
-            "    ax.set_title(name)\n"
-            "    ax.set_xlabel('accuracy')\n"
-            "axes[0][0].set_ylabel('runs')\n"
-            "fig.tight_layout()\nshow(fig)",
+            "show(figures.section_distributions(df, SECTIONS, META))",
             figure="section_distributions",
         )
         code(f"df[SECTIONS + [{OVERALL!r}]].describe().round(4)")
 
     md("## Overall against budget")
     if "budget" in cols:
-        code(
-            "fig, ax = plt.subplots(figsize=(6, 3.5))\n"
-            f"ax.scatter(df['budget'], df[{OVERALL!r}], s=14, alpha=0.8)\n"
-            "ax.set_xlabel('budget (swaps)')\n"
-            f"ax.set_ylabel({OVERALL!r})\nshow(fig)",
-            figure="overall_vs_budget",
-        )
+        code("show(figures.overall_vs_budget(df, labels, META))", figure="overall_vs_budget")
     else:
         md("_The table has no `budget` column._")
 
     md("## Accuracy per RewardBench subset")
     if subsets:
-        code(
-            f"hm = df.assign(_label=labels).sort_values({OVERALL!r}, ascending=False, kind='mergesort')"
-            f".head({HEATMAP_ROWS})\n"
-            "import os\n"
-            "values = hm[SUBSETS].to_numpy(dtype=float)\n"
-            "fig, ax = plt.subplots(figsize=(0.35 * len(SUBSETS) + 3, 0.22 * len(hm) + 2))\n"
-            "im = ax.imshow(values, aspect='auto', cmap='viridis', vmin=0, vmax=1, interpolation='nearest')\n"
-            "ax.set_xticks(range(len(SUBSETS)), SUBSETS, rotation=90)\n"
-            "# run names share long prefixes: label rows by what tells them apart\n"
-            "common = os.path.commonprefix(list(hm['_label'])) if len(hm) > 1 else ''\n"
-            "ax.set_yticks(range(len(hm)), [('…' if common else '') + s[len(common):][-40:] for s in hm['_label']])\n"
-            "fig.colorbar(im, ax=ax, label='accuracy')\n"
-            f"ax.set_title('subset accuracy (top {{}} runs by Overall)'.format(len(hm)))\nshow(fig)",
-            figure="subset_heatmap",
-        )
+        code("show(figures.subset_heatmap(df, SUBSETS, labels, META))", figure="subset_heatmap")
     else:
         md("_The table has no per-subset accuracy columns._")
 
-    if fit_dir is not None:
+    if fit_dir is None:
+        md(f"## Regressor\n\n_{no_fit or 'No fit was given.'}_")
+    else:
         metrics, _coefs = fit_info
         fit_rel = _rel(fit_dir, notebook_dir)
+        lightgbm = metrics.get("model") == "lightgbm"
+        terms_file = "importance.jsonl" if lightgbm else "coef.jsonl"
         md(
             f"## Regressor: {metrics.get('model')} on {len(metrics.get('features', []))} feature(s)"
             f"{' (log-linear)' if metrics.get('log_linear') else ''}, target {metrics.get('target')}"
+            f"\n\n{fit_summary(metrics)}"
         )
         if storage.is_gcs(fit_dir):
             load = (
                 "from rmeval import storage\n\n"
                 f"FIT = {fit_rel!r}\n"
                 "metrics = json.loads(storage.read_text(FIT + '/metrics.json'))\n"
-                "coefs = [json.loads(x) for x in storage.read_text(FIT + '/coef.jsonl').splitlines() if x]\n"
+                f"coefs = [json.loads(x) for x in storage.read_text(FIT + '/{terms_file}').splitlines() if x]\n"
                 "preds = pd.read_csv(io.BytesIO(storage.read_bytes(FIT + '/predictions.csv')))\n"
             )
         else:
@@ -207,48 +263,26 @@ def build_notebook(csv: str, notebook_dir: Path, frame, fit_dir: str | None = No
                 f"FIT = {fit_rel!r}\n"
                 "with open(FIT + '/metrics.json', encoding='utf-8') as f:\n"
                 "    metrics = json.load(f)\n"
-                "with open(FIT + '/coef.jsonl', encoding='utf-8') as f:\n"
+                f"with open(FIT + '/{terms_file}', encoding='utf-8') as f:\n"
                 "    coefs = [json.loads(x) for x in f if x.strip()]\n"
                 "preds = pd.read_csv(FIT + '/predictions.csv')\n"
             )
         code(
-            load + "curve = pd.DataFrame([{'fraction': p['fraction'], 'n_train': p['n_train'],\n"
-            "                       **{'dev ' + k: v for k, v in p['dev'].items()}} for p in metrics['learning_curve']])\n"
-            "display(Markdown('**dev** (n={}): MSE {:.4g}, RMSE {:.4g}, R² {}'.format(\n"
-            "    metrics['n_dev'], metrics['dev']['mse'], metrics['dev']['rmse'],\n"
-            "    'n/a' if metrics['dev']['r2'] is None else '{:.4f}'.format(metrics['dev']['r2']))))\n"
-            "curve.round(6)"
+            load
+            + "pd.DataFrame([{'training rows': p['n_train'], 'underdetermined': p.get('underdetermined'),\n"
+            "               'train RMSE': p['train']['rmse'], 'dev RMSE': p['dev']['rmse']}\n"
+            "              for p in metrics['learning_curve']]).round(6)"
         )
         code(
-            "fig, ax = plt.subplots(figsize=(4.5, 4.5))\n"
-            "for split, color in (('train', 'tab:gray'), ('dev', 'tab:red')):\n"
-            "    part = preds[preds['split'] == split]\n"
-            "    ax.scatter(part['actual'], part['predicted'], s=14, alpha=0.8, color=color, label=split)\n"
-            "lo = float(min(preds['actual'].min(), preds['predicted'].min()))\n"
-            "hi = float(max(preds['actual'].max(), preds['predicted'].max()))\n"
-            "ax.plot([lo, hi], [lo, hi], color='black', linewidth=0.8)\n"
-            "ax.set_xlabel('actual ' + metrics['target'])\nax.set_ylabel('predicted')\nax.legend()\n"
-            "ax.set_title('predicted vs actual')\nshow(fig)",
-            figure="predicted_vs_actual",
+            "show(figures.predicted_vs_actual(preds, metrics, META))", figure="predicted_vs_actual"
         )
+        code("show(figures.learning_curve(metrics, META))", figure="learning_curve")
         code(
-            "fig, ax = plt.subplots(figsize=(5, 3))\n"
-            "ax.plot(curve['n_train'], curve['dev rmse'], marker='o')\n"
-            "ax.set_xlabel('training rows')\nax.set_ylabel('dev RMSE')\nax.set_title('learning curve')\nshow(fig)",
-            figure="learning_curve",
+            "show(figures.top_terms(coefs, metrics, META))",
+            figure="top_importances" if lightgbm else "top_coefficients",
         )
-        code(
-            "top_c = sorted((c for c in coefs if c['coef'] is not None), key=lambda c: (-abs(c['coef']), c['feature']))"
-            f"[:{TOP_COEFFICIENTS}][::-1]\n"
-            "fig, ax = plt.subplots(figsize=(7, 0.3 * len(top_c) + 1.2))\n"
-            "ax.barh([c['feature'][:60] for c in top_c], [c['coef'] for c in top_c],\n"
-            "        color=['tab:blue' if c['coef'] > 0 else 'tab:orange' for c in top_c])\n"
-            "ax.axvline(0, color='black', linewidth=0.8)\n"
-            "ax.ticklabel_format(axis='x', style='sci', scilimits=(-3, 3))\n"
-            "ax.set_xlabel('coefficient')\nax.set_title('largest coefficients')\nshow(fig)",
-            figure="top_coefficients",
-        )
-        code("pd.DataFrame(coefs)[['feature', 'coef']].head(30)")
+        key = "importance" if lightgbm else "coef"
+        code(f"pd.DataFrame(coefs)[['feat', {key!r}]].head(30)")
 
     nb = v4.new_notebook()
     nb.cells = cells
@@ -344,7 +378,7 @@ def report(
     PNG figures (``<stem>_figures/``). Existing output needs ``overwrite``."""
     import nbformat
 
-    from rmeval.fit import read_fit, read_table
+    from rmeval.fit import read_fit, read_table, unfit_reason
 
     csv = os.fspath(csv)
     out_s = os.fspath(out)
@@ -366,12 +400,22 @@ def report(
         raise FitError(f"{csv}: the {OVERALL!r} column has no values")
     fit_info = None
     fit_s = None
+    no_fit = None
     if fit_dir is not None:
         fit_s = os.fspath(fit_dir)
         fit_info = read_fit(fit_s)
+    else:
+        reason = unfit_reason(csv, frame)
+        no_fit = (
+            f"No regressor was fitted: {reason}."
+            if reason
+            else "No fit was given: `rmeval fit TABLE --out DIR`, then `rmeval report TABLE "
+            "--fit DIR --out ...` adds it here."
+        )
+    meta = table_context(csv, frame)
 
     nb_path.parent.mkdir(parents=True, exist_ok=True)
-    nb = build_notebook(csv, nb_path.parent, frame, fit_s, fit_info)
+    nb = build_notebook(csv, nb_path.parent, frame, fit_s, fit_info, meta=meta, no_fit=no_fit)
     log.info("executing %d cells", len(nb.cells))
     _execute(nb, nb_path.parent, timeout)
     _clean(nb)
@@ -417,4 +461,13 @@ def figure_names(nb_path: str | os.PathLike) -> list[str]:
     return [c.metadata[FIGURE_KEY] for c in nb.cells if FIGURE_KEY in c.metadata]
 
 
-__all__ = ["FIGURE_KEY", "ReportResult", "build_notebook", "figure_names", "figures_dir", "report"]
+__all__ = [
+    "FIGURE_KEY",
+    "ReportResult",
+    "build_notebook",
+    "figure_names",
+    "figures_dir",
+    "fit_summary",
+    "report",
+    "table_context",
+]

@@ -60,6 +60,16 @@ def test_feature_hash_and_experiments_file_features():
     )
 
 
+def test_run_label_keeps_what_tells_runs_apart():
+    run = naming.run_name(REAL, prefix="helpsteer2-counts")
+    assert naming.run_label(run) == "ID 07add08a · SWAPS 4026"
+    assert (
+        naming.run_label(run, uuid_chars=32) == "ID 07add08aa33a4fa6a5294c7bc41ae1f9 · SWAPS 4026"
+    )
+    assert naming.run_label("tulu_FEATS_3f2a9c_SWAPS_512") == "FEATS 3f2a9c · SWAPS 512"
+    assert naming.run_label("plain-run-name") is None
+
+
 def test_feature_counts_file_names():
     name = "regressor_feats_ID__07add08aa33a4fa6a5294c7bc41ae1f9__SWAPS_4026.json"
     assert naming.parse_feature_counts_filename(name) == ("07add08aa33a4fa6a5294c7bc41ae1f9", 4026)

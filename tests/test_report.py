@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
+import os
 import struct
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 
 from rmeval import fit as fitmod
 from rmeval import report as reportmod
 from rmeval.cli import main
-from tests.fit_helpers import synthetic_table, write_table
+from tests.fit_helpers import FEAT_A, FEAT_B, FEAT_NOISE, synthetic_table, write_table
 
 BASE_FIGURES = {
     "overall_distribution",
@@ -134,6 +139,8 @@ def test_changed_data_changes_only_what_depends_on_it(made, tmp_path):
     write_table(frame, tmp_path / "a" / "runs.csv")
     frame.loc[0, "budget"] = frame["budget"].max() + 5000  # only the budget plot moves
     write_table(frame, tmp_path / "b" / "runs.csv")
+    for d in ("a", "b"):  # the titles' date is the file's day: the same for both
+        os.utime(tmp_path / d / "runs.csv", (1_800_000_000, 1_800_000_000))
     reportmod.report(tmp_path / "a" / "runs.csv", out_a)
     reportmod.report(tmp_path / "b" / "runs.csv", out_b)
     fa, fb = reportmod.figures_dir(out_a), reportmod.figures_dir(out_b)
@@ -156,6 +163,8 @@ def test_table_without_budget_or_subsets_still_reports(tmp_path):
     [
         ("no_overall", "no 'Overall' column"),
         ("bad_fit_dir", "missing; is"),
+        ("corrupt_fit", "metrics.json: corrupt fit output"),
+        ("old_fit", "metrics.json has no 'baseline' (written by an older rmeval)"),
         ("not_ipynb", "must name a .ipynb file"),
     ],
 )
@@ -169,7 +178,118 @@ def test_bad_input_one_line_exit_1(tmp_path, capsys, case, expect):
     if case == "bad_fit_dir":
         (tmp_path / "empty").mkdir()
         argv += ["--fit", str(tmp_path / "empty")]
+    if case == "old_fit":
+        assert main(["fit", csv, "--out", str(tmp_path / "fit")]) == 0
+        capsys.readouterr()
+        metrics = json.loads((tmp_path / "fit" / "metrics.json").read_text())
+        del metrics["baseline"]
+        (tmp_path / "fit" / "metrics.json").write_text(json.dumps(metrics))
+        argv += ["--fit", str(tmp_path / "fit")]
+    if case == "corrupt_fit":
+        (tmp_path / "fit").mkdir()
+        (tmp_path / "fit" / "metrics.json").write_text('{"model": "linear"')
+        argv += ["--fit", str(tmp_path / "fit")]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rmeval: error: ") and expect in err[0]
     assert not out.exists() and not reportmod.figures_dir(out).exists()
+
+
+# --------------------------------------------------------------------------- context, no fit
+
+
+def _history_record(csv: Path, version: int, time: str) -> dict:
+    """A HISTORY.jsonl record as `rmeval collect` writes it (rmeval/results.py)."""
+    return {
+        "version": version,
+        "time": time,
+        "table": csv.name,
+        "rows": {"total": 0, "added": 0, "changed": 0, "removed": 0},
+        "sha256": hashlib.sha256(csv.read_bytes()).hexdigest(),
+    }
+
+
+def test_titles_take_dataset_version_and_date_from_history(tmp_path):
+    ds = tmp_path / "results" / "helpsteer2"
+    csv = Path(write_table(synthetic_table(n=12), ds / "counts-runs.csv"))
+    os.utime(csv, (1_700_000_000, 1_700_000_000))  # 2023-11-14: not what the titles say
+    records = [
+        {**_history_record(csv, 1, "2026-11-01T10:00:00+00:00"), "sha256": "0" * 64},
+        _history_record(csv, 2, "2026-11-30T06:00:00+00:00"),
+    ]
+    (ds / "HISTORY.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    frame = pd.read_csv(csv)
+    meta = reportmod.table_context(str(csv), frame)
+    assert meta == {
+        "dataset": "helpsteer2/counts-runs",
+        "table": "counts-runs.csv",
+        "n": 12,
+        "version": 2,
+        "date": "2026-11-30",
+    }
+    res = reportmod.report(csv, ds / "counts-runs.report.ipynb")
+    nb = nbformat.read(res.notebook, as_version=4)
+    assert "helpsteer2/counts-runs" in nb.cells[0].source
+    assert "12 runs · version 2 of 2026-11-30" in nb.cells[0].source
+    assert repr(meta) in nb.cells[2].source  # the figures get exactly this context
+
+    # edited after the last collect: no version; the file's own day
+    frame.loc[0, "Overall"] = 0.5
+    frame.to_csv(csv, index=False)
+    os.utime(csv, (1_700_000_000, 1_700_000_000))
+    assert reportmod.table_context(str(csv), frame)["version"] is None
+    assert reportmod.table_context(str(csv), frame)["date"] == "2023-11-14"
+    # a table outside a results directory is named by its file
+    other = Path(write_table(frame, tmp_path / "loose" / "runs.csv"))
+    assert reportmod.table_context(str(other), frame)["dataset"] == "runs"
+
+
+def test_a_table_without_features_says_why_there_is_no_fit(tmp_path):
+    """What fetch-results runs: the pipeline skips the fit of a featureless table (its
+    note) and the report says why."""
+    from rmeval import pipeline
+
+    frame = synthetic_table(n=12).drop(columns=[FEAT_A, FEAT_B, FEAT_NOISE])
+    csv = Path(write_table(frame, tmp_path / "results" / "d" / "runs.csv"))
+    notes: list[str] = []
+    fit_dir = pipeline._fit(csv, csv.with_name("runs.fit"), {}, rebuild=True, notes=notes)
+    assert fit_dir is None and "no feature columns" in notes[0]
+    res = reportmod.report(csv, csv.with_name("runs.report.ipynb"), fit_dir=fit_dir)
+    nb = nbformat.read(res.notebook, as_version=4)
+    section = next(c.source for c in nb.cells if c.source.startswith("## Regressor"))
+    assert "No regressor was fitted: runs.csv: no feature columns" in section
+    assert str(tmp_path) not in section  # the file's name, not where it lies
+    # a fittable table without --fit says how to add one
+    csv2 = write_table(synthetic_table(n=12), tmp_path / "b" / "runs.csv")
+    nb2 = nbformat.read(reportmod.report(csv2, tmp_path / "b" / "r.ipynb").notebook, as_version=4)
+    assert any("No fit was given" in c.source for c in nb2.cells)
+
+
+def test_underdetermined_fit_is_called_so_not_given_an_r2(tmp_path):
+    frame = synthetic_table(n=6)
+    frame["extra::x=1"] = np.arange(6) % 3
+    csv = write_table(frame, tmp_path / "runs.csv")
+    fitmod.fit(csv, tmp_path / "fit")
+    metrics = json.loads((tmp_path / "fit" / "metrics.json").read_text())
+    res = reportmod.report(csv, tmp_path / "r.ipynb", fit_dir=tmp_path / "fit")
+    nb = nbformat.read(res.notebook, as_version=4)
+    section = next(c.source for c in nb.cells if c.source.startswith("## Regressor"))
+    assert "Underdetermined fit, so no R² is shown" in section
+    assert "4 training rows for 4 terms + intercept (5 unknowns)" in section
+    assert "at least 7 runs" in section
+    r2 = metrics["dev"]["r2"]
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for shown in (f"{r2:.4g}", f"{r2:.4g}".replace("-", "−"), f"{r2:.4f}"):
+        assert shown not in markdown
+    assert f"RMSE {metrics['baseline']['dev']['rmse']:.4g}" in section
+
+
+def test_lightgbm_fit_report(tmp_path):
+    csv = write_table(synthetic_table(n=60), tmp_path / "runs.csv")
+    fitmod.fit(csv, tmp_path / "fit", model="lightgbm")
+    res = reportmod.report(csv, tmp_path / "r.ipynb", fit_dir=tmp_path / "fit")
+    assert {p.stem for p in res.figures} == BASE_FIGURES | {
+        "predicted_vs_actual",
+        "learning_curve",
+        "top_importances",
+    }
