@@ -315,6 +315,13 @@ def test_bad_inputs(model_dir, sample, tmp_path):
         evaluate(
             str(model_dir), str(sample), str(out), subsets=["hep-go", "hep-cobol"], progress=False
         )
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in model_dir.iterdir():
+        if f.name in ("config.json", "model.safetensors"):
+            (bare / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(EvalError, match=r"bare: no tokenizer found \(expected tokenizer.json"):
+        evaluate(str(bare), str(sample), str(out), progress=False)
     with pytest.raises(UsageError, match="--scoring must be one of trained, run_rm"):
         evaluate(str(model_dir), str(sample), str(out), scoring_format="tulu", progress=False)
     with pytest.raises(UsageError, match="--chat-template applies to --scoring run_rm"):

@@ -149,8 +149,8 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
         )
     try:
         tokenizer, _ = load_tokenizer(model_dir, model_dir)
-    except CheckpointError as exc:
-        raise EvalError(f"{exc}; save a tokenizer next to the model") from None
+    except CheckpointError as exc:  # names the folder and what to pass instead
+        raise EvalError(str(exc)) from None
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, dtype=dtype, attn_implementation="sdpa"
