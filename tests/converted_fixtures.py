@@ -14,6 +14,22 @@ from rmeval.tokenizer import train_tokenizer
 from tests.checkpoint_fixtures import make_checkpoint
 from tests.rewardbench_helpers import sample_texts
 
+# Conversations for chat-template checks: whitespace to strip, code, several turns.
+CHATS = [
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}],
+    [
+        {"role": "user", "content": "  padded prompt \n\n"},
+        {"role": "assistant", "content": "\n\tdef f(x):\n    return x  \n"},
+    ],
+    [
+        {"role": "system", "content": " be brief "},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": " a1 "},
+        {"role": "user", "content": "q2\n"},
+        {"role": "assistant", "content": "a2"},
+    ],
+]
+
 
 def train_sentencepiece(out_prefix: Path, texts: list[str], vocab_size: int) -> Path:
     """A Llama-2-style sentencepiece BPE model (byte fallback, identity normalisation,
@@ -70,18 +86,13 @@ def converted_model(root: Path, kind: str, *, vocab: int = 600, seed: int = 0) -
     return out
 
 
-def easylm_converter_folder(converted: Path, out: Path) -> Path:
-    """The folder hamishivi/EasyLM's convert_easylm_to_hf.py writes for a Llama-2 model:
-    the same weights, config.json with no pad_token_id (LlamaConfig's default), and its
-    write_tokenizer(): tokenizer.model, special_tokens_map.json and a tokenizer_config.json
-    naming LlamaTokenizer (add_bos_token, no pad, no chat template, model_max_length 2048)."""
-    out.mkdir(parents=True)
-    for f in converted.iterdir():
-        if f.name.startswith("model") or f.name == "tokenizer.model":
-            shutil.copyfile(f, out / f.name)
-    config = json.loads((converted / "config.json").read_text())
-    config["pad_token_id"] = None
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+def easylm_tokenizer_files(out: Path, sp_model: Path, **config) -> Path:
+    """What hamishivi/EasyLM's convert_easylm_to_hf.py ``write_tokenizer()`` writes into
+    ``out`` for a Llama-2 model: tokenizer.model, special_tokens_map.json and a
+    tokenizer_config.json naming LlamaTokenizer (add_bos_token, no pad, no chat template,
+    model_max_length 2048); ``config`` overrides its keys."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sp_model, out / "tokenizer.model")
 
     def token(content: str, typed: bool) -> dict:
         d = {"content": content, "lstrip": False, "normalized": True, "rstrip": False}
@@ -101,6 +112,20 @@ def easylm_converter_folder(converted: Path, out: Path) -> Path:
         "tokenizer_class": "LlamaTokenizer",
         "clean_up_tokenization_spaces": False,
         **{k: token(v, True) for k, v in names},
+        **config,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     return out
+
+
+def easylm_converter_folder(converted: Path, out: Path) -> Path:
+    """The folder EasyLM's converter writes for the same weights: config.json with no
+    pad_token_id (LlamaConfig's default) and :func:`easylm_tokenizer_files`."""
+    out.mkdir(parents=True)
+    for f in converted.iterdir():
+        if f.name.startswith("model"):
+            shutil.copyfile(f, out / f.name)
+    config = json.loads((converted / "config.json").read_text())
+    config["pad_token_id"] = None
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return easylm_tokenizer_files(out, converted / "tokenizer.model")

@@ -18,15 +18,13 @@ its model); the end-to-end check against run_rm itself is tests/test_run_rm_pari
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from rmeval.errors import EvalError, UsageError
 from rmeval.rewardbench import formats
 from rmeval.rewardbench.data import Pair
 from rmeval.tokenizer import load_tokenizer, prepare_tokenizer
-from tests.converted_fixtures import train_sentencepiece
+from tests.converted_fixtures import easylm_tokenizer_files, train_sentencepiece
 from tests.rewardbench_helpers import sample_texts
 
 PAIRS = [
@@ -42,15 +40,6 @@ def sp(tmp_path_factory):
 
     model = train_sentencepiece(tmp_path_factory.mktemp("sp") / "sp", sample_texts(4), 400)
     return model, spm.SentencePieceProcessor(model_file=str(model))
-
-
-def _easylm_folder(sp_model, out, **config):
-    """The tokenizer files EasyLM's converter writes (LlamaTokenizer, no pad, no template)."""
-    out.mkdir()
-    (out / "tokenizer.model").write_bytes(sp_model.read_bytes())
-    base = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "pad_token": None}
-    (out / "tokenizer_config.json").write_text(json.dumps({**base, **config}))
-    return out
 
 
 def _fastchat_tulu(prompt: str, response: str) -> str:
@@ -104,7 +93,7 @@ def test_tulu_text_is_fastchats():
 def test_run_rm_on_an_easylm_converter_folder(sp, tmp_path):
     """No pad -> pad = eos: the eos is appended but the reward is read before it."""
     model, proc = sp
-    folder = _easylm_folder(model, tmp_path / "easylm")
+    folder = easylm_tokenizer_files(tmp_path / "easylm", model)
     tok, _ = load_tokenizer(folder, tmp_path)
     enc = formats.encode(
         tok, PAIRS, formats.RUN_RM, 2048, tokenizer_class="LlamaTokenizer", model_pad_token_id=0
@@ -120,7 +109,7 @@ def test_run_rm_on_an_easylm_converter_folder(sp, tmp_path):
 
 def test_run_rm_reads_at_the_eos_when_pad_is_not_eos(sp, tmp_path):
     model, proc = sp
-    folder = _easylm_folder(model, tmp_path / "easylm", pad_token="<unk>")
+    folder = easylm_tokenizer_files(tmp_path / "easylm", model, pad_token="<unk>")
     tok, _ = load_tokenizer(folder, tmp_path)
     pair = PAIRS[:1]
     text = _fastchat_tulu(pair[0].prompt, pair[0].chosen)
@@ -142,7 +131,7 @@ def test_run_rm_reads_at_the_eos_when_pad_is_not_eos(sp, tmp_path):
 
 def test_run_rm_truncates_from_the_left_with_bos_and_eos_inside(sp, tmp_path):
     model, proc = sp
-    folder = _easylm_folder(model, tmp_path / "easylm", pad_token="<unk>")
+    folder = easylm_tokenizer_files(tmp_path / "easylm", model, pad_token="<unk>")
     tok, _ = load_tokenizer(folder, tmp_path)
     long = [Pair("9", "hep-go", "p", " ".join(f"word{i}" for i in range(300)), "x")]
     enc = formats.encode(tok, long, formats.RUN_RM, 40, tokenizer_class="LlamaTokenizer")

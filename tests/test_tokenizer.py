@@ -17,6 +17,7 @@ from rmeval.tokenizer import (
     prepare_tokenizer,
     train_tokenizer,
 )
+from tests.converted_fixtures import CHATS, easylm_tokenizer_files, train_sentencepiece
 
 _WORDS = "the quick brown fox jumps over a lazy dog reward model chosen rejected answer question"
 WORDS = [
@@ -48,28 +49,8 @@ def _corpus(n: int = 400, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sp_model(tmp_path_factory):
-    """A Llama-2-style sentencepiece BPE model (byte fallback, identity normalisation,
-    dummy prefix, unk 0 / bos 1 / eos 2, no pad) trained with the sentencepiece library."""
-    import sentencepiece as spm
-
-    d = tmp_path_factory.mktemp("sp")
-    (d / "corpus.txt").write_text("\n".join(_corpus()), encoding="utf-8")
-    spm.SentencePieceTrainer.train(
-        input=str(d / "corpus.txt"),
-        model_prefix=str(d / "tokenizer"),
-        vocab_size=420,
-        model_type="bpe",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
-        minloglevel=2,
-    )
-    return d / "tokenizer.model"
+    """A Llama-2-style sentencepiece BPE model trained with the sentencepiece library."""
+    return train_sentencepiece(tmp_path_factory.mktemp("sp") / "tokenizer", _corpus(), 420)
 
 
 @pytest.fixture(scope="module")
@@ -117,22 +98,6 @@ def _easylm_text(messages, bos: str, eos: str) -> str:
         end = eos + "\n" if m["role"] == "assistant" else "\n"
         text += marker[m["role"]] + m["content"].strip() + end
     return bos + text.strip()
-
-
-CHATS = [
-    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}],
-    [
-        {"role": "user", "content": "  padded prompt \n\n"},
-        {"role": "assistant", "content": "\n\tdef f(x):\n    return x  \n"},
-    ],
-    [
-        {"role": "system", "content": " be brief "},
-        {"role": "user", "content": "q1"},
-        {"role": "assistant", "content": " a1 "},
-        {"role": "user", "content": "q2\n"},
-        {"role": "assistant", "content": "a2"},
-    ],
-]
 
 
 def test_trained_template_renders_easylm_training_text(sp_model, tmp_path):
@@ -191,21 +156,8 @@ def test_easylm_converter_folder_loads_like_sentencepiece(sp_model, tmp_path):
     transformers 5 cannot read it (it falls back to tiktoken); we rebuild it."""
     import sentencepiece as spm
 
-    folder = tmp_path / "easylm"
-    folder.mkdir()
-    (folder / "tokenizer.model").write_bytes(sp_model.read_bytes())
-    added = {"__type": "AddedToken", "lstrip": False, "normalized": True, "rstrip": False}
-    config = {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "model_max_length": 2048,
-        "pad_token": None,
-        "sp_model_kwargs": {},
-        "tokenizer_class": "LlamaTokenizer",
-        "clean_up_tokenization_spaces": False,
-        **{k: {**added, "content": v} for k, v in (("bos_token", "<s>"), ("eos_token", "</s>"))},
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    folder = easylm_tokenizer_files(tmp_path / "easylm", sp_model)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
     tok, kind = load_tokenizer(folder, tmp_path)
     assert kind == "sentencepiece" and declared_class(folder) == "LlamaTokenizer"
     assert tok.pad_token_id is None and tok.chat_template is None

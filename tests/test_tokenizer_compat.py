@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from tests import refenv
-from tests.converted_fixtures import converted_model
+from tests.converted_fixtures import CHATS, converted_model
 
 pytestmark = pytest.mark.slow
 
@@ -27,19 +27,7 @@ PROBE = {
         "Zürich, naïve café, 東京, emoji 😀",
         " ".join(f"word{i % 97} answer" for i in range(1500)),  # over 2048 tokens
     ],
-    "chats": [
-        [
-            {"role": "user", "content": "  What is 2+2?\n"},
-            {"role": "assistant", "content": " 4.\n"},
-        ],
-        [
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": "q1"},
-            {"role": "assistant", "content": "a1"},
-            {"role": "user", "content": "q2"},
-            {"role": "assistant", "content": "def f():\n    pass\n"},
-        ],
-    ],
+    "chats": CHATS,
 }
 
 
@@ -101,6 +89,9 @@ def test_transformers_4_loads_the_converted_folder_like_5(
         == json.loads((models[kind] / "config.json").read_text())["max_position_embeddings"]
     )
     assert four["rendered"][0] == "<|user|>\nWhat is 2+2?\n<|assistant|>\n4.</s>"  # trained
+    assert (
+        four["rendered"][1] == "<|user|>\npadded prompt\n<|assistant|>\ndef f(x):\n    return x</s>"
+    )
     assert max(len(x) for x in four["ids"]) > 2048
     for a, b in zip(four["rewards"], five["rewards"], strict=True):
         assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5), (a, b)
