@@ -106,8 +106,6 @@ def run_one(
     """Convert ``checkpoint``, evaluate it on ``dataset`` and publish under ``store``.
     ``scoring``: the evaluator's format (:mod:`rmeval.rewardbench.formats`); it, the
     device and the dtype are checked before anything runs."""
-    from rmeval.rewardbench.evaluate import resolve_device, resolve_dtype
-
     formats.check_scoring(scoring)
     run = naming.run_name(checkpoint, prefix)
     dest = storage.join(store, run)
@@ -121,7 +119,7 @@ def run_one(
         dataset = HUB_DATASET
 
     from rmeval.checkpoints.convert import convert
-    from rmeval.rewardbench.evaluate import evaluate
+    from rmeval.rewardbench.evaluate import evaluate, resolve_device, resolve_dtype
 
     resolve_dtype(dtype, resolve_device(device))  # e.g. fp16 on a CPU: fail before converting
 

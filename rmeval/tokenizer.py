@@ -47,9 +47,9 @@ LLAMA3_PAD_ID = 128255
 
 SENTENCEPIECE = "sentencepiece"
 HF = "hf"
-_HF_FILES = ("tokenizer.json", "tokenizer_config.json")
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+_HF_FILES = (TOKENIZER_JSON, TOKENIZER_CONFIG)
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 SENTENCEPIECE_FILE = "tokenizer.model"

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmeval import storage
-from rmeval.errors import EvalError, StoreError, UsageError
+from rmeval.errors import CheckpointError, EvalError, StoreError, UsageError
 from rmeval.rewardbench import formats, scoring
 from rmeval.rewardbench.data import load_pairs
+from rmeval.tokenizer import declared_class, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,6 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
     4.x reads it."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from rmeval.errors import CheckpointError
-    from rmeval.tokenizer import load_tokenizer
 
     model_dir = Path(model_dir)
     try:
@@ -410,8 +408,6 @@ def evaluate(
         limit = getattr(model.config, "max_position_embeddings", None) or max_length
         if limit < max_length:  # a model with learned positions cannot read further
             log.info("--max-length %d is above the model's %d positions", max_length, limit)
-        from rmeval.tokenizer import declared_class
-
         encoded = formats.encode(
             tokenizer,
             pairs,
