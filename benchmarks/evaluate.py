@@ -152,13 +152,24 @@ def main(argv: list[str] | None = None) -> int:
         ]
         model_dir = build_model(work / "model", args.preset, corpus)
 
-        # the same rendered texts for both sides
+        # the same token ids for both sides: the folder's chat template is the trained
+        # format, and the baseline's tokenizer adds the bos in front of it
         from transformers import AutoTokenizer
 
+        from rmeval.rewardbench import formats
+
         tok = AutoTokenizer.from_pretrained(model_dir)
-        template, template_name = ev.chat_template_for(tok)
-        texts = ev.format_texts(tok, template, load_pairs(str(data)))
-        seqs, _ = ev.tokenize(tok, texts, ev.DEFAULT_MAX_LENGTH)
+        pairs = load_pairs(str(data))
+        template_name = formats.TRAINED_LABEL
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": p.prompt}, {"role": "assistant", "content": r}],
+                tokenize=False,
+            )
+            for p in pairs
+            for r in (p.chosen, p.rejected)
+        ]
+        seqs = formats.encode(tok, pairs, formats.TRAINED, ev.DEFAULT_MAX_LENGTH).seqs
         lens = sorted(len(s) for s in seqs)
         real = sum(lens)
         print(

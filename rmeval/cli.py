@@ -224,6 +224,26 @@ def _run_launch(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """--scoring, --device and --dtype, as evaluate and run-one take them."""
+    from rmeval.rewardbench import evaluate, formats
+
+    p.add_argument(
+        "--scoring",
+        choices=formats.SCORINGS,
+        default=formats.DEFAULT_SCORING,
+        help=f"'{formats.TRAINED}': EasyLM's training text, reward at the eos (default); "
+        f"'{formats.RUN_RM}': what RewardBench's run_rm scores (upstream numbers)",
+    )
+    p.add_argument("--device", choices=evaluate.DEVICES, default="auto")
+    p.add_argument(
+        "--dtype",
+        choices=evaluate.DTYPES,
+        default="auto",
+        help="auto: bf16 on a GPU, fp32 on the CPU; fp16 (run_rm's default) needs a GPU",
+    )
+
+
 def _add_run_one(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run-one",
@@ -246,8 +266,7 @@ def _add_run_one(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-model", default=None, metavar="URI", help="keep the model here")
     p.add_argument("--subsets", nargs="+", default=None, help="evaluate only these subsets")
     p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    _add_scoring_args(p)
     p.add_argument("--verify", action="store_true", help="verify the conversion (needs jax)")
     p.add_argument("--work-dir", default=None, help="where temporary files go (default: TMPDIR)")
     p.add_argument("--force", action="store_true", help="redo a run that is already published")
@@ -270,6 +289,7 @@ def _run_run_one(args: argparse.Namespace) -> int:
         force=args.force,
         subsets=args.subsets,
         max_length=args.max_length,
+        scoring=args.scoring,
         device=args.device,
         dtype=args.dtype,
         verify=args.verify,
@@ -616,10 +636,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score a sequence-classifier reward model on RewardBench -> metrics.json",
-        description="Score a Hugging Face reward model (num_labels=1) on RewardBench: chat "
-        "template (the tokenizer's, else Tulu), left truncation, length-sorted batches packed "
-        "by a token budget, reward read at the last real token. Writes metrics.json exactly "
-        "as RewardBench's run_rm saves it, atomically; prints the section scores and Overall.",
+        description="Score a Hugging Face reward model (num_labels=1) on RewardBench. "
+        "--scoring trained (default) scores EasyLM's training text (bos + <|user|>\\n{prompt}"
+        "\\n<|assistant|>\\n{response}</s>, stripped) and reads the reward at the eos, as the "
+        "model was trained; --scoring run_rm reproduces RewardBench's run_rm (fastchat tulu "
+        "text + eos, or the tokenizer's chat template; reward at the last non-pad token). "
+        "Left truncation, length-sorted batches packed by a token budget; a reward does not "
+        "depend on its batch. Writes metrics.json as run_rm saves it (chat_template: "
+        "easylm-trained, tulu or tokenizer), atomically; prints the section scores and Overall.",
     )
     p.add_argument("model", help="model directory (local or gs://)")
     p.add_argument(
@@ -629,13 +653,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="metrics.json to write (local or gs://)")
     p.add_argument("--subsets", nargs="+", default=None, help="score only these subsets")
+    _add_scoring_args(p)
     p.add_argument(
-        "--chat-template", default=None, help="'tokenizer', 'tulu' or a Jinja template file"
+        "--chat-template",
+        default=None,
+        help="run_rm only: 'tokenizer', 'tulu' or a Jinja template file instead of run_rm's "
+        "choice (the tokenizer's template if it has one, else tulu)",
     )
     p.add_argument("--max-length", type=int, default=2048, help="tokens kept (from the end)")
     p.add_argument("--max-tokens", type=int, default=None, help="padded tokens per batch")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--save-scores", default=None, help="per-pair rewards as JSON lines")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--model-name", default=None, help="'model' in metrics.json (default MODEL)")
@@ -650,6 +676,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.dataset,
         args.out,
         subsets=args.subsets,
+        scoring_format=args.scoring,
         chat_template=args.chat_template,
         max_length=args.max_length,
         max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,

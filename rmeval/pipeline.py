@@ -11,6 +11,7 @@ The config is a YAML mapping; relative paths are relative to the config file::
     dataset_file: rewardbench-sample.jsonl  # RewardBench data (default: the hub dataset)
     tokenizer: bucket/tokenizer           # saved with each converted model
     model_size: auto                      # converter preset
+    scoring: trained                      # evaluator format: trained (default) | run_rm
     num_heads: 4                          # converter heads when model_size is auto
     features_dir: bucket/feats            # regressor_feats_ID__<uuid>__SWAPS_<n>.json
     dataset_total_size: 7000
@@ -37,6 +38,7 @@ import yaml
 
 from rmeval import naming, storage
 from rmeval.errors import ConfigError
+from rmeval.rewardbench import formats
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ _KEYS = {
     "tokenizer": str,
     "model_size": str,
     "num_heads": int,
+    "scoring": str,
     "features_dir": str,
     "experiments_file": str,
     "dataset_total_size": int,
@@ -136,6 +139,8 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
             raise ConfigError(
                 f"{path}: {key} must be {getattr(kind, '__name__', kind)}, got {value!r}"
             )
+    if raw.get("scoring") is not None:
+        formats.check_scoring(raw["scoring"], f"{path}: scoring", ConfigError)
     missing = [k for k in _REQUIRED if not raw.get(k)]
     if missing:
         raise ConfigError(f"{path}: missing required key(s): {', '.join(missing)}")
@@ -165,6 +170,7 @@ def _run_values(cfg: dict[str, Any]) -> dict[str, Any]:
         ("tokenizer", "tokenizer"),
         ("model_size", "model_size"),
         ("num_heads", "num_heads"),
+        ("scoring", "scoring"),
     ):
         if cfg.get(key) is not None:
             values[name] = cfg[key]

@@ -296,6 +296,10 @@ def make_plan(
     src = _source_uri(source, gcs_bucket, gcs_dir_path)
     merged: dict[str, Any] = dict(specs.load_preset(preset)) if preset else {}
     merged.update({k: v for k, v in (values or {}).items() if v is not None})
+    if "scoring" in merged:  # run-one would refuse it in every task: refuse it here, once
+        from rmeval.rewardbench.formats import check_scoring
+
+        check_scoring(merged["scoring"], "scoring (preset or --set)", SpecError)
     prefix = prefix if prefix is not None else merged.get("prefix")
     experiment_prefix = (
         experiment_prefix

@@ -38,6 +38,7 @@ from typing import Any
 from rmeval import __version__, naming, storage
 from rmeval.errors import StoreError
 from rmeval.procutil import git_head, sigterm_as_exit
+from rmeval.rewardbench import formats
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,17 @@ def run_one(
     force: bool = False,
     subsets: list[str] | None = None,
     max_length: int = 2048,
+    scoring: str = formats.DEFAULT_SCORING,
     device: str = "auto",
     dtype: str = "auto",
     verify: bool = False,
     work_dir: str | None = None,
     progress: bool = True,
 ) -> RunOneResult:
-    """Convert ``checkpoint``, evaluate it on ``dataset`` and publish under ``store``."""
+    """Convert ``checkpoint``, evaluate it on ``dataset`` and publish under ``store``.
+    ``scoring``: the evaluator's format (:mod:`rmeval.rewardbench.formats`); it, the
+    device and the dtype are checked before anything runs."""
+    formats.check_scoring(scoring)
     run = naming.run_name(checkpoint, prefix)
     dest = storage.join(store, run)
     metrics_uri = storage.join(dest, METRICS_FILE)
@@ -114,7 +119,9 @@ def run_one(
         dataset = HUB_DATASET
 
     from rmeval.checkpoints.convert import convert
-    from rmeval.rewardbench.evaluate import evaluate
+    from rmeval.rewardbench.evaluate import evaluate, resolve_device, resolve_dtype
+
+    resolve_dtype(dtype, resolve_device(device))  # e.g. fp16 on a CPU: fail before converting
 
     timings: dict[str, float] = {}
     started = time.time()
@@ -146,6 +153,7 @@ def run_one(
             dataset,
             str(metrics_path),
             subsets=subsets,
+            scoring_format=scoring,
             max_length=max_length,
             device=device,
             dtype=dtype,
@@ -191,6 +199,7 @@ def run_one(
                 "padding_ratio": ev.padding_ratio,
                 "device": ev.device,
                 "dtype": ev.dtype,
+                "scoring": ev.scoring,
                 "chat_template": ev.chat_template,
                 "seconds": ev.seconds,
             },

@@ -17,6 +17,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Tables tests left to paste (e.g. the run_rm parity comparison), after the results."""
+    from tests import refenv
+
+    for table in config.stash.get(refenv.REPORTS, []):
+        terminalreporter.section("reference comparison")
+        terminalreporter.write_line(table)
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator():
     from tests.gcs_emulator import Emulator

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rmeval.rewardbench.data import sample_records
-from rmeval.tokenizer import train_tokenizer
+from rmeval.tokenizer import save_portable, train_tokenizer
 
 
 def sample_texts(per_subset: int = 4) -> list[str]:
@@ -32,9 +32,8 @@ def make_reward_model(
     tok = AutoTokenizer.from_pretrained(out)
     if not chat_template:
         tok.chat_template = None
-        tok.save_pretrained(out)
-        for name in ("chat_template.jinja", "chat_template.json"):
-            (out / name).unlink(missing_ok=True)
+        (out / "chat_template.jinja").unlink()
+        save_portable(tok, out)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,

@@ -89,6 +89,10 @@ def test_demo_end_to_end_and_idempotent(tmp_path):
         ),
         ("source: a\nstore: b\nresults_dir: r\ndataset: d\nbackend: slurm\n", "backend must be"),
         ("source: a\nstore: b\nresults_dir: r\ndataset: d\nbackend: beaker\n", "needs a workspace"),
+        (
+            "source: a\nstore: b\nresults_dir: r\ndataset: d\nscoring: tulu\n",
+            "scoring must be one of trained, run_rm, got 'tulu'",
+        ),
     ],
 )
 def test_bad_pipeline_config_is_one_line(tmp_path, text, message):

@@ -117,6 +117,17 @@ def test_render_plan_is_valid_and_one_task_per_run(source, store_root):
     assert len(beaker_spec.tasks) == len(p.to_run)
 
 
+def test_scoring_reaches_the_run_one_command_line(source, tmp_path):
+    _, text = plan.make_plan(
+        source, template=TEMPLATE, store=str(tmp_path / "s"), values={"scoring": "run_rm"}
+    )
+    for task in yaml.safe_load(text)["tasks"]:
+        args = task["arguments"]
+        assert args[args.index("--scoring") + 1] == "run_rm"
+    _, text = plan.make_plan(source, template=TEMPLATE, store=str(tmp_path / "s"))
+    assert all("--scoring" not in t["arguments"] for t in yaml.safe_load(text)["tasks"])
+
+
 def test_preset_supplies_prefix_and_experiment_prefix(tmp_path):
     _layout(str(tmp_path / "src"))
     p, text = plan.make_plan(str(tmp_path / "src"), preset="multipref", store=str(tmp_path / "s"))
@@ -197,6 +208,7 @@ def test_cli_nothing_to_do(tmp_path):
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--set", "gpus=two"], r"gpuCount: expected an integer, got 'two'"),
         (["--set", "priority=asap"], r"priority: 'asap' is not one of"),
+        (["--set", "scoring=tulu"], r"scoring \(preset or --set\) must be one of trained, run_rm"),
         (["--no-store"], r"convert-and-eval\.yml\.j2:\d+: 'store' is undefined"),
     ],
 )

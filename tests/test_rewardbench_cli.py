@@ -55,10 +55,39 @@ def test_errors_are_one_line_with_exit_1(model_dir, tmp_path):
         "prompt, chosen, rejected, subset"
     )
     assert "Traceback" not in proc.stderr
+    # fp16 (run_rm's default) needs a GPU: said before anything is loaded
     proc = subprocess.run(
-        [sys.executable, "-m", "rmeval", "evaluate", str(model_dir), "--dtype", "fp16"],
+        [
+            sys.executable,
+            "-m",
+            "rmeval",
+            "evaluate",
+            str(model_dir),
+            "--dataset",
+            str(bad),
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp16",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "rmeval: error: --dtype fp16 needs a GPU (--device cuda); on the CPU use --dtype fp32 "
+        "or bf16"
+    )
+    for option, value, choices in (
+        ("--dtype", "fp8", "'auto', 'bf16', 'fp16', 'fp32'"),
+        ("--scoring", "tulu", "'trained', 'run_rm'"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "rmeval", "evaluate", str(model_dir), option, value],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2
+        assert f"invalid choice: '{value}' (choose from {choices})" in proc.stderr

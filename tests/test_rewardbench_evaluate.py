@@ -9,20 +9,16 @@ import random
 import pytest
 
 from rmeval import storage
-from rmeval.errors import EvalError
-from rmeval.rewardbench import scoring
+from rmeval.errors import EvalError, UsageError
+from rmeval.rewardbench import formats, scoring
 from rmeval.rewardbench.data import load_pairs, sample_records, write_sample
 from rmeval.rewardbench.evaluate import (
-    chat_template_for,
     evaluate,
     format_summary,
-    format_texts,
     load_reward_model,
     plan_batches,
     score_batches,
-    tokenize,
 )
-from rmeval.tokenizer import TULU_CHAT_TEMPLATE
 from tests.rewardbench_helpers import make_reward_model
 
 TOL = 1e-5
@@ -55,9 +51,7 @@ def _hf_reward(model, ids: list[int]) -> float:
 def seqs(loaded, sample):
     _, tok = loaded
     pairs = load_pairs(str(sample))[:12]
-    template, _ = chat_template_for(tok)
-    out, _ = tokenize(tok, format_texts(tok, template, pairs), 2048)
-    return out
+    return formats.encode(tok, pairs, formats.TRAINED, 2048).seqs
 
 
 def test_reward_is_transformers_reward_alone_and_in_any_batch(loaded, seqs):
@@ -135,8 +129,7 @@ def test_other_architectures_use_the_full_forward(tmp_path, sample):
     loaded_model, _ = load_reward_model(tmp_path / "gpt2", "cpu", torch.float32)
     assert not _last_layer_shortcut_supported(loaded_model)
     pairs = load_pairs(str(sample), subsets=["xstest-should-refuse", "hep-js"])
-    template, _ = chat_template_for(tok)
-    ids, _ = tokenize(tok, format_texts(tok, template, pairs), 64)
+    ids = formats.encode(tok, pairs, formats.TRAINED, 64).seqs
     got, _ = score_batches(
         loaded_model,
         ids,
@@ -170,55 +163,34 @@ def test_plan_batches_properties():
     assert padded <= 1.03 * sum(lengths) < fixed
 
 
-def test_truncation_keeps_the_end(loaded):
-    _, tok = loaded
-    text = " ".join(f"word{i}" for i in range(300)) + "</s>"
-    full = tok(text)["input_ids"]
-    (cut,), n = tokenize(tok, [text], 50)
-    assert n == 1 and len(full) > 50 and full[0] == tok.bos_token_id
-    assert cut == full[:1] + full[-49:]  # bos stays in front of the end of the text
-    assert cut[-1] == tok.eos_token_id
-    (same,), n = tokenize(tok, [text], 10_000)
-    assert n == 0 and same == full
+def _easylm_ids(tok, prompt: str, response: str) -> list[int]:
+    """EasyLM's training ids (EasyLM/data.py, encode_with_messages_format), restated."""
+    text = "<|user|>\n" + prompt.strip() + "\n" + "<|assistant|>\n" + response.strip()
+    text = tok.bos_token + (text + tok.eos_token + "\n").strip()
+    return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def test_templates_that_write_bos_get_exactly_one(loaded, tmp_path):
-    _, tok = loaded
-    pair = load_pairs_one()
-    own_bos = tmp_path / "bos.jinja"
-    own_bos.write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
-    template, _ = chat_template_for(tok, str(own_bos))
-    (with_bos,), _ = tokenize(tok, format_texts(tok, template, [pair])[:1], 100)
-    template, _ = chat_template_for(tok, "tulu")
-    (tulu,), _ = tokenize(tok, format_texts(tok, template, [pair])[:1], 100)
-    for ids in (with_bos, tulu):
-        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
-    assert tulu[-1] == tok.eos_token_id
-
-
-def test_chat_templates(loaded, tmp_path):
-    _, tok = loaded
-    pair = load_pairs_one()
-    own, name = chat_template_for(tok)
-    assert name == "tokenizer" and own == tok.chat_template
-    template, name = chat_template_for(tok, "tulu")
-    assert name == "tulu" and template == TULU_CHAT_TEMPLATE
-    chosen, rejected = format_texts(tok, template, [pair])
-    assert chosen == f"<|user|>\n{pair.prompt}\n<|assistant|>\n{pair.chosen}</s>"
-    assert rejected.endswith(f"\n<|assistant|>\n{pair.rejected}</s>")
-    custom = tmp_path / "plain.jinja"
-    custom.write_text("{% for m in messages %}{{ m['content'] }}|{% endfor %}")
-    template, name = chat_template_for(tok, str(custom))
-    assert name == "plain.jinja"
-    assert format_texts(tok, template, [pair])[0] == f"{pair.prompt}|{pair.chosen}|"
-    with pytest.raises(EvalError, match="expected 'tokenizer', 'tulu' or a Jinja"):
-        chat_template_for(tok, "vicuna")
-
-
-def load_pairs_one():
-    from rmeval.rewardbench.data import Pair
-
-    return Pair(id="7", subset="hep-go", prompt="Say hi.", chosen="hi", rejected="no")
+def test_default_scores_easylms_training_text(model_dir, loaded, tmp_path):
+    """Texts with leading and trailing whitespace get the reward of EasyLM's stripped
+    training text, read at its eos (rmeval used to score them unstripped)."""
+    model, tok = loaded
+    rows = sample_records(1)[:6]
+    for r in rows:
+        r["prompt"], r["chosen"], r["rejected"] = (
+            f"  {r['prompt']}\n",
+            f"\n{r['chosen']} ",
+            r["rejected"],
+        )
+    data = tmp_path / "ws.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = tmp_path / "scores.jsonl"
+    result = evaluate(str(model_dir), str(data), save_scores=str(scores), progress=False)
+    assert result.metrics["chat_template"] == "easylm-trained"
+    for r, got in zip(rows, map(json.loads, scores.read_text().splitlines()), strict=True):
+        for key in ("chosen", "rejected"):
+            ids = _easylm_ids(tok, r["prompt"], r[key])
+            assert ids[-1] == tok.eos_token_id
+            assert abs(got[f"{key}_reward"] - _hf_reward(model, ids)) <= TOL, key
 
 
 def test_evaluate_end_to_end(model_dir, sample, loaded, tmp_path):
@@ -236,7 +208,7 @@ def test_evaluate_end_to_end(model_dir, sample, loaded, tmp_path):
     assert metrics == result.metrics
     assert list(metrics)[:3] == ["model", "model_type", "chat_template"]
     assert metrics["model_type"] == "Seq. Classifier"
-    assert metrics["chat_template"] == "tokenizer"
+    assert metrics["chat_template"] == "easylm-trained"
     assert set(metrics) - set(scoring.META_KEYS) == set(scoring.SUBSETS)
 
     rows = [json.loads(line) for line in scores.read_text().splitlines()]
@@ -248,9 +220,7 @@ def test_evaluate_end_to_end(model_dir, sample, loaded, tmp_path):
         acc = sum(r["chosen_reward"] > r["rejected_reward"] for r in mine) / len(mine)
         assert metrics[subset] == pytest.approx(acc)
     # and the rewards are transformers' own, sequence by sequence
-    template, _ = chat_template_for(tok)
-    texts = format_texts(tok, template, pairs[:12])
-    ids, _ = tokenize(tok, texts, 2048)
+    ids = [_easylm_ids(tok, p.prompt, r) for p in pairs[:6] for r in (p.chosen, p.rejected)]
     for k in range(6):
         assert abs(rows[k]["chosen_reward"] - _hf_reward(model, ids[2 * k])) <= TOL
         assert abs(rows[k]["rejected_reward"] - _hf_reward(model, ids[2 * k + 1])) <= TOL
@@ -279,15 +249,23 @@ def test_evaluate_end_to_end(model_dir, sample, loaded, tmp_path):
         str(out),
         subsets=few,
         overwrite=True,
-        chat_template="tulu",
+        scoring_format="run_rm",
         progress=False,
     )
-    assert json.loads(out.read_text())["chat_template"] == "tulu"
+    assert json.loads(out.read_text())["chat_template"] == "tokenizer"  # as run_rm says
 
 
-def test_tokenizer_without_template_uses_tulu(tmp_path, sample):
+def test_run_rm_without_a_template_needs_a_class_that_appends_eos(tmp_path, sample):
     model_dir = make_reward_model(tmp_path / "m", chat_template=False, layers=1)
-    result = evaluate(str(model_dir), str(sample), subsets=["hep-go"], progress=False)
+    with pytest.raises(EvalError, match="add_eos_token does nothing on PreTrainedTokenizerFast"):
+        evaluate(str(model_dir), str(sample), scoring_format="run_rm", progress=False)
+    config = model_dir / "tokenizer_config.json"
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "tokenizer_class": "LlamaTokenizerFast"})
+    )
+    result = evaluate(
+        str(model_dir), str(sample), subsets=["hep-go"], scoring_format="run_rm", progress=False
+    )
     assert result.metrics["chat_template"] == "tulu"
     assert set(result.metrics) == {*scoring.META_KEYS, "hep-go"}
     assert result.sections["Reasoning"] == result.metrics["hep-go"]
@@ -337,6 +315,19 @@ def test_bad_inputs(model_dir, sample, tmp_path):
         evaluate(
             str(model_dir), str(sample), str(out), subsets=["hep-go", "hep-cobol"], progress=False
         )
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in model_dir.iterdir():
+        if f.name in ("config.json", "model.safetensors"):
+            (bare / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(EvalError, match=r"bare: no tokenizer found \(expected tokenizer.json"):
+        evaluate(str(bare), str(sample), str(out), progress=False)
+    with pytest.raises(UsageError, match="--scoring must be one of trained, run_rm"):
+        evaluate(str(model_dir), str(sample), str(out), scoring_format="tulu", progress=False)
+    with pytest.raises(UsageError, match="--chat-template applies to --scoring run_rm"):
+        evaluate(str(model_dir), str(sample), str(out), chat_template="tulu", progress=False)
+    with pytest.raises(EvalError, match="--dtype fp16 needs a GPU"):
+        evaluate(str(model_dir), str(sample), str(out), device="cpu", dtype="fp16", progress=False)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

@@ -88,7 +88,7 @@ def test_unfinished_run_is_redone_then_skipped_then_forced(material, tmp_path):
     assert forced.status == "ok"
     assert sorted(p.name for p in keep.iterdir()) == sorted(
         ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-         "chat_template.jinja"]
+         "special_tokens_map.json", "chat_template.jinja"]
     )  # fmt: skip
     prov_after = json.loads(storage.read_text(storage.join(run_dir, "provenance.json")))
     assert prov_after["timings_s"] != json.loads(prov_before)["timings_s"]
@@ -120,6 +120,32 @@ def test_cli_run_one_and_result_json(material, tmp_path):
     assert r.returncode == 0
     assert json.loads(result_json.read_text())["status"] == "skipped"
     assert "already done" in r.stderr
+
+
+def test_scoring_is_passed_to_the_evaluator_and_checked_first(material, tmp_path):
+    from rmeval.errors import EvalError, UsageError
+
+    res = _go(material, str(tmp_path / "store"), scoring="run_rm")
+    assert res.metrics["chat_template"] == "tokenizer"  # run_rm's label: ours has a template
+    prov = json.loads(storage.read_text(storage.join(res.result_uri, "provenance.json")))
+    assert prov["evaluate"]["scoring"] == "run_rm"
+    default = _go(material, str(tmp_path / "store2"))
+    assert default.metrics["chat_template"] == "easylm-trained"
+    work = tmp_path / "work"
+    for kw, error in (({"scoring": "tulu"}, UsageError), ({"dtype": "fp16"}, EvalError)):
+        with pytest.raises(error):
+            _go(material, str(tmp_path / "s3"), device="cpu", work_dir=str(work), **kw)
+        assert not work.exists() and not (tmp_path / "s3").exists()  # nothing converted
+
+
+def test_cli_bad_scoring_is_a_usage_error(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "rmeval", "run-one", str(tmp_path / "x" / "streaming_params"),
+         "--store", str(tmp_path / "s"), "--scoring", "tulu"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "invalid choice: 'tulu' (choose from 'trained', 'run_rm')" in r.stderr
 
 
 def test_cli_bad_checkpoint_name_is_one_line(tmp_path):

@@ -10,11 +10,14 @@ import pytest
 
 from rmeval import storage
 from rmeval.errors import CheckpointError
+from rmeval.rewardbench.formats import TRAINED_CHAT_TEMPLATE
 from rmeval.tokenizer import (
-    TULU_CHAT_TEMPLATE,
+    declared_class,
+    load_tokenizer,
     prepare_tokenizer,
     train_tokenizer,
 )
+from tests.converted_fixtures import CHATS, easylm_tokenizer_files, train_sentencepiece
 
 _WORDS = "the quick brown fox jumps over a lazy dog reward model chosen rejected answer question"
 WORDS = [
@@ -46,28 +49,8 @@ def _corpus(n: int = 400, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sp_model(tmp_path_factory):
-    """A Llama-2-style sentencepiece BPE model (byte fallback, identity normalisation,
-    dummy prefix, unk 0 / bos 1 / eos 2, no pad) trained with the sentencepiece library."""
-    import sentencepiece as spm
-
-    d = tmp_path_factory.mktemp("sp")
-    (d / "corpus.txt").write_text("\n".join(_corpus()), encoding="utf-8")
-    spm.SentencePieceTrainer.train(
-        input=str(d / "corpus.txt"),
-        model_prefix=str(d / "tokenizer"),
-        vocab_size=420,
-        model_type="bpe",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
-        minloglevel=2,
-    )
-    return d / "tokenizer.model"
+    """A Llama-2-style sentencepiece BPE model trained with the sentencepiece library."""
+    return train_sentencepiece(tmp_path_factory.mktemp("sp") / "tokenizer", _corpus(), 420)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +75,7 @@ def test_sentencepiece_encodes_exactly_like_sentencepiece(sp_model, tmp_path):
 
     info = prepare_tokenizer(str(sp_model), tmp_path / "out", vocab_size=420)
     assert info.kind == "sentencepiece"
-    assert info.chat_template == "tulu"
+    assert info.chat_template == "easylm-trained"
     assert (info.pad_token, info.pad_token_id) == ("<unk>", 0)  # Llama-2 convention
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")  # what the evaluator will load
     sp = spm.SentencePieceProcessor(model_file=str(sp_model))
@@ -104,24 +87,109 @@ def test_sentencepiece_encodes_exactly_like_sentencepiece(sp_model, tmp_path):
     assert tok.pad_token_id != tok.eos_token_id
 
 
-def test_tulu_template_renders_the_tulu_format(sp_model, tmp_path):
+def _easylm_text(messages, bos: str, eos: str) -> str:
+    """EasyLM's reward-model training text (hamishivi/EasyLM, EasyLM/data.py,
+    TuluJsonTorchDataset.encode_with_messages_format), restated from its code: each turn's
+    content stripped, user turns end with a newline, assistant turns with eos + newline;
+    the whole text stripped; bos in front."""
+    text = ""
+    for m in messages:
+        marker = {"system": "<|system|>\n", "user": "<|user|>\n", "assistant": "<|assistant|>\n"}
+        end = eos + "\n" if m["role"] == "assistant" else "\n"
+        text += marker[m["role"]] + m["content"].strip() + end
+    return bos + text.strip()
+
+
+def test_trained_template_renders_easylm_training_text(sp_model, tmp_path):
     from transformers import AutoTokenizer
 
     prepare_tokenizer(str(sp_model), tmp_path / "out")
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
-    chat = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}]
-    text = tok.apply_chat_template(chat, tokenize=False)
-    assert text == "<|user|>\nWhat is 2+2?\n<|assistant|>\n4.</s>"
-    ids = tok(text)["input_ids"]
-    assert ids[-1] == tok.eos_token_id  # eos is parsed as the special token, not as text
-    two_turns = [
-        *chat,
-        {"role": "user", "content": "And 3+3?"},
-        {"role": "assistant", "content": "6"},
-    ]
-    assert tok.apply_chat_template(two_turns, tokenize=False) == (
-        "<|user|>\nWhat is 2+2?\n<|assistant|>\n4.</s>\n<|user|>\nAnd 3+3?\n<|assistant|>\n6</s>"
+    assert tok.apply_chat_template(CHATS[0], tokenize=False) == (
+        "<|user|>\nWhat is 2+2?\n<|assistant|>\n4.</s>"
     )
+    assert tok.apply_chat_template(CHATS[1], tokenize=False) == (
+        "<|user|>\npadded prompt\n<|assistant|>\ndef f(x):\n    return x</s>"
+    )
+    for chat in CHATS:
+        text = tok.apply_chat_template(chat, tokenize=False)
+        assert tok.bos_token + text == _easylm_text(chat, tok.bos_token, tok.eos_token)
+        # the tokenizer adds bos itself: its ids are EasyLM's (bos + text, no specials added)
+        easylm_ids = tok(_easylm_text(chat, "<s>", "</s>"), add_special_tokens=False)["input_ids"]
+        assert tok(text)["input_ids"] == easylm_ids
+        assert easylm_ids[0] == tok.bos_token_id and easylm_ids[-1] == tok.eos_token_id
+    # a generation prompt is EasyLM's prompt text (TuluPromptDataset): no final strip
+    prompt = tok.apply_chat_template(CHATS[0][:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|user|>\nWhat is 2+2?\n<|assistant|>\n"
+    with pytest.raises(Exception, match="Invalid role"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+
+
+def test_saved_files_every_transformers_reads(sp_model, hf_dir, tmp_path):
+    """What 4.43 and 4.51 need (checked by loading them in tests/test_tokenizer_compat.py):
+    a class every version knows, the template inside tokenizer_config.json, BPE merges in
+    the "a b" form tokenizers < 0.20 reads, no token_type_ids, model_max_length."""
+    from transformers import AutoTokenizer
+
+    for src, sp in ((sp_model, True), (hf_dir, False)):
+        out = tmp_path / ("sp" if sp else "hf")
+        prepare_tokenizer(str(src), out, model_max_length=4096)
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+        assert config["chat_template"] == TRAINED_CHAT_TEMPLATE
+        assert (out / "chat_template.jinja").read_text() == TRAINED_CHAT_TEMPLATE
+        assert config["model_max_length"] == 4096
+        assert config["pad_token"] and config["eos_token"] != config["pad_token"]
+        merges = json.loads((out / "tokenizer.json").read_text())["model"]["merges"]
+        assert merges and all(isinstance(m, str) and len(m.split(" ")) == 2 for m in merges)
+        assert (out / "tokenizer.model").is_file() == sp
+        if sp:
+            assert (out / "tokenizer.model").read_bytes() == sp_model.read_bytes()
+        tok = AutoTokenizer.from_pretrained(out)
+        assert sorted(tok("a b")) == ["attention_mask", "input_ids"]
+        assert tok.model_max_length == 4096
+
+
+def test_easylm_converter_folder_loads_like_sentencepiece(sp_model, tmp_path):
+    """The folder EasyLM's converter writes for Llama-2 (write_tokenizer): tokenizer.model,
+    a tokenizer_config.json naming LlamaTokenizer with add_bos_token, no pad, no template.
+    transformers 5 cannot read it (it falls back to tiktoken); we rebuild it."""
+    import sentencepiece as spm
+
+    folder = easylm_tokenizer_files(tmp_path / "easylm", sp_model)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    tok, kind = load_tokenizer(folder, tmp_path)
+    assert kind == "sentencepiece" and declared_class(folder) == "LlamaTokenizer"
+    assert tok.pad_token_id is None and tok.chat_template is None
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    for text in TEXTS:
+        assert tok(text)["input_ids"] == [sp.bos_id(), *sp.encode(text)]
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "add_eos_token": True}))
+    tok, _ = load_tokenizer(folder, tmp_path)
+    assert tok("a b")["input_ids"] == [sp.bos_id(), *sp.encode("a b"), sp.eos_id()]
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": False}))
+    with pytest.raises(CheckpointError, match="legacy=false"):
+        load_tokenizer(folder, tmp_path)
+
+
+def test_a_tokenizer_json_is_read_as_saved(sp_model, tmp_path):
+    """A folder whose config names LlamaTokenizerFast (e.g. a Llama-2 hub folder):
+    transformers 5's AutoTokenizer rebuilds the pre-tokenizer and a text that starts with
+    a space loses sentencepiece's dummy prefix; reading tokenizer.json as saved keeps it."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    prepare_tokenizer(str(sp_model), tmp_path / "out")
+    config_file = tmp_path / "out" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "tokenizer_class": "LlamaTokenizerFast"}))
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    text = " leading space"
+    want = [sp.bos_id(), *sp.encode(text)]
+    tok, kind = load_tokenizer(tmp_path / "out", tmp_path)
+    assert kind == "hf" and tok(text)["input_ids"] == want
+    rebuilt = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert rebuilt(text)["input_ids"] != want  # why we do not use AutoTokenizer here
 
 
 def test_sentencepiece_in_a_directory_and_from_gcs(sp_model, tmp_path, gcs_bucket):
@@ -137,24 +205,27 @@ def test_sentencepiece_in_a_directory_and_from_gcs(sp_model, tmp_path, gcs_bucke
     )
 
 
-def test_hf_directory_gets_tulu_unless_asked_to_keep_its_template(hf_dir, tmp_path, gcs_bucket):
+def test_hf_directory_gets_trained_template_unless_asked_to_keep_its_own(
+    hf_dir, tmp_path, gcs_bucket
+):
     from transformers import AutoTokenizer
 
     own = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}"
     tok = AutoTokenizer.from_pretrained(hf_dir)
     tok.chat_template = own  # e.g. a Llama-3 directory with Meta's chat format
     tok.save_pretrained(tmp_path / "own")
-    tulu = prepare_tokenizer(str(tmp_path / "own"), tmp_path / "tulu", vocab_size=500)
-    assert tulu.chat_template == "tulu"
-    assert AutoTokenizer.from_pretrained(tmp_path / "tulu").chat_template == TULU_CHAT_TEMPLATE
-    kept = prepare_tokenizer(str(tmp_path / "own"), tmp_path / "kept", chat_template="tokenizer")
+    trained = prepare_tokenizer(str(tmp_path / "own"), tmp_path / "trained", vocab_size=500)
+    assert trained.chat_template == "easylm-trained"
+    saved = AutoTokenizer.from_pretrained(tmp_path / "trained")
+    assert saved.chat_template == TRAINED_CHAT_TEMPLATE
+    kept = prepare_tokenizer(str(tmp_path / "own"), tmp_path / "kept", keep_own_template=True)
     assert kept.chat_template == "tokenizer"
     assert AutoTokenizer.from_pretrained(tmp_path / "kept").chat_template == own
 
     info = prepare_tokenizer(str(hf_dir), tmp_path / "out", vocab_size=500)
     assert info.kind == "hf"
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
-    assert tok.chat_template == TULU_CHAT_TEMPLATE
+    assert tok.chat_template == TRAINED_CHAT_TEMPLATE
     assert tok.pad_token_id == info.pad_token_id != tok.eos_token_id
 
     storage.upload_tree(hf_dir, f"{gcs_bucket}/hf")
@@ -162,7 +233,7 @@ def test_hf_directory_gets_tulu_unless_asked_to_keep_its_template(hf_dir, tmp_pa
     assert remote == info
 
 
-def test_hf_directory_without_template_or_pad_gets_tulu_and_unk(hf_dir, tmp_path):
+def test_hf_directory_without_template_or_pad_gets_trained_template_and_unk(hf_dir, tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
@@ -170,10 +241,10 @@ def test_hf_directory_without_template_or_pad_gets_tulu_and_unk(hf_dir, tmp_path
     tok.pad_token = "</s>"  # a pad == eos tokenizer, as run_rm would make it
     tok.save_pretrained(tmp_path / "bare")
     info = prepare_tokenizer(str(tmp_path / "bare"), tmp_path / "out")
-    assert info.chat_template == "tulu"
+    assert info.chat_template == "easylm-trained"
     assert info.pad_token_id == tok.unk_token_id
     saved = AutoTokenizer.from_pretrained(tmp_path / "out")
-    assert saved.chat_template == TULU_CHAT_TEMPLATE
+    assert saved.chat_template == TRAINED_CHAT_TEMPLATE
     assert saved.pad_token_id == tok.unk_token_id
 
 

@@ -364,7 +364,12 @@ def convert(
             if tokenizer:
                 from rmeval.tokenizer import prepare_tokenizer
 
-                info = prepare_tokenizer(tokenizer, build, vocab_size=spec.vocab_size)
+                info = prepare_tokenizer(
+                    tokenizer,
+                    build,
+                    vocab_size=spec.vocab_size,
+                    model_max_length=spec.max_position_embeddings,
+                )
                 pad_id = info.pad_token_id
                 notes.append(
                     f"tokenizer ({info.kind}): chat template {info.chat_template}, pad "

@@ -2,22 +2,24 @@
 
 What it does, and why:
 
-- each (prompt, response) is rendered with the tokenizer's chat template if it has one,
-  else the Tulu template (``chat_template`` argument overrides), tokenized as a single
-  text and truncated **from the left** to ``max_length`` tokens, so the end of the
-  response, where the reward is read, survives;
+- each (prompt, response) becomes the token ids of a scoring format
+  (:mod:`rmeval.rewardbench.formats`): ``trained`` (default), EasyLM's training text read
+  at its eos, or ``run_rm``, what RewardBench's run_rm scores; either way a text is
+  truncated **from the left** to ``max_length`` tokens, so the end of the response, where
+  the reward is read, survives, and a scored sequence ends at its read position;
 - the texts (two per pair) are sorted by length and packed into batches by a token budget
   counted on the *padded* size (``max_tokens``), and a batch only takes a text if the batch
   stays within ``PAD_SLACK`` of padding: near-equal lengths, little wasted compute;
 - for plain pre-norm decoders (Llama, Mistral, Qwen2) the last layer's MLP runs only at the
   token whose reward is read (checked against the full forward on a probe batch first);
-- the reward is read at the last real token, located from the attention mask (never from
-  pad-id detection, which picks the wrong position when pad == eos), and position ids are
-  derived from the mask, so a text gets the same reward alone or in any batch, with left
-  or right padding;
+- the reward is read at the last real token of that sequence, located from the attention
+  mask (never from pad-id detection in a padded batch), and position ids are derived from
+  the mask, so a text gets the same reward alone or in any batch, with left or right
+  padding;
 - a pair is correct iff reward(chosen) > reward(rejected): a tie counts as wrong;
 - ``metrics.json`` is the flat object RewardBench's ``run_rm`` saves: ``model``,
-  ``model_type`` ("Seq. Classifier"), ``chat_template``, one accuracy per subset.
+  ``model_type`` ("Seq. Classifier"), ``chat_template`` (which format: ``easylm-trained``,
+  or run_rm's own ``tulu`` / ``tokenizer``), one accuracy per subset.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmeval import storage
-from rmeval.errors import EvalError, StoreError, UsageError
-from rmeval.rewardbench import scoring
-from rmeval.rewardbench.data import Pair, load_pairs
+from rmeval.errors import CheckpointError, EvalError, StoreError, UsageError
+from rmeval.rewardbench import formats, scoring
+from rmeval.rewardbench.data import load_pairs
+from rmeval.tokenizer import declared_class, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,8 @@ DEFAULT_MAX_TOKENS = 8192
 # (the faster causal kernel), so CPU batches only group texts of equal length.
 PAD_SLACK = {"cuda": 0.03, "cpu": 0.0}
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "bf16", "fp32")
-CHAT_TEMPLATE_NAMES = ("tokenizer", "tulu")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 @dataclass
@@ -67,6 +70,7 @@ class EvalResult:
     seconds: float
     padding_ratio: float
     chat_template: str = ""
+    scoring: str = ""
     device: str = ""
     dtype: str = ""
     n_batches: int = 0
@@ -96,7 +100,11 @@ def resolve_dtype(dtype: str, device: str):
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "auto":
         dtype = "bf16" if device == "cuda" else "fp32"
-    return torch.bfloat16 if dtype == "bf16" else torch.float32
+    if dtype == "fp16" and device != "cuda":
+        raise EvalError(
+            "--dtype fp16 needs a GPU (--device cuda); on the CPU use --dtype fp32 or bf16"
+        )
+    return getattr(torch, _TORCH_DTYPES[dtype])
 
 
 def _local_model_dir(model_dir: str, stack: contextlib.ExitStack) -> Path:
@@ -119,9 +127,11 @@ def _local_model_dir(model_dir: str, stack: contextlib.ExitStack) -> Path:
 
 def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
     """``(model, tokenizer)`` from a local Hugging Face directory; the model must be a
-    sequence classifier with a single score (num_labels == 1) and a ``score`` head."""
+    sequence classifier with a single score (num_labels == 1) and a ``score`` head. The
+    tokenizer is read as saved (:func:`rmeval.tokenizer.load_tokenizer`), as transformers
+    4.x reads it."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     model_dir = Path(model_dir)
     try:
@@ -136,11 +146,9 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
             "has a single score (num_labels=1)"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as exc:
-        raise EvalError(
-            f"{model_dir}: cannot load the tokenizer ({_first(exc)}); save one next to the model"
-        ) from None
+        tokenizer, _ = load_tokenizer(model_dir, model_dir)
+    except CheckpointError as exc:  # names the folder and what to pass instead
+        raise EvalError(str(exc)) from None
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, dtype=dtype, attn_implementation="sdpa"
@@ -159,83 +167,6 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
 def _first(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def chat_template_for(tokenizer, override: str | None = None) -> tuple[str, str]:
-    """``(template, name)``: the tokenizer's own template (name ``"tokenizer"``) if it has
-    one, else Tulu (``"tulu"``). ``override``: ``"tokenizer"``, ``"tulu"``, or a path to a
-    Jinja template file (named by its file name)."""
-    from rmeval.tokenizer import TULU_CHAT_TEMPLATE
-
-    own = getattr(tokenizer, "chat_template", None)
-    if isinstance(own, dict):  # several named templates: use the default one
-        own = own.get("default")
-    if override is None:
-        return (own, "tokenizer") if own else (TULU_CHAT_TEMPLATE, "tulu")
-    if override == "tulu":
-        return TULU_CHAT_TEMPLATE, "tulu"
-    if override == "tokenizer":
-        if not own:
-            raise EvalError("--chat-template tokenizer: the tokenizer has no chat template")
-        return own, "tokenizer"
-    path = Path(override)
-    if not path.is_file():
-        raise EvalError(
-            f"--chat-template {override}: expected 'tokenizer', 'tulu' or a Jinja template file"
-        )
-    return path.read_text(encoding="utf-8"), path.name
-
-
-def format_texts(tokenizer, template: str, pairs: Sequence[Pair]) -> list[str]:
-    """Two rendered texts per pair: chosen at 2i, rejected at 2i+1."""
-    texts = []
-    for p in pairs:
-        for response in (p.chosen, p.rejected):
-            chat = [
-                {"role": "user", "content": p.prompt},
-                {"role": "assistant", "content": response},
-            ]
-            try:
-                texts.append(
-                    tokenizer.apply_chat_template(chat, chat_template=template, tokenize=False)
-                )
-            except Exception as exc:
-                raise EvalError(
-                    f"cannot render pair {p.id} with the chat template: {_first(exc)}"
-                ) from None
-    return texts
-
-
-def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids per text, truncated from the left to ``max_length``; and how many were
-    truncated. Special tokens are added as the tokenizer does, unless the rendered text
-    already starts with bos (templates that write it themselves). A leading bos is kept
-    when truncating: the model never saw a text without it."""
-    if max_length < 2:
-        raise UsageError(f"--max-length must be at least 2, got {max_length}")
-    bos = tokenizer.bos_token
-    own_bos = [bool(bos) and t.startswith(bos) for t in texts]
-    ids: list[list[int] | None] = [None] * len(texts)
-    for flag in (False, True):
-        idx = [i for i, f in enumerate(own_bos) if f == flag]
-        if not idx:
-            continue
-        enc = tokenizer([texts[i] for i in idx], add_special_tokens=not flag)["input_ids"]
-        for i, e in zip(idx, enc, strict=True):
-            ids[i] = list(e)
-    bos_id = tokenizer.bos_token_id
-    n_truncated = 0
-    out: list[list[int]] = []
-    for e in ids:
-        assert e is not None
-        if len(e) > max_length:
-            keep = 1 if bos_id is not None and e[0] == bos_id else 0
-            e = e[:keep] + e[len(e) - (max_length - keep) :]
-            n_truncated += 1
-        if not e:
-            raise EvalError("a formatted text tokenized to zero tokens")
-        out.append(e)
-    return out, n_truncated
 
 
 def plan_batches(lengths: Sequence[int], max_tokens: int, slack: float = 0.03) -> list[list[int]]:
@@ -442,6 +373,7 @@ def evaluate(
     out: str | None = None,
     *,
     subsets: Sequence[str] | None = None,
+    scoring_format: str = formats.DEFAULT_SCORING,
     chat_template: str | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -455,10 +387,15 @@ def evaluate(
     """Score the reward model in ``model_dir`` (local or gs://) on ``dataset``; write
     ``metrics.json`` to ``out`` and per-pair rewards to ``save_scores`` if given (local or
     gs://, atomic, never clobbering unless ``overwrite``). ``model_name`` is what
-    metrics.json records as ``model`` (default: ``model_dir`` as given, like run_rm)."""
+    metrics.json records as ``model`` (default: ``model_dir`` as given, like run_rm).
+    ``scoring_format``: a format of :mod:`rmeval.rewardbench.formats` (``--scoring``;
+    this module's ``scoring`` is RewardBench's section arithmetic); ``chat_template``
+    (``run_rm`` only): ``"tulu"``, ``"tokenizer"`` or a Jinja file instead of run_rm's
+    choice."""
     from tqdm.auto import tqdm
 
     model_dir = os.fspath(model_dir)
+    formats.check_options(scoring_format, chat_template)
     _check_writable(out, overwrite, "metrics file")
     _check_writable(save_scores, overwrite, "scores file")
     dev = resolve_device(device)
@@ -468,12 +405,19 @@ def evaluate(
         local = _local_model_dir(model_dir, stack)
         model, tokenizer = load_reward_model(local, dev, torch_dtype)
         t0 = time.perf_counter()
-        template, template_name = chat_template_for(tokenizer, chat_template)
-        texts = format_texts(tokenizer, template, pairs)
         limit = getattr(model.config, "max_position_embeddings", None) or max_length
         if limit < max_length:  # a model with learned positions cannot read further
             log.info("--max-length %d is above the model's %d positions", max_length, limit)
-        seqs, n_truncated = tokenize(tokenizer, texts, min(max_length, limit))
+        encoded = formats.encode(
+            tokenizer,
+            pairs,
+            scoring_format,
+            min(max_length, limit),
+            tokenizer_class=declared_class(local),
+            model_pad_token_id=getattr(model.config, "pad_token_id", None),
+            chat_template=chat_template,
+        )
+        seqs, n_truncated, template_name = encoded.seqs, encoded.n_truncated, encoded.label
         if n_truncated:
             log.info(
                 "%d of %d texts truncated from the left to %d tokens",
@@ -550,6 +494,7 @@ def evaluate(
         seconds=seconds,
         padding_ratio=padded / real if real else 1.0,
         chat_template=template_name,
+        scoring=scoring_format,
         device=dev,
         dtype=str(torch_dtype).removeprefix("torch."),
         n_batches=len(batches),
@@ -574,7 +519,8 @@ def format_summary(result: EvalResult) -> str:
         f"{result.n_pairs} pairs in {result.seconds:.1f} s "
         f"({result.n_pairs / max(result.seconds, 1e-9):.1f} pairs/s), "
         f"padding {result.padding_ratio:.3f}x, {result.n_batches} batches, "
-        f"{result.device} {result.dtype}, chat template {result.chat_template}",
+        f"{result.device} {result.dtype}, scoring {result.scoring} "
+        f"(chat template {result.chat_template})",
     ]
     for k, v in result.metrics.items():
         if k in scoring.META_KEYS:
