@@ -66,7 +66,7 @@ from typing import Any
 
 from rmeval import naming, storage
 from rmeval.errors import CollectError, StoreError, UsageError
-from rmeval.rewardbench import scoring
+from rmeval.rewardbench import formats, scoring
 from rmeval.run import METRICS_FILE, SCORES_FILE
 
 log = logging.getLogger(__name__)
@@ -490,7 +490,7 @@ def metrics_row(run: RunMetrics) -> dict[str, Any]:
         "model_type": _meta_text(run.metrics.get("model_type")),
         "chat_template": _meta_text(run.metrics.get("chat_template")),
         NAME: run.name,
-        SCORING: scoring.scoring_format(run.metrics.get("chat_template")) or "",
+        SCORING: formats.scoring_of_label(run.metrics.get("chat_template")) or "",
         WEIGHTS: scoring.WEIGHTS_ID,
     }
     row.update(scoring.summarize(acc))

@@ -75,21 +75,6 @@ SECTION_OF: dict[str, str] = {s: sec for sec, subsets in SECTIONS.items() for s 
 # Non-score keys that run_rm writes into metrics.json.
 META_KEYS: tuple[str, ...] = ("model", "model_type", "chat_template")
 
-# metrics.json ``chat_template`` -> the scoring format that produced the accuracies
-# (``rmeval evaluate --scoring``): rmeval's default writes ``easylm-trained``; run_rm, and
-# rmeval's run_rm mode, write ``tulu`` (fastchat's template) or ``tokenizer`` (its own).
-SCORING_FORMAT_OF_TEMPLATE: dict[str, str] = {
-    "easylm-trained": "trained",
-    "tulu": "run_rm",
-    "tokenizer": "run_rm",
-}
-
-
-def scoring_format(chat_template: object) -> str | None:
-    """The scoring format a metrics.json ``chat_template`` value stands for, or ``None``."""
-    return SCORING_FORMAT_OF_TEMPLATE.get(chat_template) if isinstance(chat_template, str) else None
-
-
 def weights_fingerprint(
     counts: Mapping[str, int] = EXAMPLE_COUNTS,
     sections: Mapping[str, Iterable[str]] = SECTIONS,
