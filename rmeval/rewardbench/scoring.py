@@ -75,6 +75,7 @@ SECTION_OF: dict[str, str] = {s: sec for sec, subsets in SECTIONS.items() for s 
 # Non-score keys that run_rm writes into metrics.json.
 META_KEYS: tuple[str, ...] = ("model", "model_type", "chat_template")
 
+
 def weights_fingerprint(
     counts: Mapping[str, int] = EXAMPLE_COUNTS,
     sections: Mapping[str, Iterable[str]] = SECTIONS,
