@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rmeval import storage
 from rmeval.errors import CheckpointError, StoreError
+from rmeval.procutil import owned_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def prepare_tokenizer(
       id 128255 for a Llama-3 vocabulary (as the seed does); else unk (Llama-2: id 0);
     - ``vocab_size`` (the model's embedding rows): every id must be below it.
     """
-    with tempfile.TemporaryDirectory(prefix="rmeval-tok-") as work:
+    with owned_tempdir("rmeval-tok-") as work:
         tok, kind = load_tokenizer(src, work)
         n = len(tok)
         if vocab_size is not None and n > vocab_size:
@@ -280,8 +280,13 @@ def prepare_tokenizer(
                 f"{pad_id}; pass --pad-token-id with an unambiguous id"
             )
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tok.save_pretrained(str(out))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tok.save_pretrained(str(out))
+        except Exception as exc:  # the tokenizers library reports ENOSPC as a plain Exception
+            if storage.os_errno(exc) is None:
+                raise
+            raise storage.write_error(exc, out, "save the tokenizer") from None
     log.info(
         "tokenizer (%s, %d ids): chat template %s, pad %r (id %d) -> %s",
         kind,
