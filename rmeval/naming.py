@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -116,6 +117,61 @@ def run_name(uri: str, prefix: str | None = None) -> str:
     exp = parse_checkpoint(uri).experiment
     name = f"{prefix}-{exp}" if prefix else exp
     return safe_component(beaker_safe(name), what=str(uri))
+
+
+def experiment_spelling(uri: str) -> str:
+    """The run directory's name up to ``--``, as spelled (before '.' becomes '-')."""
+    return parse_checkpoint(uri).directory.split(EXPERIMENT_SEPARATOR, 1)[0]
+
+
+def run_names(
+    uris: Iterable[str],
+    prefix: str | None = None,
+    owners: Callable[[list[str]], Mapping[str, str]] | None = None,
+) -> dict[str, str]:
+    """The run name of every checkpoint, distinct for distinct experiments.
+
+    :func:`run_name` turns '.' into '-', so ``a.b`` and ``a-b`` would share one name. In
+    such a group the plain name stays with the experiment that published it (``owners``,
+    called with the colliding names only: run name -> the spelling of the experiment whose
+    results the store holds under it),
+    else with the one spelled exactly so (no '.'); each other experiment of the group gets
+    ``<name>-<hash of its spelling>``. A name without a collision is exactly
+    :func:`run_name`'s, so published names never change."""
+    uris = list(uris)
+    plain = {u: run_name(u, prefix) for u in uris}
+    spelled = {u: experiment_spelling(u) for u in uris}
+    groups: dict[str, set[str]] = {}
+    for u in uris:
+        groups.setdefault(plain[u], set()).add(spelled[u])
+    colliding = sorted(n for n, g in groups.items() if len(g) > 1)
+    published = owners(colliding) if owners is not None and colliding else {}
+    out = {}
+    for u in uris:
+        name, spelling = plain[u], spelled[u]
+        group = groups[name]
+        if len(group) == 1:
+            out[u] = name
+            continue
+        owner = published.get(name)
+        if owner not in group:
+            bare = name.removeprefix(f"{prefix}-") if prefix else name
+            owner = bare if bare in group else None
+        if spelling == owner:
+            out[u] = name
+        else:
+            out[u] = safe_component(beaker_safe(f"{name}-{_short_hash(spelling)}"), what=u)
+    return out
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it can be a run name (a Beaker-safe single path component)."""
+    if beaker_safe(name) != name:
+        raise NamingError(
+            f"run name {name!r}: use letters, digits, '.', '-' and '_' only, at most "
+            f"{BEAKER_NAME_MAX} characters, not starting with '-'"
+        )
+    return safe_component(name, what="run name")
 
 
 def eval_experiment_name(run: str, experiment_prefix: str = DEFAULT_EVAL_EXPERIMENT_PREFIX) -> str:
