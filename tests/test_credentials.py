@@ -291,19 +291,18 @@ def _damaged_key() -> str:
     return json.dumps(key)
 
 
+def _ls_gcs(env: dict[str, str]) -> tuple[subprocess.CompletedProcess, str]:
+    """``rmeval ls gs://bucket/x``: it fails (exit 1) with one line, which is returned."""
+    cmd = [sys.executable, "-m", "rmeval", "ls", "gs://bucket/x"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    line = proc.stderr.strip()
+    assert proc.returncode == 1 and "\n" not in line and "Traceback" not in line, proc.stderr
+    return proc, line
+
+
 def test_key_google_auth_cannot_use_is_reported_as_unusable_with_the_reason(tmp_path):
     key = _damaged_key()
-    env = _env(tmp_path, GOOGLE_SERVICE_ACCOUNT=key)
-    proc = subprocess.run(
-        [sys.executable, "-m", "rmeval", "ls", "gs://bucket/x"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    line = proc.stderr.strip()
-    assert "\n" not in line and "Traceback" not in line
+    proc, line = _ls_gcs(_env(tmp_path, GOOGLE_SERVICE_ACCOUNT=key))
     assert line.startswith(
         "rmeval: error: GOOGLE_SERVICE_ACCOUNT holds a service-account key that google-auth "
         "cannot use (Unable to load PEM file"
@@ -315,20 +314,11 @@ def test_key_google_auth_cannot_use_is_reported_as_unusable_with_the_reason(tmp_
 def test_unusable_adc_file_is_reported_as_unusable_with_the_reason(tmp_path):
     broken = tmp_path / "key.json"
     broken.write_text('{"type": "service_account", "client_email": ')
-    env = _env(tmp_path, GOOGLE_APPLICATION_CREDENTIALS=str(broken))
-    proc = subprocess.run(
-        [sys.executable, "-m", "rmeval", "ls", "gs://bucket/x"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    line = proc.stderr.strip()
+    _, line = _ls_gcs(_env(tmp_path, GOOGLE_APPLICATION_CREDENTIALS=str(broken)))
     assert line.startswith(
         "rmeval: error: gs://bucket/x: the configured Google credentials are unusable ("
     ), line
-    assert str(broken) in line and "\n" not in line
+    assert str(broken) in line
 
 
 def test_cli_bad_value_exits_1_with_one_line_before_any_work(tmp_path):
