@@ -58,6 +58,11 @@ class CheckpointName:
     budget: int | None
     feature_hash: str | None
 
+    @property
+    def spelling(self) -> str:
+        """The run directory up to ``--`` as spelled (before '.' becomes '-')."""
+        return self.directory.split(EXPERIMENT_SEPARATOR, 1)[0]
+
 
 # --------------------------------------------------------------------------- checkpoints
 
@@ -114,18 +119,17 @@ def parse_checkpoint(uri: str) -> CheckpointName:
 def run_name(uri: str, prefix: str | None = None) -> str:
     """The run's name: ``<prefix>-<experiment>``, Beaker-safe. Used for the store directory
     and (with :func:`eval_experiment_name`) for the Beaker experiment."""
-    exp = parse_checkpoint(uri).experiment
-    name = f"{prefix}-{exp}" if prefix else exp
-    return safe_component(beaker_safe(name), what=str(uri))
+    return run_name_of(parse_checkpoint(uri), prefix)
 
 
-def experiment_spelling(uri: str) -> str:
-    """The run directory's name up to ``--``, as spelled (before '.' becomes '-')."""
-    return parse_checkpoint(uri).directory.split(EXPERIMENT_SEPARATOR, 1)[0]
+def run_name_of(parsed: CheckpointName, prefix: str | None = None) -> str:
+    """:func:`run_name` of an already parsed checkpoint path."""
+    name = f"{prefix}-{parsed.experiment}" if prefix else parsed.experiment
+    return safe_component(beaker_safe(name), what=parsed.uri)
 
 
 def run_names(
-    uris: Iterable[str],
+    checkpoints: Iterable[CheckpointName],
     prefix: str | None = None,
     owners: Callable[[list[str]], Mapping[str, str]] | None = None,
 ) -> dict[str, str]:
@@ -137,10 +141,11 @@ def run_names(
     results the store holds under it),
     else with the one spelled exactly so (no '.'); each other experiment of the group gets
     ``<name>-<hash of its spelling>``. A name without a collision is exactly
-    :func:`run_name`'s, so published names never change."""
-    uris = list(uris)
-    plain = {u: run_name(u, prefix) for u in uris}
-    spelled = {u: experiment_spelling(u) for u in uris}
+    :func:`run_name`'s, so published names never change. Keyed by checkpoint URI."""
+    parsed = list(checkpoints)
+    uris = [c.uri for c in parsed]
+    plain = {c.uri: run_name_of(c, prefix) for c in parsed}
+    spelled = {c.uri: c.spelling for c in parsed}
     groups: dict[str, set[str]] = {}
     for u in uris:
         groups.setdefault(plain[u], set()).add(spelled[u])

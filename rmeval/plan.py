@@ -159,7 +159,7 @@ def _published_by(store: str | None, names: Iterable[str]) -> dict[str, str]:
             continue
         try:
             ckpt = json.loads(storage.read_text(uri))["checkpoint"]
-            owners[name] = naming.experiment_spelling(ckpt)
+            owners[name] = naming.parse_checkpoint(ckpt).spelling
         except (StoreError, NamingError, ValueError, KeyError, TypeError):
             log.warning("%s: unreadable; cannot tell which experiment published it", uri)
     return owners
@@ -200,17 +200,20 @@ def plan(
     except StoreError as exc:
         raise StoreError(f"cannot list checkpoints: {exc}") from None
     parsed_objects = []
+    plain: dict[str, str] = {}  # uri -> the name run-one derives by itself
     for obj in objects:
         try:
-            naming.run_name(obj.uri, prefix)  # the name must be usable before anything else
-            parsed_objects.append((obj, naming.parse_checkpoint(obj.uri)))
+            parsed = naming.parse_checkpoint(obj.uri)
+            plain[obj.uri] = naming.run_name_of(parsed, prefix)
         except NamingError as exc:
             log.warning("skipping %s", exc)
             result.skipped.append(obj.uri)
+            continue
+        parsed_objects.append((obj, parsed))
     if not parsed_objects and not allow_empty:
         raise _no_checkpoints(source)
     names = naming.run_names(
-        [obj.uri for obj, _ in parsed_objects],
+        [parsed for _, parsed in parsed_objects],
         prefix,
         owners=lambda colliding: _published_by(store, colliding),
     )
@@ -227,7 +230,7 @@ def plan(
             budget=parsed.budget,
             size=obj.size,
             result=storage.join(store, run) if store else None,
-            explicit_name=run != naming.run_name(obj.uri, prefix),
+            explicit_name=run != plain[obj.uri],
         )
         rank = _rank(obj, parsed.step)
         prev = best.get(run)

@@ -98,17 +98,17 @@ def write_error(
     return cls(f"{os.fspath(path)}: cannot {what}: {describe_os_error(exc)}")
 
 
-def _blame(exc: OSError, path: Path, tmp: Path | None = None) -> Path | str:
-    """The path a write failure is about: ``path`` when the error names nothing, our own
-    temporary file or a name we tried to create next to ``path``; else the path it names
-    (e.g. the source of a copy)."""
+def _local_write_error(exc: OSError, path: Path, tmp: Path | None = None) -> StoreError:
+    """The error for a failed write of ``path``: about ``path`` when the OSError names
+    nothing, our temporary file or a name we tried to create next to ``path``; else about
+    the file it names (e.g. the source of a copy)."""
     name = exc.filename
     if name is None or (tmp is not None and os.fspath(name) == str(tmp)):
-        return path
-    name = Path(os.fspath(name))
-    if name.parent == path.parent and name.name.startswith(f".{path.name}."):
-        return path
-    return name
+        return write_error(exc, path)
+    other = Path(os.fspath(name))
+    if other.parent == path.parent and other.name.startswith(f".{path.name}."):
+        return write_error(exc, path)
+    return StoreError(f"{other}: {describe_os_error(exc)}")
 
 
 # --------------------------------------------------------------------------- URIs
@@ -659,7 +659,7 @@ def atomic_local_file(path: str | os.PathLike, overwrite: bool = False) -> Itera
         yield tmp
         _commit_local(tmp, path, overwrite)
     except OSError as exc:
-        raise write_error(exc, _blame(exc, path, tmp)) from None
+        raise _local_write_error(exc, path, tmp) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -677,7 +677,7 @@ def _make_temp(path: Path, overwrite: bool) -> Path:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise write_error(exc, _blame(exc, path)) from None
+        raise _local_write_error(exc, path) from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
@@ -760,7 +760,7 @@ def write_together(files: list[tuple[str, bytes, bool]]) -> None:
             try:
                 tmp.write_bytes(data)
             except OSError as exc:
-                raise write_error(exc, _blame(exc, path, tmp)) from None
+                raise _local_write_error(exc, path, tmp) from None
         local = iter(staged)
         for uri, data, overwrite in files:
             if is_gcs(uri):
@@ -770,7 +770,7 @@ def write_together(files: list[tuple[str, bytes, bool]]) -> None:
             try:
                 _commit_local(tmp, path, overwrite)
             except OSError as exc:
-                raise write_error(exc, _blame(exc, path, tmp)) from None
+                raise _local_write_error(exc, path, tmp) from None
     finally:
         for tmp, _, _ in staged:
             with contextlib.suppress(FileNotFoundError):

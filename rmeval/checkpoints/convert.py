@@ -5,12 +5,15 @@ safetensors header and every tensor's place in its shard is known before any dat
 Each tensor is then read once (ranged, parallel reads for gs://) into one reusable buffer,
 transposed / rotary-permuted / cast in cache-sized tiles by a few threads, and written once
 with ``os.pwrite`` at its precomputed offset in its shard. Peak memory is about the largest
-tensor plus a few tile buffers.
+tensor plus a few tile buffers. Every block is checked for NaN/Inf right where it is
+written, still in cache: a broken checkpoint fails naming the tensor, with no second pass.
 
-The output is built in ``OUT.partial-<id>`` (for gs:// outputs: a local temporary directory)
-and renamed into place (uploaded with config.json last) only when complete and, with
-``verify=True``, verified. Nothing is left at OUT on failure. This module never imports
-jax or flax; verification lives in :mod:`rmeval.checkpoints.reference`.
+The output is built in ``OUT.partial-<owner>-<pid>-<id>`` (for gs:// outputs: a local
+temporary directory, uploaded under ``OUT.partial-…/`` and copied into OUT with config.json
+last) and moved into place only when complete and, with ``verify=True``, verified. Nothing
+is left at OUT on failure; what a ``kill -9`` leaves is removed by the next conversion to
+OUT once its process is gone (:mod:`rmeval.procutil`). This module never imports jax or
+flax; verification lives in :mod:`rmeval.checkpoints.reference`.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ SINGLE_SHARD = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 PARTIAL = ".partial-"  # OUT.partial-<owner>-<pid>-<id>: a build in progress
+GCS_PARTIAL_STALE_S = 24 * 3600  # a gs:// staging prefix idle this long is abandoned
 
 
 @dataclass
@@ -410,14 +414,23 @@ def _publish_gcs(build: Path, out: str, notes: list[str]) -> None:
 
 
 def _stale_gcs_partials(parent: str, prefix: str) -> list[str]:
-    stale = set()
+    """Remove the staging prefixes of OUT that no live upload owns: made by a dead process
+    of this host, or (another host's: a preempted task retried elsewhere) untouched for
+    :data:`GCS_PARTIAL_STALE_S`."""
+    newest: dict[str, float] = {}
     for o in storage.list_objects(storage.join(parent, prefix), name_prefix=True):
         head = o.name.split("/", 1)[0]
-        if is_stale(head, prefix):
-            stale.add(storage.join(parent, head))
-    for uri in sorted(stale):
+        t = o.updated.timestamp() if o.updated else 0.0
+        newest[head] = max(newest.get(head, 0.0), t)
+    now = time.time()
+    stale = sorted(
+        storage.join(parent, head)
+        for head, t in newest.items()
+        if head.startswith(prefix) and (is_stale(head, prefix) or now - t > GCS_PARTIAL_STALE_S)
+    )
+    for uri in stale:
         storage.delete_prefix(uri)
-    return sorted(stale)
+    return stale
 
 
 # --------------------------------------------------------------------------- convert
