@@ -124,7 +124,7 @@ def remove_stale(parent: str | os.PathLike, prefix: str) -> list[Path]:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-            log.info("removed %s, left by an interrupted run (its process is gone)", path)
+            log.debug("removed %s, left by an interrupted run (its process is gone)", path)
             removed.append(path)
     return removed
 
@@ -136,7 +136,8 @@ def owned_tempdir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator
     from rmeval import storage
 
     parent = Path(dir) if dir is not None else Path(tempfile.gettempdir())
-    remove_stale(parent, prefix)
+    for stale in remove_stale(parent, prefix):
+        log.info("removed %s, left by an interrupted run (its process is gone)", stale)
     try:
         path = Path(tempfile.mkdtemp(prefix=f"{prefix}{_owner()}-{os.getpid()}-", dir=parent))
     except OSError as exc:

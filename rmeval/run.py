@@ -252,11 +252,13 @@ def _claim(dest: str, force: bool) -> Iterator[str | None]:
     token = owned_name(ATTEMPT_PREFIX)
     body = json.dumps({"attempt": token, "since": time.time()}).encode()
     if not storage.create_exclusive(uri, body):
-        if not (force or _claim_is_stale(uri)):
+        state = _claim_state(uri)
+        if state == "held" and not force:
             yield None
             return
-        storage.delete(uri)
-        if not storage.create_exclusive(uri, body):
+        if state != "released":
+            storage.delete(uri)
+        if not storage.create_exclusive(uri, body):  # another run was quicker
             yield None
             return
     try:
@@ -265,15 +267,19 @@ def _claim(dest: str, force: bool) -> Iterator[str | None]:
         storage.delete(uri)
 
 
-def _claim_is_stale(uri: str) -> bool:
+def _claim_state(uri: str) -> str:
+    """``held`` (a live attempt publishes), ``stale`` (its process is gone, or it is older
+    than :data:`CLAIM_STALE_S`) or ``released`` (removed meanwhile: the holder finished)."""
     try:
         held = json.loads(storage.read_text(uri))
         token, since = str(held["attempt"]), float(held["since"])
     except StoreError:
-        return False  # released meanwhile: the holder finished; the metrics check decides
+        return "released"
     except (ValueError, KeyError, TypeError):
-        return True  # unreadable: nothing a live run-one would write
-    return is_stale(token, ATTEMPT_PREFIX) or time.time() - since > CLAIM_STALE_S
+        return "stale"  # unreadable: nothing a live run-one writes
+    if is_stale(token, ATTEMPT_PREFIX) or time.time() - since > CLAIM_STALE_S:
+        return "stale"
+    return "held"
 
 
 def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:

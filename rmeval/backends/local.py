@@ -210,7 +210,7 @@ def run_local(
         log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise storage.write_error(exc, log_dir, "create the log directory") from None
-    storage.check_writable(log_dir / "x.log")  # before any worker starts
+    storage.check_writable(log_dir / "launch.log")  # a probe, before any worker starts
     outcomes: list[Outcome] = []
     bar = tqdm(total=len(tasks), unit="run", disable=None if progress else True, desc="launch")
     try:
