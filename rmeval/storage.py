@@ -28,7 +28,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from rmeval.errors import StoreError
+from rmeval.errors import AlreadyExistsError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
             f"{uri}: permission denied ({exc.code}): {_AUTH_HINT}, and check the bucket's IAM"
         ) from exc
     except gexc.PreconditionFailed as exc:
-        raise StoreError(f"{uri}: already exists; pass --overwrite to replace it") from exc
+        raise AlreadyExistsError(f"{uri}: already exists; pass --overwrite to replace it") from exc
     except aexc.DefaultCredentialsError as exc:
         raise _credentials_error(uri, exc) from None
     except aexc.RefreshError as exc:  # the key was read but Google refused it
@@ -261,7 +261,9 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
     except Exception as exc:  # InvalidResponse from resumable-media, transport errors
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 412 and writing:
-            raise StoreError(f"{uri}: already exists; pass --overwrite to replace it") from exc
+            raise AlreadyExistsError(
+                f"{uri}: already exists; pass --overwrite to replace it"
+            ) from exc
         if status in (401, 403):
             raise StoreError(f"{uri}: permission denied ({status}): {_AUTH_HINT}") from exc
         if status == 404:
@@ -673,7 +675,7 @@ def _make_temp(path: Path, overwrite: bool) -> Path:
     except OSError as exc:
         raise write_error(exc, exc.filename or path.parent, "create the directory") from None
     if not overwrite and path.exists():
-        raise StoreError(f"{path}: already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(f"{path}: already exists; pass --overwrite to replace it")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -701,10 +703,14 @@ def _commit_local(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # atomic and fails if path exists
     except FileExistsError:
-        raise StoreError(f"{path}: already exists; pass --overwrite to replace it") from None
+        raise AlreadyExistsError(
+            f"{path}: already exists; pass --overwrite to replace it"
+        ) from None
     except OSError:  # filesystem without hard links
         if path.exists():
-            raise StoreError(f"{path}: already exists; pass --overwrite to replace it") from None
+            raise AlreadyExistsError(
+                f"{path}: already exists; pass --overwrite to replace it"
+            ) from None
         os.replace(tmp, path)
 
 
@@ -782,10 +788,8 @@ def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:
     creators wins). True when this call created it."""
     try:
         write_bytes(uri, data, overwrite=False)
-    except StoreError:
-        if exists(uri):
-            return False
-        raise
+    except AlreadyExistsError:
+        return False
     return True
 
 

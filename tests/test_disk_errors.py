@@ -112,7 +112,8 @@ def test_write_to_a_faulty_disk_is_one_line(command, kind, inputs, tmp_path, cap
     assert left == [], left
     # the --save-scores case: the good metrics file is not written without its scores
     assert files_in(good) == [] or command != "evaluate --save-scores", files_in(good)
-    print(f"{command:<24} {kind:<5} {errors[0]}")  # the report quotes these lines
+    with capsys.disabled():  # shown with -s: the lines the integration report quotes
+        print(f"\n{command:<24} {kind:<5} {errors[0]}")
 
 
 def test_tokenizers_library_full_disk_error_is_one_line(inputs, tmp_path):
