@@ -119,6 +119,11 @@ def _add_plan_source_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--force", action="store_true", help="plan runs that are already done too")
     p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="a source without checkpoints is not an error (nothing to do, exit 0)",
+    )
+    p.add_argument(
         "--is_reward_model",
         action="store_true",
         help="seed alias, accepted for compatibility: every checkpoint is a reward model",
@@ -139,6 +144,7 @@ def _plan_kwargs(args: argparse.Namespace) -> dict:
         "experiment_prefix": args.experiment_prefix,
         "values": specs.parse_set(args.values),
         "force": args.force,
+        "allow_empty": args.allow_empty,
     }
 
 
@@ -254,6 +260,12 @@ def _add_run_one(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help=".../<run dir>/streaming_params[_<step>] (local or gs://)")
     p.add_argument("--store", required=True, help="results store URI (dir or gs://…)")
     p.add_argument("--prefix", default=None, help="run-name prefix: <prefix>-<experiment>")
+    p.add_argument(
+        "--run-name",
+        default=None,
+        help="the run's name in the store (default <prefix>-<experiment>; plan passes one "
+        "when two experiments would share a name)",
+    )
     p.add_argument("--tokenizer", default=None, help="tokenizer for the converted model")
     p.add_argument(
         "--dataset",
@@ -281,6 +293,7 @@ def _run_run_one(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.store,
         prefix=args.prefix,
+        run_name=args.run_name,
         tokenizer=args.tokenizer,
         dataset=args.dataset,
         model_size=args.model_size,
@@ -750,10 +763,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that reach GCS / Beaker from a task or a CI job: for them a GOOGLE_SERVICE_ACCOUNT
-# secret becomes Application Default Credentials for the run (rmeval/credentials.py). `plan`
-# lists a gs:// source (the convert-and-eval workflow's plan job runs it with only that
-# secret); `pipeline` plans, launches and collects.
+# secret is checked before any work (rmeval/credentials.py; storage uses it in memory, for
+# every command). `plan` lists a gs:// source (the convert-and-eval workflow's plan job runs
+# it with only that secret); `pipeline` plans, launches and collects.
 CREDENTIAL_COMMANDS = frozenset({"plan", "run-one", "launch", "collect", "pipeline"})
+
+
+# Options that name what a command writes: what an OSError without a file name is about.
+OUTPUT_OPTIONS = ("out", "output", "results_dir", "save_scores", "store", "log_dir", "workdir")
+
+
+def _output_paths(args: argparse.Namespace) -> str | None:
+    paths = [str(getattr(args, k)) for k in OUTPUT_OPTIONS if getattr(args, k, None)]
+    return ", ".join(paths) or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -764,14 +786,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in CREDENTIAL_COMMANDS:
             from rmeval import credentials
 
-            with credentials.google_from_env():
-                return int(args.handler(args) or 0)
+            credentials.check_google_env()
         return int(args.handler(args) or 0)
     except RmevalError as exc:
         print(f"rmeval: error: {exc}", file=sys.stderr, flush=True)
         if args.verbose:
             log.debug("traceback", exc_info=True)
         return exc.exit_code
+    except OSError as exc:
+        # The last resort for a write no stage translated (read-only or full disk,
+        # permissions): still one line that names the path and what the errno means.
+        from rmeval.storage import os_error_line
+
+        line = os_error_line(exc, fallback=_output_paths(args))
+        print(f"rmeval: error: {line}", file=sys.stderr, flush=True)
+        if args.verbose:
+            log.debug("traceback", exc_info=True)
+        return 1
     except KeyboardInterrupt:
         print("rmeval: interrupted", file=sys.stderr)
         return 130

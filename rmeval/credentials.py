@@ -1,33 +1,30 @@
 """Credentials taken from the environment at run time — the one place that handles them.
 
-Beaker tasks get the Google service-account key as the *content* of the secret
-``GOOGLE_SERVICE_ACCOUNT``; Google's libraries want a key *file*
-(``GOOGLE_APPLICATION_CREDENTIALS``). :func:`google_from_env` bridges the two for the
-lifetime of one command: when the variable is set and no Application Default Credentials
-are configured, it writes the key to a private (0600) temporary file, points
-``GOOGLE_APPLICATION_CREDENTIALS`` at it, and removes both when the block ends — normally,
-on an exception, on SIGTERM (Beaker preemption), or at interpreter exit as a last resort.
+Beaker tasks and CI jobs get the Google service-account key as the *content* of the secret
+``GOOGLE_SERVICE_ACCOUNT``. :func:`google_credentials` turns it into an in-memory
+credential (``google.oauth2.service_account.Credentials.from_service_account_info``) that
+:mod:`rmeval.storage` hands to the storage client: the key is never written to a file, so
+nothing is left behind by any exit, ``kill -9`` included. Every process that needs Google
+access is an rmeval process (the local backend's workers, the report's notebook kernel)
+that inherits the variable and does the same, so no Application Default Credentials file
+is needed for a subprocess either.
 
-An ADC that is already configured (``GOOGLE_APPLICATION_CREDENTIALS`` set, or gcloud's
-``application_default_credentials.json``) is left untouched. ``BEAKER_TOKEN`` and
-``HF_TOKEN`` are read from the environment only (never from files we manage, never from
-arguments). No secret value is ever logged or put into an error message.
+Application Default Credentials that are configured explicitly (``GOOGLE_APPLICATION_CREDENTIALS``
+set, or gcloud's ``application_default_credentials.json``) take precedence and are used as
+they are. ``BEAKER_TOKEN`` and ``HF_TOKEN`` are read from the environment only (never from
+files we manage, never from arguments). No secret value is ever logged or put into an
+error message.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
 import logging
 import os
-import tempfile
-import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 
 from rmeval.errors import CredentialsError
-from rmeval.procutil import sigterm_as_exit
 
 log = logging.getLogger(__name__)
 
@@ -83,76 +80,54 @@ def parse_service_account(text: str, var: str = SERVICE_ACCOUNT_VAR) -> dict:
     return info
 
 
-class _KeyFile:
-    """One temporary key file and the environment change that points at it."""
-
-    def __init__(self, path: Path, environ: MutableMapping[str, str]) -> None:
-        self.path = path
-        self.environ = environ
-        self._lock = threading.Lock()
-        self._done = False
-
-    def cleanup(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-            if self.environ.get(ADC_VAR) == str(self.path):
-                del self.environ[ADC_VAR]
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            log.debug("removed the temporary Google key file")
-
-
-def _write_key_file(text: str) -> Path:
-    # mkstemp creates the file with mode 0600, readable by this user only, before any
-    # byte of the key is written.
-    fd, name = tempfile.mkstemp(prefix="rmeval-gsa-", suffix=".json")
-    path = Path(name)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        raise
-    return path
-
-
-@contextlib.contextmanager
-def google_from_env(environ: MutableMapping[str, str] | None = None) -> Iterator[Path | None]:
-    """Make ``GOOGLE_SERVICE_ACCOUNT`` usable as Application Default Credentials for the
-    duration of the block.
-
-    Yields the temporary key file's path when one was written, else ``None`` (variable
-    unset or empty, or ADC already configured — which is then left exactly as it was).
-    Raises :class:`CredentialsError` when the variable holds something that is not a
-    service-account key; nothing is written in that case.
-    """
+def service_account_info(environ: MutableMapping[str, str] | None = None) -> dict | None:
+    """The checked key of ``GOOGLE_SERVICE_ACCOUNT`` when rmeval is to use it: None when the
+    variable is unset or empty, or when ADC is configured explicitly (which wins)."""
     env = os.environ if environ is None else environ
     text = env.get(SERVICE_ACCOUNT_VAR, "")
     if not text.strip():
-        yield None
-        return
+        return None
     if adc_configured(env):
         log.debug(
-            "%s is set but Application Default Credentials are already configured; using those",
+            "%s is set but Application Default Credentials are configured; using those",
             SERVICE_ACCOUNT_VAR,
         )
-        yield None
-        return
-    parse_service_account(text)  # validate first: nothing is written for a bad value
-    key = _KeyFile(_write_key_file(text), env)
+        return None
+    return parse_service_account(text)
+
+
+def google_credentials(
+    scopes: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None
+):
+    """An in-memory service-account credential from ``GOOGLE_SERVICE_ACCOUNT`` (see
+    :func:`service_account_info`), or None. A key google-auth cannot use (a damaged
+    private key, say) is a :class:`CredentialsError` that says why, without the key."""
+    info = service_account_info(environ)
+    if info is None:
+        return None
+    from google.oauth2 import service_account
+
     try:
-        atexit.register(key.cleanup)
-        env[ADC_VAR] = str(key.path)
-        log.debug("using the service-account key from %s for Google access", SERVICE_ACCOUNT_VAR)
-        with sigterm_as_exit():
-            yield key.path
-    finally:
-        key.cleanup()
-        atexit.unregister(key.cleanup)
+        creds = service_account.Credentials.from_service_account_info(info, scopes=scopes)
+    except Exception as exc:  # ValueError from cryptography, google-auth's own errors
+        raise CredentialsError(
+            f"{SERVICE_ACCOUNT_VAR} holds a service-account key that google-auth cannot use "
+            f"({_reason(exc)}); {_HINT}"
+        ) from None
+    log.debug("using the in-memory service-account key from %s", SERVICE_ACCOUNT_VAR)
+    return creds
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a library error, with any secret value masked."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return redact(text)[:200]
+
+
+def check_google_env(environ: MutableMapping[str, str] | None = None) -> None:
+    """Fail now, with one line, if ``GOOGLE_SERVICE_ACCOUNT`` is set to something that is
+    not a usable key (before a command does any work)."""
+    google_credentials(environ=environ)
 
 
 def redact(text: str, environ: MutableMapping[str, str] | None = None) -> str:
@@ -172,8 +147,10 @@ __all__ = [
     "HF_TOKEN_VAR",
     "SERVICE_ACCOUNT_VAR",
     "adc_configured",
+    "check_google_env",
     "gcloud_adc_file",
-    "google_from_env",
+    "google_credentials",
     "parse_service_account",
     "redact",
+    "service_account_info",
 ]

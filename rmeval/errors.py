@@ -27,6 +27,11 @@ class StoreError(RmevalError):
     """A storage location cannot be listed, read or written."""
 
 
+class AlreadyExistsError(StoreError):
+    """A no-clobber write found its destination taken (the store family's one case that
+    callers tell apart: a lost race to create a file)."""
+
+
 class NamingError(RmevalError):
     """A name does not follow the expected pattern, or is unsafe as a path."""
 

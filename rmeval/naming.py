@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -56,6 +57,11 @@ class CheckpointName:
     uuid: str | None
     budget: int | None
     feature_hash: str | None
+
+    @property
+    def spelling(self) -> str:
+        """The run directory up to ``--`` as spelled (before '.' becomes '-')."""
+        return self.directory.split(EXPERIMENT_SEPARATOR, 1)[0]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -113,9 +119,64 @@ def parse_checkpoint(uri: str) -> CheckpointName:
 def run_name(uri: str, prefix: str | None = None) -> str:
     """The run's name: ``<prefix>-<experiment>``, Beaker-safe. Used for the store directory
     and (with :func:`eval_experiment_name`) for the Beaker experiment."""
-    exp = parse_checkpoint(uri).experiment
-    name = f"{prefix}-{exp}" if prefix else exp
-    return safe_component(beaker_safe(name), what=str(uri))
+    return run_name_of(parse_checkpoint(uri), prefix)
+
+
+def run_name_of(parsed: CheckpointName, prefix: str | None = None) -> str:
+    """:func:`run_name` of an already parsed checkpoint path."""
+    name = f"{prefix}-{parsed.experiment}" if prefix else parsed.experiment
+    return safe_component(beaker_safe(name), what=parsed.uri)
+
+
+def run_names(
+    checkpoints: Iterable[CheckpointName],
+    prefix: str | None = None,
+    owners: Callable[[list[str]], Mapping[str, str]] | None = None,
+) -> dict[str, str]:
+    """The run name of every checkpoint, distinct for distinct experiments.
+
+    :func:`run_name` turns '.' into '-', so ``a.b`` and ``a-b`` would share one name. In
+    such a group the plain name stays with the experiment that published it (``owners``,
+    called with the colliding names only: run name -> the spelling of the experiment whose
+    results the store holds under it),
+    else with the one spelled exactly so (no '.'); each other experiment of the group gets
+    ``<name>-<hash of its spelling>``. A name without a collision is exactly
+    :func:`run_name`'s, so published names never change. Keyed by checkpoint URI."""
+    parsed = list(checkpoints)
+    uris = [c.uri for c in parsed]
+    plain = {c.uri: run_name_of(c, prefix) for c in parsed}
+    spelled = {c.uri: c.spelling for c in parsed}
+    groups: dict[str, set[str]] = {}
+    for u in uris:
+        groups.setdefault(plain[u], set()).add(spelled[u])
+    colliding = sorted(n for n, g in groups.items() if len(g) > 1)
+    published = owners(colliding) if owners is not None and colliding else {}
+    out = {}
+    for u in uris:
+        name, spelling = plain[u], spelled[u]
+        group = groups[name]
+        if len(group) == 1:
+            out[u] = name
+            continue
+        owner = published.get(name)
+        if owner not in group:
+            bare = name.removeprefix(f"{prefix}-") if prefix else name
+            owner = bare if bare in group else None
+        if spelling == owner:
+            out[u] = name
+        else:
+            out[u] = safe_component(beaker_safe(f"{name}-{_short_hash(spelling)}"), what=u)
+    return out
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it can be a run name (a Beaker-safe single path component)."""
+    if beaker_safe(name) != name:
+        raise NamingError(
+            f"run name {name!r}: use letters, digits, '.', '-' and '_' only, at most "
+            f"{BEAKER_NAME_MAX} characters, not starting with '-'"
+        )
+    return safe_component(name, what="run name")
 
 
 def eval_experiment_name(run: str, experiment_prefix: str = DEFAULT_EVAL_EXPERIMENT_PREFIX) -> str:

@@ -1,14 +1,19 @@
 """Plan: which checkpoints still need a run, and the spec that runs them.
 
 :func:`plan` lists ``streaming_params*`` under a source (``gs://bucket/prefix`` or a local
-directory) through :mod:`rmeval.storage`, names every checkpoint's run through
+directory; where no such directory exists, every entry whose name starts with it, as the
+seed's ``--gcs_dir_path`` and ``list_blobs(prefix=...)`` read it) through
+:mod:`rmeval.storage`, names every checkpoint's run through
 :func:`rmeval.naming.run_name`, and sorts the runs into three piles:
 
-- **superseded**: several checkpoints map to the same run name (the steps of one run
+- **superseded**: several checkpoints of one experiment (the steps of one run
   directory, or relaunches ``<dir>--<id>`` whose part before ``--`` is the same). The store
   holds one result per run name, so one checkpoint per name is kept: the final
   ``streaming_params`` (no step) if present, else the highest step, ties broken by the
   newest object and then by URI. The others are reported, never run silently.
+  Different experiments never supersede each other: ``a.b`` and ``a-b`` (which the
+  seed's '.' -> '-' rule would merge) get distinct names (:func:`rmeval.naming.run_names`),
+  and the task of a renamed one passes ``--run-name``.
 - **done**: the run's ``<store>/<run>/metrics.json`` exists (metrics.json is written last,
   so its presence means the run finished), or a Beaker experiment with exactly the run's
   experiment name exists. Matching is by exact name, never by substring. ``force``
@@ -31,10 +36,9 @@ from typing import Any
 
 from rmeval import naming, storage
 from rmeval.errors import NamingError, SpecError, StoreError, UsageError
+from rmeval.run import METRICS_FILE, PROVENANCE_FILE
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class PlannedRun:
     budget: int | None
     size: int
     result: str | None
+    # True when ``run`` is not what run-one derives from the checkpoint by itself (a name
+    # collision, see naming.run_names): the task must pass it with --run-name.
+    explicit_name: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,10 +129,40 @@ def _rank(info: storage.ObjectInfo, step: int | None) -> tuple:
 
 
 def list_checkpoints(source: str) -> Iterable[storage.ObjectInfo]:
-    """Every ``streaming_params*`` object under ``source`` (train states excluded)."""
-    for obj in storage.list_objects(source, match=naming.CHECKPOINT_GLOB):
+    """Every ``streaming_params*`` object under ``source`` (train states excluded).
+    ``source`` is a directory (GCS "folder") or, when no such directory exists, a name
+    prefix, as the seed's ``--gcs_dir_path`` and ``list_blobs(prefix=...)`` read it."""
+    for obj in storage.list_objects(source, match=naming.CHECKPOINT_GLOB, name_prefix=True):
         if naming.is_checkpoint_file(obj.name):
             yield obj
+
+
+def _no_checkpoints(source: str) -> StoreError:
+    try:
+        near = storage.nearest_prefixes(source)
+    except StoreError:
+        near = []
+    hint = f"; nearest existing: {', '.join(near)}" if near else ""
+    return StoreError(
+        f"{source}: no streaming_params* checkpoints under this directory or name prefix"
+        f"{hint}; check --source (or pass --allow-empty when none yet is expected)"
+    )
+
+
+def _published_by(store: str | None, names: Iterable[str]) -> dict[str, str]:
+    """For colliding run names: which experiment spelling published each (from its
+    provenance.json), so that a published name stays with its experiment."""
+    owners: dict[str, str] = {}
+    for name in names:
+        uri = storage.join(store, name, PROVENANCE_FILE) if store else None
+        if uri is None or not storage.exists(uri):
+            continue
+        try:
+            ckpt = json.loads(storage.read_text(uri))["checkpoint"]
+            owners[name] = naming.parse_checkpoint(ckpt).spelling
+        except (StoreError, NamingError, ValueError, KeyError, TypeError):
+            log.warning("%s: unreadable; cannot tell which experiment published it", uri)
+    return owners
 
 
 def completed_runs(store: str) -> set[str]:
@@ -146,11 +183,14 @@ def plan(
     experiment_prefix: str = naming.DEFAULT_EVAL_EXPERIMENT_PREFIX,
     existing_experiments: Iterable[str] | None = None,
     force: bool = False,
+    allow_empty: bool = False,
 ) -> Plan:
     """List checkpoints under ``source`` and decide what to run (see the module doc).
 
     ``store`` is where results are published; ``existing_experiments`` are Beaker
-    experiment names already present (a run whose experiment name is in it is done)."""
+    experiment names already present (a run whose experiment name is in it is done).
+    A source without any checkpoint is an error naming the nearest existing prefixes,
+    unless ``allow_empty``."""
     t0 = time.perf_counter()
     result = Plan(source=source, prefix=prefix, store=store, experiment_prefix=experiment_prefix)
     best: dict[str, tuple[tuple, PlannedRun]] = {}
@@ -159,14 +199,26 @@ def plan(
         objects = list(list_checkpoints(source))
     except StoreError as exc:
         raise StoreError(f"cannot list checkpoints: {exc}") from None
+    parsed_objects = []
+    plain: dict[str, str] = {}  # uri -> the name run-one derives by itself
     for obj in objects:
         try:
             parsed = naming.parse_checkpoint(obj.uri)
-            run = naming.run_name(obj.uri, prefix)
+            plain[obj.uri] = naming.run_name_of(parsed, prefix)
         except NamingError as exc:
             log.warning("skipping %s", exc)
             result.skipped.append(obj.uri)
             continue
+        parsed_objects.append((obj, parsed))
+    if not parsed_objects and not allow_empty:
+        raise _no_checkpoints(source)
+    names = naming.run_names(
+        [parsed for _, parsed in parsed_objects],
+        prefix,
+        owners=lambda colliding: _published_by(store, colliding),
+    )
+    for obj, parsed in parsed_objects:
+        run = names[obj.uri]
         result.found += 1
         planned = PlannedRun(
             run=run,
@@ -178,6 +230,7 @@ def plan(
             budget=parsed.budget,
             size=obj.size,
             result=storage.join(store, run) if store else None,
+            explicit_name=run != plain[obj.uri],
         )
         rank = _rank(obj, parsed.step)
         prev = best.get(run)
@@ -283,6 +336,7 @@ def make_plan(
     gcs_dir_path: str | None = None,
     render: bool = True,
     beaker_timeout: float | None = None,
+    allow_empty: bool = False,
 ) -> tuple[Plan, str | None]:
     """Plan and render in one call (what ``rmeval plan`` does).
 
@@ -321,6 +375,7 @@ def make_plan(
         experiment_prefix=experiment_prefix,
         existing_experiments=existing,
         force=force,
+        allow_empty=allow_empty,
     )
     if not render or not p.to_run:
         return p, None

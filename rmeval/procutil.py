@@ -1,14 +1,32 @@
-"""Small process helpers shared by the stages: the git commit of a directory, and SIGTERM
-turned into a clean exit so ``finally`` clauses (temporary files, key files) run."""
+"""Small process helpers shared by the stages: the git commit of a directory, SIGTERM
+turned into a clean exit so ``finally`` clauses (temporary files, key files) run, and
+temporary names that say which process owns them, so that what a ``kill -9`` left behind
+is removed by the next run.
+
+Owned names: ``<prefix><owner>-<pid>-<random>``, where ``<owner>`` is the host name and
+the pid namespace (two containers on one host do not mistake each other's processes). A
+name whose owner is this host and namespace and whose pid is no longer running is stale:
+nothing can still be writing it. Names of other hosts are never touched.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def git_head(where: str | os.PathLike) -> str | None:
@@ -49,3 +67,82 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------- owned names
+
+
+def _owner() -> str:
+    host = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "host"
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{host}.{ns}"
+
+
+def owned_name(prefix: str) -> str:
+    """A fresh name ``<prefix><owner>-<pid>-<random>`` that records its owning process."""
+    return f"{prefix}{_owner()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def owner_pid(name: str, prefix: str) -> int | None:
+    """The pid in an owned name made by this host and pid namespace; None for any other
+    name (another host's, an older rmeval's, not an owned name)."""
+    if not name.startswith(prefix):
+        return None
+    owner, _, rest = name[len(prefix) :].partition("-")
+    pid, sep, _ = rest.partition("-")
+    if owner != _owner() or not sep or not pid.isdigit():
+        return None
+    return int(pid)
+
+
+def is_stale(name: str, prefix: str) -> bool:
+    """True when ``name`` is owned by a process of this host that is no longer running."""
+    pid = owner_pid(name, prefix)
+    return pid is not None and pid != os.getpid() and not pid_alive(pid)
+
+
+def remove_stale(parent: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove the entries ``<parent>/<prefix>*`` whose owner is dead; returns them."""
+    removed = []
+    for path in Path(parent).glob(glob.escape(prefix) + "*"):
+        if is_stale(path.name, prefix):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            log.debug("removed %s, left by an interrupted run (its process is gone)", path)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def owned_tempdir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Like :class:`tempfile.TemporaryDirectory`, with an owned name; first removes the
+    directories of the same prefix that dead processes of this host left in ``dir``."""
+    from rmeval import storage
+
+    parent = Path(dir) if dir is not None else Path(tempfile.gettempdir())
+    for stale in remove_stale(parent, prefix):
+        log.info("removed %s, left by an interrupted run (its process is gone)", stale)
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"{prefix}{_owner()}-{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise storage.write_error(exc, parent, "create a temporary directory") from None
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

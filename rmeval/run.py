@@ -24,20 +24,28 @@ a local sample.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from rmeval import __version__, naming, storage
 from rmeval.errors import StoreError
-from rmeval.procutil import git_head, sigterm_as_exit
+from rmeval.procutil import (
+    git_head,
+    is_stale,
+    owned_name,
+    owned_tempdir,
+    remove_stale,
+    sigterm_as_exit,
+)
 from rmeval.rewardbench import formats
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,10 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.jsonl"
 PROVENANCE_FILE = "provenance.json"
+CLAIM_FILE = ".claim"  # held while one attempt publishes (see _claim)
+CLAIM_STALE_S = 6 * 3600  # a claim this old is a crashed attempt's, whatever its host
+ATTEMPT_PREFIX = "run-one-"
+WORK_PREFIX = "rmeval-run-"
 
 
 @dataclass
@@ -54,6 +66,8 @@ class RunOneResult:
     result_uri: str
     metrics: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    attempt: str | None = None  # the id provenance.json records (published runs)
+    detail: str = ""  # why nothing was published (status "skipped")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -88,6 +102,7 @@ def run_one(
     store: str,
     *,
     prefix: str | None = None,
+    run_name: str | None = None,
     tokenizer: str | None = None,
     dataset: str | None = None,
     model_size: str = "auto",
@@ -105,9 +120,12 @@ def run_one(
 ) -> RunOneResult:
     """Convert ``checkpoint``, evaluate it on ``dataset`` and publish under ``store``.
     ``scoring``: the evaluator's format (:mod:`rmeval.rewardbench.formats`); it, the
-    device and the dtype are checked before anything runs."""
+    device and the dtype are checked before anything runs.
+
+    ``run_name`` overrides the name derived from the checkpoint (plan gives one when two
+    run directories would otherwise share a name; see :func:`rmeval.naming.run_names`)."""
     formats.check_scoring(scoring)
-    run = naming.run_name(checkpoint, prefix)
+    run = naming.check_run_name(run_name) if run_name else naming.run_name(checkpoint, prefix)
     dest = storage.join(store, run)
     metrics_uri = storage.join(dest, METRICS_FILE)
     if not force and storage.exists(metrics_uri):
@@ -126,9 +144,11 @@ def run_one(
     timings: dict[str, float] = {}
     started = time.time()
     if work_dir:
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-    with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="rmeval-run-", dir=work_dir) as tmp:
-        tmpdir = Path(tmp)
+        try:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage.write_error(exc, work_dir, "create the work directory") from None
+    with sigterm_as_exit(), owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
         model_dir = tmpdir / run
         metrics_path = tmpdir / METRICS_FILE
         scores_path = tmpdir / SCORES_FILE
@@ -164,13 +184,6 @@ def run_one(
         timings["evaluate"] = time.perf_counter() - t0
 
         metrics_bytes = metrics_path.read_bytes()  # exactly the evaluator's file
-
-        t0 = time.perf_counter()
-        if scores_path.exists():
-            storage.upload_file(scores_path, storage.join(dest, SCORES_FILE), overwrite=True)
-        if keep_model:
-            _keep(model_dir, keep_model, overwrite=force)
-        timings["publish"] = time.perf_counter() - t0
         provenance = {
             "run": run,
             "checkpoint": checkpoint,
@@ -204,15 +217,78 @@ def run_one(
                 "seconds": ev.seconds,
             },
         }
-        storage.write_text(
-            storage.join(dest, PROVENANCE_FILE),
-            json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n",
-            overwrite=True,
-        )
-        # Last: its existence means "done".
-        storage.write_bytes(metrics_uri, metrics_bytes, overwrite=force)
+        with _claim(dest, force) as claim:
+            if claim is None or (not force and storage.exists(metrics_uri)):
+                detail = _lost_detail(run, claim)
+                log.info("%s", detail)
+                return RunOneResult(run, "skipped", dest, detail=detail)
+            provenance["attempt"] = claim
+            t0 = time.perf_counter()
+            if keep_model:
+                _keep(model_dir, keep_model, overwrite=force)
+            if scores_path.exists():
+                storage.upload_file(scores_path, storage.join(dest, SCORES_FILE), overwrite=True)
+            timings["publish"] = time.perf_counter() - t0
+            provenance["timings_s"]["publish"] = round(timings["publish"], 3)
+            storage.write_text(
+                storage.join(dest, PROVENANCE_FILE),
+                json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n",
+                overwrite=True,
+            )
+            # Last: its existence means "done".
+            storage.write_bytes(metrics_uri, metrics_bytes, overwrite=force)
     log.info("%s: published %s", run, metrics_uri)
-    return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings)
+    return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings, attempt=claim)
+
+
+def _lost_detail(run: str, claim: str | None) -> str:
+    if claim is None:
+        return f"{run}: another run is publishing it right now; nothing written"
+    return f"{run}: another run published it first; nothing written (pass --force to replace)"
+
+
+# --------------------------------------------------------------------------- the claim
+
+
+@contextlib.contextmanager
+def _claim(dest: str, force: bool) -> Iterator[str | None]:
+    """Hold ``<dest>/.claim`` while publishing: the one run that creates it (no-clobber)
+    publishes; a concurrent run gets None and writes nothing, so it can never overwrite the
+    winner's scores or provenance. A claim whose process is gone (same host, dead pid) or
+    older than :data:`CLAIM_STALE_S` is taken over; ``force`` takes over any claim.
+    Yields this attempt's id (recorded in provenance.json) or None."""
+    uri = storage.join(dest, CLAIM_FILE)
+    token = owned_name(ATTEMPT_PREFIX)
+    body = json.dumps({"attempt": token, "since": time.time()}).encode()
+    if not storage.create_exclusive(uri, body):
+        state = _claim_state(uri)
+        if state == "held" and not force:
+            yield None
+            return
+        if state != "released":
+            storage.delete(uri)
+        if not storage.create_exclusive(uri, body):  # another run was quicker
+            yield None
+            return
+    try:
+        yield token
+    finally:
+        storage.delete(uri)
+
+
+def _claim_state(uri: str) -> str:
+    """``held`` (a live attempt publishes), ``stale`` (its process is gone, or it is older
+    than :data:`CLAIM_STALE_S`) or ``released`` (removed meanwhile: the holder finished)."""
+    try:
+        held = json.loads(storage.read_text(uri))
+        token, since = str(held["attempt"]), float(held["since"])
+    except StoreError:
+        return "released"
+    except (ValueError, KeyError, TypeError):
+        return "stale"  # unreadable: nothing a live run-one writes
+    if is_stale(token, ATTEMPT_PREFIX) or time.time() - since > CLAIM_STALE_S:
+        return "stale"
+    return "held"
 
 
 def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:
@@ -234,8 +310,11 @@ def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:
             shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Moved (a rename on one filesystem) to a hidden sibling first, then renamed into
-        # place: a copy across filesystems that fails leaves no half model at dest.
-        partial = dest.parent / f".{dest.name}.partial-{storage.unique_suffix()}"
+        # place: a copy across filesystems that fails leaves no half model at dest. One
+        # that a kill -9 left (its process gone) is removed first.
+        prefix = f".{dest.name}.partial-"
+        remove_stale(dest.parent, prefix)
+        partial = dest.parent / owned_name(prefix)
         try:
             shutil.move(str(model_dir), str(partial))
             if dest.exists():

@@ -12,9 +12,11 @@ renamed; a GCS object is uploaded in one request with ``if_generation_match=0`` 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -26,7 +28,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from rmeval.errors import StoreError
+from rmeval.errors import AlreadyExistsError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,66 @@ class ObjectInfo:
     name: str
     size: int
     updated: datetime | None
+
+
+# --------------------------------------------------------------------------- OS errors
+
+# Libraries written in Rust (tokenizers) raise a plain Exception that ends "(os error N)".
+_RUST_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
+_ERRNO_HINTS = {
+    errno.ENOSPC: "free some space there or write elsewhere",
+    errno.EDQUOT: "free some space there or write elsewhere",
+    errno.EROFS: "write somewhere writable",
+    errno.EACCES: "check the permissions or write elsewhere",
+    errno.EPERM: "check the permissions or write elsewhere",
+}
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of a library error that reports one in its text."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    m = _RUST_OS_ERROR_RE.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """What the errno means, e.g. ``no space left on device (ENOSPC); free some space...``."""
+    code = os_errno(exc)
+    if code is None:
+        return str(exc).strip() or type(exc).__name__
+    text = os.strerror(code)
+    name = errno.errorcode.get(code, f"errno {code}")
+    hint = _ERRNO_HINTS.get(code)
+    return f"{text[:1].lower()}{text[1:]} ({name})" + (f"; {hint}" if hint else "")
+
+
+def os_error_line(exc: OSError, fallback: str | None = None) -> str:
+    """One line for an OSError nobody translated: the path it names (else ``fallback``,
+    e.g. the command's output paths), and what the errno means."""
+    where = exc.filename if exc.filename is not None else fallback
+    return f"{where}: {describe_os_error(exc)}" if where else describe_os_error(exc)
+
+
+def write_error(
+    exc: BaseException, path: str | os.PathLike, what: str = "write", cls: type = StoreError
+):
+    """The error to raise when writing ``path`` failed with ``exc`` (an OSError or a library
+    error carrying an errno): one line naming the path and what the errno means."""
+    return cls(f"{os.fspath(path)}: cannot {what}: {describe_os_error(exc)}")
+
+
+def _local_write_error(exc: OSError, path: Path, tmp: Path | None = None) -> StoreError:
+    """The error for a failed write of ``path``: about ``path`` when the OSError names
+    nothing, our temporary file or a name we tried to create next to ``path``; else about
+    the file it names (e.g. the source of a copy)."""
+    name = exc.filename
+    if name is None or (tmp is not None and os.fspath(name) == str(tmp)):
+        return write_error(exc, path)
+    other = Path(os.fspath(name))
+    if other.parent == path.parent and other.name.startswith(f".{path.name}."):
+        return write_error(exc, path)
+    return StoreError(f"{other}: {describe_os_error(exc)}")
 
 
 # --------------------------------------------------------------------------- URIs
@@ -111,12 +173,20 @@ def _retry():
     return DEFAULT_RETRY.with_delay(initial=initial, maximum=maximum).with_timeout(timeout)
 
 
+_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
+
+
 def gcs_client(uri: str = "gs://"):
-    """The shared google-cloud-storage client (Application Default Credentials, or the
-    emulator named by ``STORAGE_EMULATOR_HOST`` with anonymous credentials)."""
+    """The shared google-cloud-storage client: the emulator named by
+    ``STORAGE_EMULATOR_HOST`` with anonymous credentials; else the in-memory key of
+    ``GOOGLE_SERVICE_ACCOUNT`` (:func:`rmeval.credentials.google_credentials`, never a
+    file); else Application Default Credentials."""
+    from rmeval import credentials
+
     emulator = os.environ.get("STORAGE_EMULATOR_HOST") or None
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
-    key = (emulator, project)
+    info = None if emulator else credentials.service_account_info()
+    key = (emulator, project, info["client_email"] if info else None)
     with _client_lock:
         client = _clients.get(key)
         if client is not None:
@@ -127,19 +197,34 @@ def gcs_client(uri: str = "gs://"):
             from google.auth.credentials import AnonymousCredentials
 
             client = storage.Client(project=project or "rmeval", credentials=AnonymousCredentials())
+        elif info is not None:
+            creds = credentials.google_credentials(scopes=_SCOPES)
+            client = storage.Client(project=project or info.get("project_id"), credentials=creds)
         else:
             import google.auth
             from google.auth.exceptions import DefaultCredentialsError
 
             try:
-                creds, default_project = google.auth.default(
-                    scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
-                )
+                creds, default_project = google.auth.default(scopes=list(_SCOPES))
             except DefaultCredentialsError as exc:
-                raise StoreError(f"{uri}: no Google credentials found: {_AUTH_HINT}") from exc
+                raise _credentials_error(uri, exc) from None
             client = storage.Client(project=project or default_project, credentials=creds)
         _clients[key] = client
         return client
+
+
+def _credentials_error(uri: str, exc: Exception) -> StoreError:
+    """None found, or found and unusable (a broken key file): say which, and why."""
+    from rmeval.credentials import redact
+
+    text = str(exc).strip()
+    if not text or text.startswith("Your default credentials were not found"):
+        return StoreError(f"{uri}: no Google credentials found: {_AUTH_HINT}")
+    reason = redact(text.splitlines()[0])[:200]
+    return StoreError(
+        f"{uri}: the configured Google credentials are unusable ({reason}); fix or replace "
+        "the key file GOOGLE_APPLICATION_CREDENTIALS names (or gcloud's ADC file)"
+    )
 
 
 @contextlib.contextmanager
@@ -159,9 +244,16 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
             f"{uri}: permission denied ({exc.code}): {_AUTH_HINT}, and check the bucket's IAM"
         ) from exc
     except gexc.PreconditionFailed as exc:
-        raise StoreError(f"{uri}: already exists; pass --overwrite to replace it") from exc
-    except (aexc.DefaultCredentialsError, aexc.RefreshError) as exc:
-        raise StoreError(f"{uri}: cannot authenticate to Google Cloud: {_AUTH_HINT}") from exc
+        raise AlreadyExistsError(f"{uri}: already exists; pass --overwrite to replace it") from exc
+    except aexc.DefaultCredentialsError as exc:
+        raise _credentials_error(uri, exc) from None
+    except aexc.RefreshError as exc:  # the key was read but Google refused it
+        from rmeval.credentials import redact
+
+        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else "refused")
+        raise StoreError(
+            f"{uri}: cannot authenticate to Google Cloud ({reason[:200]}): {_AUTH_HINT}"
+        ) from None
     except gexc.RetryError as exc:
         raise StoreError(f"{uri}: gave up after retries: {exc.cause or exc}") from exc
     except gexc.GoogleAPICallError as exc:
@@ -169,7 +261,9 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
     except Exception as exc:  # InvalidResponse from resumable-media, transport errors
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 412 and writing:
-            raise StoreError(f"{uri}: already exists; pass --overwrite to replace it") from exc
+            raise AlreadyExistsError(
+                f"{uri}: already exists; pass --overwrite to replace it"
+            ) from exc
         if status in (401, 403):
             raise StoreError(f"{uri}: permission denied ({status}): {_AUTH_HINT}") from exc
         if status == 404:
@@ -193,29 +287,49 @@ def _blob(uri: str):
 # --------------------------------------------------------------------------- listing
 
 
-def list_objects(uri: str | os.PathLike, match: str | None = None) -> Iterator[ObjectInfo]:
+def list_objects(
+    uri: str | os.PathLike, match: str | None = None, name_prefix: bool = False
+) -> Iterator[ObjectInfo]:
     """Every object under ``uri`` (recursively), optionally only those whose base name
-    matches the glob ``match``. Sorted by name for local paths; GCS returns name order."""
+    matches the glob ``match``. Sorted by name for local paths; GCS returns name order.
+
+    With ``name_prefix``, a ``uri`` that is neither a directory nor an object (and does
+    not end in ``/``) is a *name prefix*, as the GCS API's ``list_blobs(prefix=...)`` and
+    ``gsutil ls PREFIX*`` read it: every object whose path starts with it, e.g.
+    ``.../tulu2_13b_rm_counts`` finds ``.../tulu2_13b_rm_counts_7000_ID__…/streaming_params``.
+    Names are then relative to the prefix's parent."""
     uri = os.fspath(uri)
     if is_gcs(uri):
-        yield from _list_gcs(uri, match)
+        yield from _list_gcs(uri, match, name_prefix)
     else:
-        yield from _list_local(uri, match)
+        yield from _list_local(uri, match, name_prefix)
 
 
-def _list_local(uri: str, match: str | None) -> Iterator[ObjectInfo]:
-    root = local_path(uri)
-    if not root.exists():
-        raise StoreError(f"{uri}: no such file or directory")
+def _walk_files(root: Path) -> list[Path]:
     if root.is_file():
-        paths = [root]
+        return [root]
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        paths.extend(Path(dirpath) / f for f in sorted(filenames))
+    return paths
+
+
+def _list_local(uri: str, match: str | None, name_prefix: bool = False) -> Iterator[ObjectInfo]:
+    root = local_path(uri)
+    if root.exists():
+        base = root.parent if root.is_file() else root
+        paths = _walk_files(root)
+    elif name_prefix and not uri.endswith("/") and root.parent.is_dir():
         base = root.parent
+        paths = [
+            p
+            for entry in sorted(root.parent.iterdir())
+            if entry.name.startswith(root.name)
+            for p in _walk_files(entry)
+        ]
     else:
-        base = root
-        paths = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            paths.extend(Path(dirpath) / f for f in sorted(filenames))
+        raise StoreError(f"{uri}: no such file or directory")
     for p in paths:
         if match and not fnmatchcase(p.name, match):
             continue
@@ -231,28 +345,72 @@ def _list_local(uri: str, match: str | None) -> Iterator[ObjectInfo]:
         )
 
 
-def _list_gcs(uri: str, match: str | None) -> Iterator[ObjectInfo]:
+def _list_gcs(uri: str, match: str | None, name_prefix: bool = False) -> Iterator[ObjectInfo]:
     bucket, key = split_gcs(uri)
-    prefix = key.rstrip("/") + "/" if key else ""
     client = gcs_client(uri)
-    found = False
     with _gcs_errors(uri):
-        pages = client.list_blobs(bucket, prefix=prefix, page_size=1000, retry=_retry()).pages
-        for page in pages:
-            for blob in page:
-                if blob.name.endswith("/"):  # "directory" placeholder objects
-                    continue
-                found = True
-                name = blob.name[len(prefix) :]
-                if match and not fnmatchcase(name.rsplit("/", 1)[-1], match):
-                    continue
-                yield ObjectInfo(
-                    f"{GCS_SCHEME}{bucket}/{blob.name}", name, int(blob.size or 0), blob.updated
-                )
-        if not found and key and not key.endswith("/"):
-            blob = client.bucket(bucket).get_blob(key, retry=_retry())
-            if blob is not None and (not match or fnmatchcase(basename(key), match)):
+        folder = key.rstrip("/") + "/" if key else ""
+        found = False
+        for info in _list_gcs_prefix(client, bucket, folder, folder, match):
+            found = True
+            if info is not None:
+                yield info
+        if found or not key or key.endswith("/"):
+            return
+        blob = client.bucket(bucket).get_blob(key, retry=_retry())
+        if blob is not None:
+            if not match or fnmatchcase(basename(key), match):
                 yield ObjectInfo(uri, basename(key), int(blob.size or 0), blob.updated)
+            return
+        if name_prefix:
+            base = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+            for info in _list_gcs_prefix(client, bucket, key, base, match):
+                if info is not None:
+                    yield info
+
+
+def _list_gcs_prefix(client, bucket: str, prefix: str, base: str, match: str | None):
+    """Objects whose names start with ``prefix``, named relative to ``base``; None for an
+    object that exists but does not match (so the caller knows something is there)."""
+    pages = client.list_blobs(bucket, prefix=prefix, page_size=1000, retry=_retry()).pages
+    for page in pages:
+        for blob in page:
+            if blob.name.endswith("/"):  # "directory" placeholder objects
+                continue
+            name = blob.name[len(base) :]
+            if match and not fnmatchcase(name.rsplit("/", 1)[-1], match):
+                yield None
+                continue
+            yield ObjectInfo(
+                f"{GCS_SCHEME}{bucket}/{blob.name}", name, int(blob.size or 0), blob.updated
+            )
+
+
+def nearest_prefixes(uri: str | os.PathLike, n: int = 3) -> list[str]:
+    """The entries next to ``uri`` (in its parent directory or GCS "folder") whose names
+    are closest to its last part: for an error that says what the user may have meant."""
+    import difflib
+
+    uri = os.fspath(uri).rstrip("/")
+    head, _, last = uri.rpartition("/")
+    names: list[str] = []
+    if is_gcs(uri):
+        bucket, key = split_gcs(uri)
+        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        with _gcs_errors(uri):
+            it = gcs_client(uri).list_blobs(
+                bucket, prefix=folder, delimiter="/", page_size=1000, retry=_retry()
+            )
+            for page in it.pages:
+                names += [b.name[len(folder) :] for b in page]
+                names += [p[len(folder) :].rstrip("/") for p in page.prefixes]
+    else:
+        parent_dir = local_path(uri).parent
+        if parent_dir.is_dir():
+            names = [p.name for p in parent_dir.iterdir()]
+    names = sorted({x for x in names if x})
+    close = difflib.get_close_matches(last, names, n=n, cutoff=0.0)
+    return [f"{head}/{x}" for x in close]
 
 
 # --------------------------------------------------------------------------- metadata
@@ -303,6 +461,38 @@ def delete(uri: str | os.PathLike, missing_ok: bool = True) -> None:
     except StoreError:
         if not missing_ok:
             raise
+
+
+def delete_prefix(uri: str | os.PathLike) -> int:
+    """Delete every object under ``uri`` (a local directory: the tree). Returns a count."""
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        p = local_path(uri)
+        if p.is_dir():
+            n = len(_walk_files(p))
+            shutil.rmtree(p)
+            return n
+        return 0
+    n = 0
+    for obj in list_objects(uri.rstrip("/") + "/"):
+        delete(obj.uri)
+        n += 1
+    return n
+
+
+def copy_object(src: str, dst: str, overwrite: bool = True) -> None:
+    """Copy one object to another name in the same store (server-side for gs://)."""
+    if not is_gcs(src) or not is_gcs(dst):
+        upload_file(local_path(src), dst, overwrite=overwrite)
+        return
+    kwargs = {} if overwrite else {"if_generation_match": 0}
+    dst_bucket, dst_key = split_gcs(dst)
+    with _gcs_errors(dst, writing=True):
+        source = _blob(src)
+        client = gcs_client(src)
+        source.bucket.copy_blob(
+            source, client.bucket(dst_bucket), dst_key, retry=_retry(), **kwargs
+        )
 
 
 # --------------------------------------------------------------------------- reading
@@ -463,21 +653,37 @@ def safe_relative(name: str, what: str = "name") -> Path:
 @contextlib.contextmanager
 def atomic_local_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the same directory as ``path``; on success move it into
-    place (no-clobber unless ``overwrite``); on failure remove it."""
+    place (no-clobber unless ``overwrite``); on failure remove it. An OSError of the write
+    (read-only or full disk, permissions) becomes a :class:`StoreError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not overwrite and path.exists():
-        raise StoreError(f"{path}: already exists; pass --overwrite to replace it")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+    tmp = _make_temp(path, overwrite)
     try:
         yield tmp
         _commit_local(tmp, path, overwrite)
+    except OSError as exc:
+        raise _local_write_error(exc, path, tmp) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _make_temp(path: Path, overwrite: bool) -> Path:
+    """An empty temporary file next to ``path`` (its directory created if needed), with
+    the mode a plain ``open`` would give it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, exc.filename or path.parent, "create the directory") from None
+    if not overwrite and path.exists():
+        raise AlreadyExistsError(f"{path}: already exists; pass --overwrite to replace it")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _local_write_error(exc, path) from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+    return tmp
 
 
 def _read_umask() -> int:
@@ -497,10 +703,14 @@ def _commit_local(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # atomic and fails if path exists
     except FileExistsError:
-        raise StoreError(f"{path}: already exists; pass --overwrite to replace it") from None
+        raise AlreadyExistsError(
+            f"{path}: already exists; pass --overwrite to replace it"
+        ) from None
     except OSError:  # filesystem without hard links
         if path.exists():
-            raise StoreError(f"{path}: already exists; pass --overwrite to replace it") from None
+            raise AlreadyExistsError(
+                f"{path}: already exists; pass --overwrite to replace it"
+            ) from None
         os.replace(tmp, path)
 
 
@@ -513,11 +723,17 @@ def open_writer(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[
         with atomic_local_file(local_path(uri), overwrite=overwrite) as tmp, open(tmp, "wb") as f:
             yield f
         return
-    with tempfile.NamedTemporaryFile(prefix="rmeval-upload-", delete=False) as f:
-        tmp = Path(f.name)
     try:
-        with open(tmp, "wb") as f:
-            yield f
+        with tempfile.NamedTemporaryFile(prefix="rmeval-upload-", delete=False) as f:
+            tmp = Path(f.name)
+    except OSError as exc:
+        raise write_error(exc, tempfile.gettempdir(), f"stage the upload of {uri}") from None
+    try:
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+        except OSError as exc:
+            raise write_error(exc, tmp.parent, f"stage the upload of {uri}") from None
         upload_file(tmp, uri, overwrite=overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -531,6 +747,88 @@ def write_bytes(uri: str | os.PathLike, data: bytes, overwrite: bool = False) ->
 
 def write_text(uri: str | os.PathLike, text: str, overwrite: bool = False) -> None:
     write_bytes(uri, text.encode("utf-8"), overwrite=overwrite)
+
+
+def write_together(files: list[tuple[str, bytes, bool]]) -> None:
+    """Write ``(uri, data, overwrite)`` files as one unit whose **last** file is the commit
+    mark (a reader that sees it may read the others). Local files are all staged next to
+    their destinations first, so a full or read-only disk fails before any of them is
+    visible, then moved into place in order; gs:// objects are uploaded in order (each
+    atomically), the last one last."""
+    staged: list[tuple[Path, Path, bool]] = []
+    try:
+        for uri, data, overwrite in files:
+            if is_gcs(uri):
+                continue
+            path = local_path(uri)
+            tmp = _make_temp(path, overwrite)
+            staged.append((tmp, path, overwrite))
+            try:
+                tmp.write_bytes(data)
+            except OSError as exc:
+                raise _local_write_error(exc, path, tmp) from None
+        local = iter(staged)
+        for uri, data, overwrite in files:
+            if is_gcs(uri):
+                write_bytes(uri, data, overwrite=overwrite)
+                continue
+            tmp, path, overwrite = next(local)
+            try:
+                _commit_local(tmp, path, overwrite)
+            except OSError as exc:
+                raise _local_write_error(exc, path, tmp) from None
+    finally:
+        for tmp, _, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:
+    """Create ``uri`` with ``data`` unless it exists (atomically: one of several concurrent
+    creators wins). True when this call created it."""
+    try:
+        write_bytes(uri, data, overwrite=False)
+    except AlreadyExistsError:
+        return False
+    return True
+
+
+PROBE_PREFIX = ".rmeval-probe-"
+
+
+def check_writable(uri: str | os.PathLike) -> None:
+    """Fail now, with one line, if a file could not be written at ``uri``: a real probe (a
+    small file written, flushed and deleted next to where ``uri`` will go; for gs://, an
+    object uploaded and deleted), not a permission check. Creates no directories."""
+    uri = os.fspath(uri)
+    if is_gcs(uri):
+        probe = join(parent(uri), PROBE_PREFIX + unique_suffix())
+        with _gcs_errors(uri, writing=True):
+            blob = _blob(probe)
+            blob.upload_from_string(b"probe", retry=_retry(), if_generation_match=0)
+            blob.delete(retry=_retry())
+        return
+    path = local_path(uri)
+    if path.is_dir():
+        raise StoreError(f"{uri}: is a directory, expected a file name")
+    where = path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise StoreError(f"{uri}: cannot write: {where} is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=where)
+    except OSError as exc:
+        raise write_error(exc, uri) from None
+    try:
+        os.write(fd, b"\0" * 4096)  # a whole block: a full disk refuses it
+        os.fsync(fd)
+    except OSError as exc:
+        raise write_error(exc, uri) from None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
 
 
 def upload_file(src: str | os.PathLike, uri: str | os.PathLike, overwrite: bool = False) -> None:

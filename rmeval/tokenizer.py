@@ -31,13 +31,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rmeval import storage
 from rmeval.errors import CheckpointError, StoreError
+from rmeval.procutil import owned_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def prepare_tokenizer(
     """
     from rmeval.rewardbench.formats import TOKENIZER_LABEL, TRAINED_CHAT_TEMPLATE, TRAINED_LABEL
 
-    with tempfile.TemporaryDirectory(prefix="rmeval-tok-") as work:
+    with owned_tempdir("rmeval-tok-") as work:
         tok, kind, sp_file = _load(os.fspath(src), Path(work))
         n = len(tok)
         if vocab_size is not None and n > vocab_size:
@@ -331,7 +331,13 @@ def prepare_tokenizer(
                 f"{os.fspath(src)}: pad token {pad_token!r} maps to id {tok.pad_token_id}, not "
                 f"{pad_id}; pass --pad-token-id with an unambiguous id"
             )
-        save_portable(tok, out_dir, model_max_length=model_max_length, sentencepiece_model=sp_file)
+        out = Path(out_dir)
+        try:
+            save_portable(tok, out, model_max_length=model_max_length, sentencepiece_model=sp_file)
+        except Exception as exc:  # the tokenizers library reports ENOSPC as a plain Exception
+            if storage.os_errno(exc) is None:
+                raise
+            raise storage.write_error(exc, out, "save the tokenizer") from None
     log.info(
         "tokenizer (%s, %d ids): chat template %s, pad %r (id %d) -> %s",
         kind,

@@ -350,6 +350,8 @@ def test_kill_9_mid_convert_leaves_no_out_and_rerun_succeeds(tmp_path):
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert (out / "config.json").exists() and "interrupted run" in rerun.stdout
+    assert not partial.exists()  # the dead run's partial build is removed, not just named
+    assert list(tmp_path.glob("hf.partial-*")) == []
     assert reference.verify(fx.path, str(out), lengths=(2, 5)).ok
 
 
@@ -375,3 +377,140 @@ def test_converter_does_not_import_jax_flax_or_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert proc.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- NaN / Inf
+
+
+def _poison(name, value, where=(0, 0)):
+    """Put one NaN/Inf (or an fp16-overflowing value) into tensor ``name``."""
+
+    def mutate(params):
+        node = params
+        *path, leaf = name.split("/")
+        for k in path:
+            node = node[k]
+        arr = np.array(node[leaf], dtype=np.float32)
+        arr[where if arr.ndim == 2 else where[:1]] = value
+        node[leaf] = arr
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "tensor, value, fx_kwargs, extra",
+    [
+        ("transformer/h/1/attention/wq/kernel", np.nan, {}, []),  # rotary-permuted, bf16
+        ("transformer/h/0/feed_forward/w2/kernel", np.inf, {"float_dtype": "fp32"}, []),
+        ("transformer/wte/embedding", -np.inf, {}, []),  # copied as stored
+        ("transformer/ln_f/kernel", np.nan, {"float_dtype": "fp32"}, ["--dtype", "bf16"]),
+        ("score/kernel", 1e6, {"float_dtype": "fp32"}, ["--dtype", "fp16"]),  # overflows
+    ],
+    ids=["wq-nan", "w2-inf-fp32", "embedding-inf", "norm-nan-cast", "fp16-overflow"],
+)
+def test_non_finite_tensor_fails_the_conversion_naming_it(
+    tmp_path, capsys, tensor, value, fx_kwargs, extra
+):
+    fx = make_checkpoint(tmp_path / "streaming_params", mutate=_poison(tensor, value), **fx_kwargs)
+    out = tmp_path / "hf"
+    rc, err = _run_cli(capsys, fx.path, out, "--num-heads", 4, *extra)
+    needles = [f"{tensor}: the tensor holds NaN or Inf values", "nothing was converted"]
+    if value == 1e6:
+        needles.append("once cast to float16")
+    _assert_one_line_error(rc, err, out, *needles)
+
+
+def test_non_finite_gcs_source_fails_too(tmp_path, gcs_bucket, capsys):
+    fx = make_checkpoint(
+        tmp_path / "streaming_params", mutate=_poison("transformer/wte/embedding", np.nan)
+    )
+    src = f"{gcs_bucket}/ckpt/streaming_params"
+    storage.upload_file(fx.path, src)
+    out = tmp_path / "hf"
+    rc, err = _run_cli(capsys, src, out, "--num-heads", 4)
+    _assert_one_line_error(rc, err, out, "transformer/wte/embedding: the tensor holds NaN")
+
+
+def test_verify_says_the_checkpoint_holds_non_finite_values(tmp_path, capsys):
+    good = make_checkpoint(tmp_path / "good" / "streaming_params")
+    bad = make_checkpoint(
+        tmp_path / "bad" / "streaming_params",
+        mutate=_poison("transformer/h/0/attention/wq/kernel", np.nan),
+    )
+    out = tmp_path / "hf"
+    assert _run_cli(capsys, good.path, out, "--num-heads", 4)[0] == 0
+    rc = cli.main(["verify", bad.path, str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "\n" not in err, err
+    assert "the checkpoint holds non-finite values" in err
+    assert "tensor transformer/h/0/attention/wq/kernel has 1 NaN or Inf" in err
+    assert "--model-size" not in err
+    # convert --verify on it stops at the conversion's own check, with the same diagnosis
+    rc, err = _run_cli(capsys, bad.path, tmp_path / "hf2", "--num-heads", 4, "--verify")
+    _assert_one_line_error(rc, err, tmp_path / "hf2", "holds NaN or Inf values")
+
+
+# --------------------------------------------------------------------------- gs:// publish
+
+
+def test_gcs_output_without_config_is_incomplete_and_replaced(tmp_path, gcs_bucket, capsys):
+    fx = make_checkpoint(tmp_path / "streaming_params")
+    out = f"{gcs_bucket}/models/rm"
+    # what a run killed while copying into place leaves: shards, no config.json
+    storage.write_bytes(f"{out}/model.safetensors", b"half")
+    storage.write_bytes(f"{out}/stale-extra.bin", b"old")
+    rc, err = _run_cli(capsys, fx.path, out, "--num-heads", 4)
+    assert rc == 0, err
+    names = sorted(o.name for o in storage.list_objects(out))
+    assert "config.json" in names and "stale-extra.bin" not in names
+    assert storage.read_bytes(f"{out}/model.safetensors") != b"half"
+    # no staging prefix is left next to it
+    assert [o.name for o in storage.list_objects(f"{gcs_bucket}/models")] == [
+        f"rm/{n}" for n in names
+    ]
+    # a complete model is refused without --overwrite
+    rc, err = _run_cli(capsys, fx.path, out, "--num-heads", 4)
+    assert rc == 1 and "already exists; pass --overwrite" in err
+
+
+@pytest.mark.slow
+def test_kill_9_mid_gcs_upload_leaves_out_untouched_and_rerun_cleans_up(tmp_path, gcs_bucket):
+    fx = make_checkpoint(
+        tmp_path / "streaming_params", dim=256, layers=4, heads=4, kv_heads=4, inter=512, vocab=4096
+    )
+    out = f"{gcs_bucket}/models/rm"
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "rmeval", "convert", fx.path, out, "--num-heads", "4"]
+    proc = subprocess.Popen([*cmd, "--max-shard-size", "200KB"], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    staged = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        staged = list(storage.list_objects_if_any(f"{gcs_bucket}/models"))
+        if len(staged) >= 2:  # two shards uploaded, more to come
+            break
+        time.sleep(0.01)
+    assert len(staged) >= 2, "the upload ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert list(storage.list_objects_if_any(out)) == []  # nothing visible at OUT
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "left by an interrupted run" in rerun.stdout
+    left = [o.name for o in storage.list_objects(f"{gcs_bucket}/models")]
+    assert left and all(n.startswith("rm/") for n in left), left
+    assert storage.exists(f"{out}/config.json")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_finite_check_agrees_with_numpy_on_every_16_bit_pattern(dtype):
+    import ml_dtypes
+
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    if dt.itemsize == 2:
+        values = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(dt)
+    else:
+        values = np.array([0, 1, -1, 3e38, -3e38, np.inf, -np.inf, np.nan], np.float32)
+    finite = np.isfinite(values.astype(np.float32))
+    for v, ok in zip(values, finite, strict=True):
+        assert conv._all_finite(np.array([v], dt).view(np.uint8), dt) == bool(ok), v
+    assert conv._all_finite(values[finite].view(np.uint8), dt)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,19 @@ def test_local_dry_run_runs_nothing(tmp_path):
     summary = launch.launch(spec, backend="local", log_dir=tmp_path / "logs", dry_run=True)
     assert [(o.name, o.status) for o in summary.outcomes] == [("a", "planned")]
     assert not (tmp_path / "logs").exists()
+
+
+def test_local_dry_run_prints_command_lines_a_shell_runs_as_printed(tmp_path):
+    odd = tmp_path / "it's a dir" / "with  spaces; $HOME"
+    odd.mkdir(parents=True)
+    (odd / "f.txt").write_text("x")
+    spec = _spec(_task("a", "ls", str(odd), "--match", "*.txt"))
+    (planned,) = launch.launch(spec, backend="local", log_dir=tmp_path / "l", dry_run=True).outcomes
+    assert shlex.split(planned.detail) == ["rmeval", "ls", str(odd), "--match", "*.txt"]
+    # and the printed line, pasted into a shell, runs exactly that command
+    line = planned.detail.replace("rmeval", f"{shlex.quote(sys.executable)} -m rmeval", 1)
+    r = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and str(odd / "f.txt") in r.stdout, r.stderr
 
 
 def test_launch_rejects_invalid_spec_and_bad_arguments(tmp_path):

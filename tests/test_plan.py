@@ -193,13 +193,105 @@ def test_cli_output_json_and_no_clobber(tmp_path):
     assert r.returncode == 0 and "other-x" in out.read_text()
 
 
-def test_cli_nothing_to_do(tmp_path):
+def test_cli_nothing_to_do_only_with_allow_empty(tmp_path):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "spec.yml"
-    r = _cli("plan", "--source", str(tmp_path / "empty"), "--store", "s", "--output", str(out))
-    assert r.returncode == 0
+    args = ["plan", "--source", str(tmp_path / "empty"), "--store", "s", "--output", str(out)]
+    r = _cli(*args)
+    assert r.returncode == 1 and not out.exists()
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"rmeval: error: {tmp_path / 'empty'}: no streaming_params* checkpoints")
+    )
+    r = _cli(*args, "--allow-empty")
+    assert r.returncode == 0, r.stderr
     assert "nothing to do" in r.stderr
     assert not out.exists()
+
+
+# The upstream guide's command: --gcs_dir_path names a prefix of the run directories, not a
+# folder (upstream lists it with list_blobs(prefix=...)).
+GUIDE_PREFIX = "human-preferences/rm_checkpoints/tulu2_13b_rm_human_datamodel_counts"
+
+
+def test_source_is_a_name_prefix_as_upstream_lists_it(store_root):
+    root = storage.join(store_root, "human-preferences/rm_checkpoints")
+    runs = [
+        f"tulu2_13b_rm_human_datamodel_counts_7000_ID__{i:032x}__SWAPS_{100 * (i + 1)}--ab{i}"
+        for i in range(3)
+    ]
+    for r in runs:
+        storage.write_bytes(storage.join(root, r, "streaming_params_10"), b"x")
+    storage.write_bytes(storage.join(root, "tulu2_13b_other_model--z", "streaming_params"), b"y")
+    source = storage.join(store_root, GUIDE_PREFIX)
+    p = plan.plan(source)
+    assert sorted(r.directory for r in p.to_run) == sorted(runs)  # not the other model
+    # a folder still lists as a folder, with a trailing slash or without
+    folder = storage.join(root, runs[0])
+    assert [r.directory for r in plan.plan(folder).to_run] == [runs[0]]
+    assert [r.directory for r in plan.plan(folder + "/").to_run] == [runs[0]]
+
+
+def test_seed_flags_with_a_name_prefix(gcs_bucket):
+    root = storage.join(gcs_bucket, "human-preferences/rm_checkpoints")
+    run = "tulu2_13b_rm_human_datamodel_counts_7000_ID__07add08aa33a4fa6a5294c7bc41ae1f9__SWAPS_4026--a"
+    storage.write_bytes(storage.join(root, run, "streaming_params_437"), b"x")
+    bucket = gcs_bucket.removeprefix("gs://")
+    p, _ = plan.make_plan(gcs_bucket=bucket, gcs_dir_path=GUIDE_PREFIX, render=False)
+    assert [r.directory for r in p.to_run] == [run]
+
+
+def test_mistyped_source_names_the_nearest_prefixes(store_root):
+    root = storage.join(store_root, "rm_checkpoints")
+    for name in ("helpsteer2", "helpsteer2_v2", "multipref"):
+        storage.write_bytes(storage.join(root, name, "r--1", "streaming_params"), b"x")
+    typo = storage.join(root, "helpstere2")
+    with pytest.raises(StoreError) as e:
+        plan.plan(typo)
+    msg = str(e.value)
+    assert msg.startswith(f"{typo}: no streaming_params* checkpoints")
+    assert f"nearest existing: {storage.join(root, 'helpsteer2')}" in msg
+    assert "--allow-empty" in msg
+    assert plan.plan(typo, allow_empty=True).found == 0
+
+
+def test_dotted_and_dashed_directories_are_two_runs(store_root):
+    src = storage.join(store_root, "ckpts")
+    store = storage.join(store_root, "results")
+    storage.write_bytes(storage.join(src, "rm.v2--1", "streaming_params"), b"a")
+    storage.write_bytes(storage.join(src, "rm-v2--2", "streaming_params"), b"b")
+    storage.write_bytes(storage.join(src, "solo.v3--3", "streaming_params"), b"c")
+    p = plan.plan(src, prefix="t", store=store)
+    by_dir = {r.directory: r for r in p.to_run}
+    assert p.superseded == [] and len(by_dir) == 3
+    # names without a collision are what they always were (published names never change)
+    assert by_dir["solo.v3--3"].run == "t-solo-v3" and not by_dir["solo.v3--3"].explicit_name
+    assert by_dir["rm-v2--2"].run == "t-rm-v2" and not by_dir["rm-v2--2"].explicit_name
+    dotted = by_dir["rm.v2--1"]
+    assert dotted.run.startswith("t-rm-v2-") and dotted.explicit_name
+    # the spec passes the renamed run's name to run-one; the others need none
+    text = plan.render_plan(p, TEMPLATE)
+    tasks = {t["name"]: t["arguments"] for t in yaml.safe_load(text)["tasks"]}
+    assert tasks[dotted.run][tasks[dotted.run].index("--run-name") + 1] == dotted.run
+    assert "--run-name" not in tasks["t-rm-v2"]
+
+
+def test_a_published_dotted_run_keeps_its_name(store_root):
+    """a.b ran (as a-b) before a-b existed: the name stays a.b's, a-b gets a new one."""
+    src = storage.join(store_root, "ckpts")
+    store = storage.join(store_root, "results")
+    dotted = storage.join(src, "rm.v2--1", "streaming_params")
+    storage.write_bytes(dotted, b"a")
+    storage.write_text(storage.join(store, "rm-v2", "metrics.json"), "{}")
+    storage.write_text(
+        storage.join(store, "rm-v2", "provenance.json"), json.dumps({"checkpoint": dotted})
+    )
+    storage.write_bytes(storage.join(src, "rm-v2--2", "streaming_params"), b"b")
+    p = plan.plan(src, store=store)
+    assert [r.directory for r in p.done] == ["rm.v2--1"] and p.done[0].run == "rm-v2"
+    assert [r.directory for r in p.to_run] == ["rm-v2--2"]
+    assert p.to_run[0].run.startswith("rm-v2-") and p.to_run[0].explicit_name
 
 
 @pytest.mark.parametrize(

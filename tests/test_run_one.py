@@ -4,8 +4,12 @@ converter, the RewardBench evaluator, and a store that is a local dir or gs:// (
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import defaultdict
 
 import pytest
@@ -188,3 +192,115 @@ def test_gcs_keep_model_resumes_an_interrupted_upload(material, gcs_bucket, tmp_
     with pytest.raises(RmevalError, match=r"already holds a model; pass --force"):
         _go(material, store, keep_model=keep, work_dir=str(tmp_path / "w2"))
     assert _go(material, store, keep_model=keep, force=True).status == "ok"
+
+
+# --------------------------------------------------------------------------- concurrent runs
+
+
+def test_concurrent_run_ones_one_publishes_the_loser_says_so(material, tmp_path):
+    """Two run-ones of one checkpoint racing to publish: one wins, the other writes nothing,
+    says another run published first (no "--overwrite" advice), and the provenance.json
+    that stays is the winner's. Several rounds, so the race is really run."""
+    for round_ in range(3):
+        store = str(tmp_path / f"store{round_}")
+        results, errors = [], []
+
+        def go(work, store=store, results=results, errors=errors):
+            try:
+                results.append(_go(material, store, work_dir=work))
+            except Exception as exc:  # the test reports any failure
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=go, args=(str(tmp_path / f"w{round_}{i}"),)) for i in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert errors == [], errors
+        assert sorted(r.status for r in results) == ["ok", "skipped"], results
+        winner = next(r for r in results if r.status == "ok")
+        loser = next(r for r in results if r.status == "skipped")
+        assert "another run" in loser.detail or loser.detail == ""  # "" = started after it
+        assert "--overwrite" not in loser.detail
+        prov = json.loads(storage.read_text(storage.join(winner.result_uri, "provenance.json")))
+        assert prov["attempt"] == winner.attempt
+        names = sorted(o.name for o in storage.list_objects(winner.result_uri))
+        assert names == ["metrics.json", "provenance.json", "scores.jsonl"]
+
+
+def _dead_attempt() -> str:
+    """An attempt id of a process that has exited."""
+    code = "from rmeval.procutil import owned_name; print(owned_name('run-one-'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_a_live_claim_blocks_a_dead_one_is_taken_over(material, tmp_path):
+    store = str(tmp_path / "store")
+    dest = storage.join(store, naming.run_name(material.checkpoints[0], "t"))
+    claim = storage.join(dest, run.CLAIM_FILE)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        from rmeval.procutil import owned_name
+
+        live = owned_name("run-one-").replace(f"-{os.getpid()}-", f"-{sleeper.pid}-")
+        storage.write_text(claim, json.dumps({"attempt": live, "since": time.time()}))
+        res = _go(material, store)
+        assert res.status == "skipped" and "another run is publishing it" in res.detail
+        assert sorted(o.name for o in storage.list_objects(dest)) == [run.CLAIM_FILE]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the holder is gone now (as after a kill -9): its claim is stale and taken over
+    res = _go(material, store)
+    assert res.status == "ok", res
+    assert sorted(o.name for o in storage.list_objects(dest)) == [
+        "metrics.json", "provenance.json", "scores.jsonl"
+    ]  # fmt: skip
+    # a claim of another host (unknown liveness) older than the bound is stale as well
+    storage.write_text(
+        claim, json.dumps({"attempt": "run-one-other.1-5-x", "since": time.time() - 7 * 3600})
+    )
+    assert _go(material, store, force=True).status == "ok"
+    # a dead attempt's fresh claim does not block either
+    storage.write_text(claim, json.dumps({"attempt": _dead_attempt(), "since": time.time()}))
+    assert _go(material, store, force=True).status == "ok"
+    assert not storage.exists(claim)
+
+
+def test_run_name_overrides_the_derived_name(material, tmp_path):
+    store = str(tmp_path / "store")
+    res = _go(material, store, run_name="t-my-run.2")
+    assert res.status == "ok" and res.run == "t-my-run.2"
+    assert storage.exists(storage.join(store, "t-my-run.2", "metrics.json"))
+    with pytest.raises(RmevalError, match="run name 'a/b'"):
+        _go(material, store, run_name="a/b")
+
+
+@pytest.mark.slow  # a killed run-one and a rerun, each an interpreter with torch
+def test_kill_9_leaves_temp_dirs_that_the_next_run_removes(material, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    cmd = [
+        sys.executable, "-m", "rmeval", "run-one", material.checkpoints[0],
+        "--store", str(tmp_path / "store"), "--tokenizer", material.tokenizer,
+        "--dataset", material.dataset, "--num-heads", str(HEADS),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(tmpdir.glob("rmeval-tok-*")):  # converting, tokenizer being prepared
+            break
+        time.sleep(0.005)
+    assert list(tmpdir.glob("rmeval-tok-*")), "run-one got past the tokenizer before the kill"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    left = sorted(p.name.split("-")[1] for p in tmpdir.iterdir())
+    assert left == ["run", "tok"], left  # what a kill -9 leaves: nothing could clean up
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert list(tmpdir.iterdir()) == []
+    assert "left by an interrupted run" in rerun.stderr

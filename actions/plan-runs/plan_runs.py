@@ -107,10 +107,16 @@ def _error_line(stderr: str) -> str:
     return lines[-1] if lines else "rmeval plan failed without a message"
 
 
-def plan_entry(entry: dict[str, str], template: str) -> list[dict[str, Any]]:
-    """Run ``rmeval plan --json`` for one entry and return its run list."""
+def plan_entry(
+    entry: dict[str, str], template: str, allow_empty: bool = False
+) -> list[dict[str, Any]]:
+    """Run ``rmeval plan --json`` for one entry and return its run list. ``allow_empty``
+    (the schedule: a source may have no checkpoints yet) passes ``--allow-empty``; a
+    dispatch's source without checkpoints fails the step, naming the nearest prefixes."""
     cmd = [sys.executable, "-m", "rmeval", "plan", "--source", entry["source"]]
     cmd += ["--template", template, "--store", entry["store"], "--json"]
+    if allow_empty:
+        cmd.append("--allow-empty")
     if entry["preset"]:
         cmd += ["--preset", entry["preset"]]
     if entry["prefix"]:
@@ -139,6 +145,8 @@ def matrix_item(run: dict[str, Any], entry: dict[str, str]) -> dict[str, str]:
     return {
         "name": str(run["run"]),
         "checkpoint": str(run["checkpoint"]),
+        # only when plan renamed the run (two experiments would share a name)
+        "run_name": str(run["run"]) if run.get("explicit_name") else "",
         "store": entry["store"],
         "prefix": str(run.get("prefix") or ""),
         "dataset": entry["dataset"],
@@ -149,13 +157,15 @@ def matrix_item(run: dict[str, Any], entry: dict[str, str]) -> dict[str, str]:
     }
 
 
-def plan(entries: list[dict[str, str]], template: str, max_runs: int) -> dict[str, Any]:
+def plan(
+    entries: list[dict[str, str]], template: str, max_runs: int, allow_empty: bool = False
+) -> dict[str, Any]:
     """Plan every entry; runner runs become one matrix, beaker entries another."""
     runs: list[dict[str, str]] = []
     beaker: list[dict[str, str]] = []
     rows = []
     for entry in entries:
-        planned = plan_entry(entry, template)
+        planned = plan_entry(entry, template, allow_empty)
         rows.append((entry, len(planned)))
         if entry["backend"] == "beaker":
             if planned:
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             names = ", ".join(e["dataset"] for e in entries) or "none"
             write_summary(f"### fetch-results targets\n\n{names}")
             return 0
-        result = plan(entries, args.template, args.max_runs)
+        result = plan(entries, args.template, args.max_runs, allow_empty=bool(args.config))
     except PlanFailed as exc:
         line = str(exc)
         print(f"::error title=rmeval plan::{_escape(line)}", flush=True)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmeval import storage
 from rmeval.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,9 @@ def _run_task(task: LocalTask, log_dir: Path, env: Mapping[str, str] | None) -> 
         argv += ["--result-json", str(result_path)]
     t0 = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as logf:
-        logf.write(f"==> {time.strftime('%Y-%m-%dT%H:%M:%S')} rmeval {' '.join(task.argv)}\n")
+        logf.write(
+            f"==> {time.strftime('%Y-%m-%dT%H:%M:%S')} {shlex.join(['rmeval', *task.argv])}\n"
+        )
         logf.flush()
         try:
             proc = subprocess.run(
@@ -197,12 +201,16 @@ def run_local(
     if dup:
         raise BackendError(f"duplicate run name {sorted(dup)[0]!r}: each run needs its own log")
     log_dir = Path(log_dir)
-    if dry_run:
+    if dry_run:  # command lines a shell runs exactly as printed
         return LaunchSummary(
             "local",
-            [Outcome(t.name, "planned", "rmeval " + " ".join(t.argv)) for t in tasks],
+            [Outcome(t.name, "planned", shlex.join(["rmeval", *t.argv])) for t in tasks],
         )
-    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage.write_error(exc, log_dir, "create the log directory") from None
+    storage.check_writable(log_dir / "launch.log")  # a probe, before any worker starts
     outcomes: list[Outcome] = []
     bar = tqdm(total=len(tasks), unit="run", disable=None if progress else True, desc="launch")
     try:

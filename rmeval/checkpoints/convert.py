@@ -5,17 +5,21 @@ safetensors header and every tensor's place in its shard is known before any dat
 Each tensor is then read once (ranged, parallel reads for gs://) into one reusable buffer,
 transposed / rotary-permuted / cast in cache-sized tiles by a few threads, and written once
 with ``os.pwrite`` at its precomputed offset in its shard. Peak memory is about the largest
-tensor plus a few tile buffers.
+tensor plus a few tile buffers. Every block is checked for NaN/Inf right where it is
+written, still in cache: a broken checkpoint fails naming the tensor, with no second pass.
 
-The output is built in ``OUT.partial-<id>`` (for gs:// outputs: a local temporary directory)
-and renamed into place (uploaded with config.json last) only when complete and, with
-``verify=True``, verified. Nothing is left at OUT on failure. This module never imports
-jax or flax; verification lives in :mod:`rmeval.checkpoints.reference`.
+The output is built in ``OUT.partial-<owner>-<pid>-<id>`` (for gs:// outputs: a local
+temporary directory, uploaded under ``OUT.partial-…/`` and copied into OUT with config.json
+last) and moved into place only when complete and, with ``verify=True``, verified. Nothing
+is left at OUT on failure; what a ``kill -9`` leaves is removed by the next conversion to
+OUT once its process is gone (:mod:`rmeval.procutil`). This module never imports jax or
+flax; verification lives in :mod:`rmeval.checkpoints.reference`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import math
@@ -37,7 +41,8 @@ import numpy as np
 from rmeval import naming, storage
 from rmeval.checkpoints import llama
 from rmeval.checkpoints.easylm import CheckpointReader, numpy_dtype
-from rmeval.errors import CheckpointError, ConvertError, StoreError, UsageError
+from rmeval.errors import CheckpointError, ConvertError, UsageError
+from rmeval.procutil import is_stale, owned_name, owned_tempdir, remove_stale
 
 if TYPE_CHECKING:
     from rmeval.checkpoints.reference import VerifyResult
@@ -49,8 +54,12 @@ SAFETENSORS_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "f
 TILE = 128  # transpose tile edge (elements); measured fastest for bf16 on x86
 BLOCK_BYTES = 1024 * 1024  # output rows per task: transposed, then written while still in cache
 PREFETCH_BYTES = 256 * 1024 * 1024  # the read-ahead buffer (tensors above it are not prefetched)
+COPY_BYTES = 4 * 1024 * 1024  # buffer of tensors copied as stored (local sources)
 SINGLE_SHARD = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+CONFIG_NAME = "config.json"
+PARTIAL = ".partial-"  # OUT.partial-<owner>-<pid>-<id>: a build in progress
+GCS_PARTIAL_STALE_S = 24 * 3600  # a gs:// staging prefix idle this long is abandoned
 
 
 @dataclass
@@ -183,6 +192,40 @@ def _same_width_uint(dt: np.dtype) -> np.dtype:
     return np.dtype(f"u{dt.itemsize}")
 
 
+# A 16-bit float is NaN or Inf iff its bits without the sign are at least those of +Inf.
+_HALF_INF_BITS = {"bfloat16": 0x7F80, "float16": 0x7C00}
+
+
+def _all_finite(block: np.ndarray, dtype: np.dtype) -> bool:
+    """True when every value of ``block`` (raw elements of float ``dtype``, any view of the
+    same width) is finite. Runs on a block that is still in cache, right where it is
+    written: the conversion makes no second pass over the data. 16-bit floats are checked
+    on their bits (ml_dtypes' bf16 ufuncs are ~6x slower): NaN and Inf are the patterns
+    whose magnitude bits are at least +Inf's."""
+    limit = _HALF_INF_BITS.get(dtype.name)
+    if limit is not None:
+        bits = block.reshape(-1).view(np.uint16)
+        # two plain reductions, no temporary: negative NaN/Inf are the largest unsigned
+        # patterns, positive ones the largest signed (int16) patterns
+        return bits.size == 0 or (
+            int(bits.max()) < (limit | 0x8000) and int(bits.view(np.int16).max()) < limit
+        )
+    if dtype.kind != "f":
+        return True
+    return bool(np.isfinite(block.reshape(-1).view(dtype)).all())
+
+
+def _nonfinite_error(placed: _Placed) -> CheckpointError:
+    p = placed.plan
+    cast = p.src.np_dtype != placed.out_dtype
+    where = f" once cast to {placed.out_dtype.name}" if cast else ""
+    return CheckpointError(
+        f"{p.src.name}: the tensor holds NaN or Inf values{where}; the checkpoint is broken "
+        "(a diverged or corrupted training run), so nothing was converted"
+        + ("; or choose a wider --dtype" if cast else "")
+    )
+
+
 class _Writer:
     """Transforms tensors from a source buffer and writes them at their shard offsets."""
 
@@ -223,7 +266,7 @@ class _Writer:
         src = src_bytes.view(src_dt)
         if p.transform == llama.NONE:
             if same:
-                _pwrite_all(fd, src_bytes, placed.offset)
+                _write_checked(fd, placed, src_bytes, placed.offset)
                 return
             flat = src.reshape(-1)
             step = max(1, BLOCK_BYTES // dst_dt.itemsize)
@@ -231,7 +274,10 @@ class _Writer:
             def cast(s: int) -> None:
                 e = min(flat.size, s + step)
                 out = self._buffer((e - s) * dst_dt.itemsize)[: (e - s) * dst_dt.itemsize]
-                np.copyto(out.view(dst_dt), flat[s:e], casting="unsafe")
+                with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                    np.copyto(out.view(dst_dt), flat[s:e], casting="unsafe")
+                if not _all_finite(out, placed.out_dtype):
+                    raise _nonfinite_error(placed)
                 _pwrite_all(fd, out, placed.offset + s * dst_dt.itemsize)
 
             self._run([lambda s=s: cast(s) for s in range(0, flat.size, step)])
@@ -256,27 +302,69 @@ class _Writer:
         nbytes = n * n_in * dst_dt.itemsize
         out = self._buffer(nbytes)[:nbytes].view(dst_dt).reshape(n, n_in)
         cols = kernel[:, src_col : src_col + (n - 1) * step + 1 : step]  # (n_in, n)
-        for r in range(0, n, TILE):
-            for c in range(0, n_in, TILE):
-                np.copyto(
-                    out[r : r + TILE, c : c + TILE],
-                    cols[c : c + TILE, r : r + TILE].T,
-                    casting="unsafe",
-                )
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is checked below
+            for r in range(0, n, TILE):
+                for c in range(0, n_in, TILE):
+                    np.copyto(
+                        out[r : r + TILE, c : c + TILE],
+                        cols[c : c + TILE, r : r + TILE].T,
+                        casting="unsafe",
+                    )
+        if not _all_finite(out, placed.out_dtype):
+            raise _nonfinite_error(placed)
         _pwrite_all(fd, out, placed.offset + dst_row * n_in * dst_dt.itemsize)
+
+
+def _write_checked(fd: int, placed: _Placed, data: np.ndarray, offset: int) -> None:
+    """Write raw bytes stored exactly as they are written (no transform, no cast), block
+    by block, each checked while it is in cache."""
+    for s in range(0, data.size, BLOCK_BYTES):
+        block = data[s : s + BLOCK_BYTES]
+        if not _all_finite(block, placed.out_dtype):
+            raise _nonfinite_error(placed)
+        _pwrite_all(fd, block, offset + s)
+
+
+def _copy_plain(reader: CheckpointReader, placed: _Placed, fd: int, buf: np.ndarray) -> None:
+    """A tensor stored exactly as written (embedding, norms), from a local source: read,
+    checked and written block by block through one small buffer, never whole in memory."""
+    info = placed.plan.src
+    for start in range(0, info.nbytes, buf.nbytes):
+        view = buf[: min(buf.nbytes, info.nbytes - start)]
+        reader.read_into(info, view, start=start)
+        _write_checked(fd, placed, view, placed.offset + start)
 
 
 # --------------------------------------------------------------------------- output dirs
 
 
-def _check_out_free(out: str, overwrite: bool) -> None:
-    if overwrite:
-        return
+def _check_out_free(out: str, overwrite: bool, notes: list[str]) -> None:
+    """Refuse an existing OUT unless ``overwrite``. A gs:// OUT without config.json (which
+    is copied into place last) is what an interrupted publish left: it is replaced."""
     if storage.is_gcs(out):
-        if next(iter(storage.list_objects_if_any(out)), None) is not None:
+        if next(iter(storage.list_objects_if_any(out)), None) is None:
+            return
+        if not storage.exists(storage.join(out, CONFIG_NAME)):
+            notes.append(f"replacing {out}: incomplete (no {CONFIG_NAME}; an interrupted run)")
+            return
+        if not overwrite:
             raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
-    elif storage.local_path(out).exists():
+    elif not overwrite and storage.local_path(out).exists():
         raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
+
+
+def _local_build_dir(out_path: Path, notes: list[str]) -> Path:
+    """``OUT.partial-<owner>-<pid>-<id>`` next to OUT, after removing the partials of OUT
+    whose process is gone (a kill -9 leaves them; nothing else could)."""
+    prefix = f"{out_path.name}{PARTIAL}"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale(out_path.parent, prefix):
+        notes.append(f"removed {stale}, left by an interrupted run")
+    for other in out_path.parent.glob(glob.escape(prefix) + "*"):
+        notes.append(f"{other}: another run's partial build (still running, or of another host)")
+    build = out_path.with_name(owned_name(prefix))
+    build.mkdir()
+    return build
 
 
 def _publish_local(build: Path, out: Path, overwrite: bool) -> None:
@@ -291,19 +379,58 @@ def _publish_local(build: Path, out: Path, overwrite: bool) -> None:
     except OSError as exc:
         if old is not None:
             os.rename(old, out)
-        raise ConvertError(f"{out}: cannot move the finished build into place: {exc}") from exc
+        raise storage.write_error(
+            exc, out, "move the finished build into place", ConvertError
+        ) from None
     if old is not None and old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
     elif old is not None:
         old.unlink()
 
 
-def _publish_gcs(build: Path, out: str, overwrite: bool) -> None:
-    old = {o.name for o in storage.list_objects_if_any(out)} if overwrite else set()
-    storage.upload_tree(build, out, overwrite=overwrite, last=("config.json",))
-    new = {p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file()}
-    for name in sorted(old - new):  # stale files of the replaced model
-        storage.delete(storage.join(out, name))
+def _publish_gcs(build: Path, out: str, notes: list[str]) -> None:
+    """Upload under a staging prefix ``OUT.partial-<owner>-<pid>-<id>/``, then copy into
+    OUT inside the bucket with config.json last, and drop files of a replaced model. A
+    kill during the upload leaves OUT as it was; during the copies, OUT without
+    config.json, which the next run replaces. Staging prefixes of dead processes of this
+    host are removed first."""
+    prefix = storage.basename(out) + PARTIAL
+    for stale in _stale_gcs_partials(storage.parent(out), prefix):
+        notes.append(f"removed {stale}, left by an interrupted run")
+    staging = storage.join(storage.parent(out), owned_name(prefix))
+    try:
+        storage.upload_tree(build, staging, overwrite=True, last=())
+        new = sorted(
+            (p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file()),
+            key=lambda name: (name == CONFIG_NAME, name),
+        )
+        old = {o.name for o in storage.list_objects_if_any(out)}
+        for name in old - set(new):  # a replaced model's files, before config.json lands
+            storage.delete(storage.join(out, name))
+        for name in new:
+            storage.copy_object(storage.join(staging, name), storage.join(out, name))
+    finally:
+        storage.delete_prefix(staging)
+
+
+def _stale_gcs_partials(parent: str, prefix: str) -> list[str]:
+    """Remove the staging prefixes of OUT that no live upload owns: made by a dead process
+    of this host, or (another host's: a preempted task retried elsewhere) untouched for
+    :data:`GCS_PARTIAL_STALE_S`."""
+    newest: dict[str, float] = {}
+    for o in storage.list_objects(storage.join(parent, prefix), name_prefix=True):
+        head = o.name.split("/", 1)[0]
+        t = o.updated.timestamp() if o.updated else 0.0
+        newest[head] = max(newest.get(head, 0.0), t)
+    now = time.time()
+    stale = sorted(
+        storage.join(parent, head)
+        for head, t in newest.items()
+        if head.startswith(prefix) and (is_stale(head, prefix) or now - t > GCS_PARTIAL_STALE_S)
+    )
+    for uri in stale:
+        storage.delete_prefix(uri)
+    return stale
 
 
 # --------------------------------------------------------------------------- convert
@@ -336,9 +463,9 @@ def convert(
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     max_shard = parse_size(max_shard_size)
-    _check_out_free(out, overwrite)
-
     notes: list[str] = []
+    _check_out_free(out, overwrite, notes)
+
     with CheckpointReader(src) as reader:
         index = reader.index
         spec, spec_notes = llama.infer_spec(index, model_size, num_heads, rope_theta, rope_scaling)
@@ -349,67 +476,85 @@ def convert(
         if not dtype and len(stored) > 1:
             notes.append(f"mixed stored dtypes {sorted(stored)}; writing float32")
 
-        if storage.is_gcs(out):
-            build = Path(tempfile.mkdtemp(prefix="rmeval-convert-"))
-        else:
-            out_path = storage.local_path(out)
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            for stale in out_path.parent.glob(f"{out_path.name}.partial-*"):
-                notes.append(f"left over from an interrupted run (safe to delete): {stale}")
-            build = out_path.with_name(f"{out_path.name}.partial-{storage.unique_suffix()}")
-            build.mkdir()
-        try:
-            written = _write_model(reader, plans, out_dtype, max_shard, build, progress)
-            pad_id = bos = eos = None
-            if tokenizer:
-                from rmeval.tokenizer import prepare_tokenizer
-
-                info = prepare_tokenizer(
-                    tokenizer,
-                    build,
-                    vocab_size=spec.vocab_size,
-                    model_max_length=spec.max_position_embeddings,
+        with contextlib.ExitStack() as stack:
+            try:
+                if storage.is_gcs(out):
+                    build = stack.enter_context(owned_tempdir("rmeval-convert-")) / "model"
+                    build.mkdir()
+                else:
+                    build = _local_build_dir(storage.local_path(out), notes)
+                    stack.callback(shutil.rmtree, build, ignore_errors=True)
+                result = _build(
+                    reader, plans, spec, out_dtype, max_shard, build, tokenizer, progress
                 )
-                pad_id = info.pad_token_id
-                notes.append(
-                    f"tokenizer ({info.kind}): chat template {info.chat_template}, pad "
-                    f"{info.pad_token!r} (id {pad_id})"
-                )
-            else:
-                notes.append(
-                    "no --tokenizer: model only; pass --tokenizer to save one with the chat "
-                    "template and pad token"
-                )
-            config = llama.hf_config(spec, out_dtype, pad_id, bos, eos)
-            (build / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-            written += (build / "config.json").stat().st_size
-            bytes_read = reader.bytes_read
-            result = ConvertResult(
-                out=out,
-                kind=spec.kind,
-                config=config,
-                bytes_read=bytes_read,
-                bytes_written=written,
-                seconds=0.0,
-                peak_rss_bytes=0,
-                notes=notes,
-            )
+            except OSError as exc:
+                where = out if not storage.is_gcs(out) else tempfile.gettempdir()
+                raise storage.write_error(
+                    exc, where, "write the converted model", ConvertError
+                ) from None
+            result.out = out
+            result.notes[:0] = notes
             if verify:
                 from rmeval.checkpoints.reference import verify as run_verify
 
                 result.verify = run_verify(src, str(build), raise_on_fail=True)
             if storage.is_gcs(out):
-                _publish_gcs(build, out, overwrite)
+                _publish_gcs(build, out, result.notes)
             else:
                 _publish_local(build, storage.local_path(out), overwrite)
-        finally:
-            if build.exists():
-                shutil.rmtree(build, ignore_errors=True)
     result.seconds = time.perf_counter() - t0
     result.peak_rss_bytes = peak_rss_bytes()
-    for n in notes:
+    for n in result.notes:
         log.debug("note: %s", n)
     return result
+
+
+def _build(
+    reader: CheckpointReader,
+    plans: list[llama.TensorPlan],
+    spec: llama.LlamaSpec,
+    out_dtype: str,
+    max_shard: int,
+    build: Path,
+    tokenizer: str | None,
+    progress: bool,
+) -> ConvertResult:
+    """Write the model (shards, index, tokenizer, config.json) into ``build``."""
+    notes: list[str] = []
+    written = _write_model(reader, plans, out_dtype, max_shard, build, progress)
+    pad_id = bos = eos = None
+    if tokenizer:
+        from rmeval.tokenizer import prepare_tokenizer
+
+        info = prepare_tokenizer(
+            tokenizer,
+            build,
+            vocab_size=spec.vocab_size,
+            model_max_length=spec.max_position_embeddings,
+        )
+        pad_id = info.pad_token_id
+        notes.append(
+            f"tokenizer ({info.kind}): chat template {info.chat_template}, pad "
+            f"{info.pad_token!r} (id {pad_id})"
+        )
+    else:
+        notes.append(
+            "no --tokenizer: model only; pass --tokenizer to save one with the chat "
+            "template and pad token"
+        )
+    config = llama.hf_config(spec, out_dtype, pad_id, bos, eos)
+    (build / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    written += (build / CONFIG_NAME).stat().st_size
+    return ConvertResult(
+        out=str(build),
+        kind=spec.kind,
+        config=config,
+        bytes_read=reader.bytes_read,
+        bytes_written=written,
+        seconds=0.0,
+        peak_rss_bytes=0,
+        notes=notes,
+    )
 
 
 def _allocate(fd: int, size: int) -> None:
@@ -493,19 +638,20 @@ def _write_model(
             desc="convert",
             disable=None if progress else True,
         ) as bar:
-            # tensors stored exactly as written (embedding, norms) are copied inside the
-            # kernel; the rest stream through the prefetching reader and the tiled writer
-            direct = [t for t in placed if _is_plain_copy(t)]
-            copied = {id(t) for t in direct if reader.copy_to(t.plan.src, fds[t.shard], t.offset)}
-            bar.update(sum(t.plan.src.nbytes for t in direct if id(t) in copied))
+            # tensors stored exactly as written (embedding, norms) of a local checkpoint
+            # stream through one small buffer; the rest through the prefetching reader and
+            # the tiled writer. Every block is checked for NaN/Inf where it is written.
+            direct = [t for t in placed if _is_plain_copy(t)] if not reader.is_gcs else []
+            if direct:
+                buf = np.empty(min(COPY_BYTES, max(t.plan.src.nbytes for t in direct)), np.uint8)
+                for t in direct:
+                    _copy_plain(reader, t, fds[t.shard], buf)
+                    bar.update(t.plan.src.nbytes)
+            copied = {id(t) for t in direct}
             rest = [t for t in placed if id(t) not in copied]
             for t, data in _prefetched(reader, rest):
                 writer.write(fds[t.shard], t, data)
                 bar.update(t.plan.src.nbytes)
-    except (StoreError, CheckpointError):
-        raise
-    except OSError as exc:
-        raise ConvertError(f"{build}: cannot write the converted model: {exc}") from exc
     finally:
         writer.close()
         for fd in fds:

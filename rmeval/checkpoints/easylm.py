@@ -136,6 +136,11 @@ class _Source:
             self._pool.shutdown(wait=True)
             self._pool = None
 
+    def _read_error(self, exc: OSError, offset: int) -> CheckpointError:
+        return CheckpointError(
+            f"{self.uri}: cannot read at byte {offset}: {storage.describe_os_error(exc)}"
+        )
+
     def pread(self, offset: int, n: int) -> bytes:
         n = max(0, min(n, self.size - offset))
         if n == 0:
@@ -143,7 +148,10 @@ class _Source:
         if self.is_gcs:
             data = storage.read_range(self.uri, offset, offset + n)
         else:
-            data = os.pread(self._fd, n, offset)  # type: ignore[arg-type]
+            try:
+                data = os.pread(self._fd, n, offset)  # type: ignore[arg-type]
+            except OSError as exc:
+                raise self._read_error(exc, offset) from None
         self.bytes_read += len(data)
         return data
 
@@ -158,7 +166,10 @@ class _Source:
         if not self.is_gcs:
             done = 0
             while done < n:
-                got = os.preadv(self._fd, [out[done:]], offset + done)  # type: ignore[arg-type]
+                try:
+                    got = os.preadv(self._fd, [out[done:]], offset + done)  # type: ignore[arg-type]
+                except OSError as exc:
+                    raise self._read_error(exc, offset + done) from None
                 if got <= 0:
                     raise CheckpointError(
                         f"{self.uri}: short read at byte {offset + done}; the file changed "
@@ -525,45 +536,27 @@ class CheckpointReader:
     def bytes_read(self) -> int:
         return self._src.bytes_read
 
-    def read_into(self, info: TensorInfo, out: memoryview | np.ndarray) -> None:
-        """Copy the tensor's raw C-order bytes into ``out`` (``info.nbytes`` long)."""
-        mv = memoryview(out).cast("B") if not isinstance(out, memoryview) else out.cast("B")
-        if len(mv) != info.nbytes:
-            raise ValueError(f"buffer of {len(mv)} bytes for {info.name} ({info.nbytes} bytes)")
-        pos = 0
-        for off, n in info.pieces:
-            self._src.readinto(off, mv[pos : pos + n])
-            pos += n
+    @property
+    def is_gcs(self) -> bool:
+        return self._src.is_gcs
 
-    def copy_to(self, info: TensorInfo, fd: int, offset: int) -> bool:
-        """Copy the tensor's raw bytes into the file ``fd`` at ``offset`` inside the kernel
-        (``copy_file_range``), without passing them through this process. Local sources
-        only; returns False when it cannot (gs://, no copy_file_range), so the caller reads
-        and writes instead."""
-        src = self._src
-        if src.is_gcs or src._fd is None or not hasattr(os, "copy_file_range"):
-            return False
-        dst = offset
-        try:
-            for off, n in info.pieces:
-                if off + n > src.size:
-                    raise CheckpointError(
-                        f"{self.uri}: truncated: bytes [{off}, {off + n}) of tensor {info.name} "
-                        f"lie past the end of the file ({src.size} bytes)"
-                    )
-                done = 0
-                while done < n:
-                    got = os.copy_file_range(src._fd, fd, n - done, off + done, dst + done)
-                    if got <= 0:
-                        raise OSError(f"copy_file_range returned {got}")
-                    done += got
-                dst += n
-        except OSError:
-            if dst == offset:  # nothing copied yet: fall back to read + write
-                return False
-            raise
-        src.bytes_read += info.nbytes
-        return True
+    def read_into(self, info: TensorInfo, out: memoryview | np.ndarray, start: int = 0) -> None:
+        """Copy bytes ``[start, start + len(out))`` of the tensor's raw C-order data into
+        ``out`` (by default all ``info.nbytes`` of them, from the start)."""
+        mv = memoryview(out).cast("B") if not isinstance(out, memoryview) else out.cast("B")
+        if start < 0 or start + len(mv) > info.nbytes:
+            raise ValueError(
+                f"bytes [{start}, {start + len(mv)}) of {info.name} ({info.nbytes} bytes)"
+            )
+        pos = 0  # bytes of ``out`` filled
+        base = 0  # tensor byte offset where the current piece starts
+        for off, n in info.pieces:
+            lo = max(start + pos, base)
+            if lo < base + n and pos < len(mv):
+                take = min(base + n - lo, len(mv) - pos)
+                self._src.readinto(off + (lo - base), mv[pos : pos + take])
+                pos += take
+            base += n
 
     def read(self, info: TensorInfo) -> np.ndarray:
         """The tensor as a numpy array in its stored dtype."""

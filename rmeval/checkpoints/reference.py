@@ -198,10 +198,10 @@ def verify(
 
     ``hf_dir`` may be gs:// (downloaded to a temporary directory first). Raises
     :class:`VerifyError` above tolerance when ``raise_on_fail``."""
-    import tempfile
+    from rmeval.procutil import owned_tempdir
 
     checkpoint, hf_dir = os.fspath(checkpoint), os.fspath(hf_dir)
-    with tempfile.TemporaryDirectory(prefix="rmeval-verify-") as tmp:
+    with owned_tempdir("rmeval-verify-") as tmp:
         local = hf_dir
         if storage.is_gcs(hf_dir):
             local = str(storage.download_tree(hf_dir, tmp))
@@ -214,6 +214,7 @@ def verify(
                 f"{hf_dir}: no config.json; not a converted model directory"
             ) from None
         params = easylm.load_params(checkpoint)
+        _check_finite(checkpoint, params)
         stored = {v.dtype.name for v in params.values()}  # as stored: load_params keeps dtypes
         kind = "reward" if "score/kernel" in params else "causal"
         if kind == "causal" and "lm_head/kernel" not in params:
@@ -258,6 +259,21 @@ def verify(
             "--model-size/--num-heads/--rope-theta/--rope-scaling"
         )
     return result
+
+
+def _check_finite(checkpoint: str, params: dict[str, np.ndarray]) -> None:
+    """A checkpoint with NaN or Inf weights cannot be reproduced by any --model-size or
+    --num-heads: say what is wrong with it instead of suggesting those."""
+    for name, value in params.items():
+        if value.dtype.kind != "f" and value.dtype.name != "bfloat16":
+            continue
+        bad = int(np.count_nonzero(~np.isfinite(value.astype(np.float32))))
+        if bad:
+            raise CheckpointError(
+                f"{checkpoint}: the checkpoint holds non-finite values: tensor {name} has "
+                f"{bad} NaN or Inf of {value.size}; the training run diverged or the file is "
+                "corrupted (no conversion can reproduce it)"
+            )
 
 
 def _summary_values(out: np.ndarray, mask: np.ndarray, kind: str) -> list:

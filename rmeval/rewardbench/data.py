@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,7 @@ def load_pairs(dataset: str, subsets: Sequence[str] | None = None) -> list[Pair]
                 rejected=r["rejected"],
             )
         )
+    _check_unique_ids(pairs, dataset)
     if subsets:
         wanted = list(dict.fromkeys(subsets))
         present = {p.subset for p in pairs}
@@ -189,6 +191,26 @@ def load_pairs(dataset: str, subsets: Sequence[str] | None = None) -> list[Pair]
             ", ".join(unknown),
         )
     return pairs
+
+
+def _check_unique_ids(pairs: Sequence[Pair], dataset: str) -> None:
+    """Duplicate ids are an error, not deduplicated: a repeated pair would count twice in
+    its subset's accuracy (and RewardBench's section weights assume each pair once), the
+    per-pair scores could not be told apart by id, and when the copies differ there is no
+    right one to keep. The usual cause is a file concatenated twice."""
+    seen: dict[str, int] = {}
+    for i, p in enumerate(pairs):
+        seen.setdefault(p.id, i)
+    if len(seen) == len(pairs):
+        return
+    counts = Counter(p.id for p in pairs)
+    dup = sorted((k for k, n in counts.items() if n > 1), key=lambda k: seen[k])
+    shown = ", ".join(dup[:5]) + (f" and {len(dup) - 5} more" if len(dup) > 5 else "")
+    raise EvalError(
+        f"{dataset}: {len(dup)} id(s) appear more than once ({shown}; "
+        f"{sum(counts[k] for k in dup) - len(dup)} extra row(s)); every pair needs its own id "
+        "(was the file concatenated twice?)"
+    )
 
 
 # --------------------------------------------------------------------------- sample

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,9 +36,10 @@ from pathlib import Path
 
 from rmeval import storage
 from rmeval.errors import CheckpointError, EvalError, StoreError, UsageError
+from rmeval.procutil import owned_tempdir
 from rmeval.rewardbench import formats, scoring
-from rmeval.rewardbench.data import load_pairs
-from rmeval.tokenizer import declared_class, load_tokenizer
+from rmeval.rewardbench.data import Pair, load_pairs
+from rmeval.tokenizer import TOKENIZER_CONFIG, declared_class, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def resolve_dtype(dtype: str, device: str):
 
 def _local_model_dir(model_dir: str, stack: contextlib.ExitStack) -> Path:
     if storage.is_gcs(model_dir):
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rmeval-model-")))
+        work = stack.enter_context(owned_tempdir("rmeval-model-"))
         try:
             return storage.download_tree(model_dir, work / "model")
         except StoreError as exc:
@@ -144,6 +144,12 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
         raise EvalError(
             f"{model_dir}: the model's head has num_labels={config.num_labels}; a reward model "
             "has a single score (num_labels=1)"
+        )
+    if not (model_dir / TOKENIZER_CONFIG).is_file():
+        raise EvalError(
+            f"{model_dir}: no {TOKENIZER_CONFIG} (it names the eos, bos and pad tokens the "
+            "scores depend on); save the tokenizer next to the model, e.g. `rmeval convert "
+            "--tokenizer ...`"
         )
     try:
         tokenizer, _ = load_tokenizer(model_dir, model_dir)
@@ -362,9 +368,40 @@ def score_batches(
 # --------------------------------------------------------------------------- evaluate
 
 
-def _check_writable(uri: str | None, overwrite: bool, what: str) -> None:
-    if uri and not overwrite and storage.exists(uri):
-        raise EvalError(f"{uri}: {what} already exists; pass --overwrite to replace it")
+def _check_outputs(out: str | None, save_scores: str | None, overwrite: bool) -> bool:
+    """Before any scoring: refuse outputs that exist (unless ``overwrite``) and probe that
+    both can be written. The scores and the metrics are one unit whose metrics file is
+    written last, so scores without their metrics are what an interrupted run left: they
+    are replaced, not refused. Returns whether the scores file may be replaced."""
+    if out == save_scores and out:
+        raise UsageError(f"--out and --save-scores are the same file: {out}")
+    if out and not overwrite and storage.exists(out):
+        raise EvalError(f"{out}: metrics file already exists; pass --overwrite to replace it")
+    replace_scores = overwrite
+    if save_scores and not overwrite and storage.exists(save_scores):
+        if not out:
+            raise EvalError(
+                f"{save_scores}: scores file already exists; pass --overwrite to replace it"
+            )
+        log.info("%s: scores without %s (an interrupted run); replacing them", save_scores, out)
+        replace_scores = True
+    for uri in (save_scores, out):
+        if uri:
+            storage.check_writable(uri)
+    return replace_scores
+
+
+def _check_finite(rewards: Sequence[float], pairs: Sequence[Pair], model_dir: str) -> None:
+    bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
+    if bad:
+        subsets = sorted({pairs[i // 2].subset for i in bad})
+        shown = ", ".join(subsets[:5]) + (
+            f" and {len(subsets) - 5} more" if len(subsets) > 5 else ""
+        )
+        raise EvalError(
+            f"{model_dir}: {len(bad)} of {len(rewards)} rewards are NaN or Inf (subsets: "
+            f"{shown}); the model's weights are broken or --dtype overflows; nothing written"
+        )
 
 
 def evaluate(
@@ -396,8 +433,7 @@ def evaluate(
 
     model_dir = os.fspath(model_dir)
     formats.check_options(scoring_format, chat_template)
-    _check_writable(out, overwrite, "metrics file")
-    _check_writable(save_scores, overwrite, "scores file")
+    replace_scores = _check_outputs(out, save_scores, overwrite)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     pairs = load_pairs(dataset, subsets)
@@ -450,13 +486,7 @@ def evaluate(
             bar.close()
     seconds = time.perf_counter() - t0
     real = sum(len(s) for s in seqs)
-    n_nan = sum(math.isnan(r) for r in rewards)
-    if n_nan:
-        log.warning(
-            "%d of %d rewards are NaN (counted as wrong); check the model and --dtype",
-            n_nan,
-            len(rewards),
-        )
+    _check_finite(rewards, pairs, model_dir)
 
     per_subset: dict[str, list[int]] = {}
     score_rows = []
@@ -501,11 +531,13 @@ def evaluate(
         n_truncated=n_truncated,
         unknown_subsets=scoring.unknown_subsets(per_subset),
     )
+    files = []  # one unit, metrics last: its presence means the scores beside it are whole
     if save_scores:
         text = "".join(json.dumps(r) + "\n" for r in score_rows)
-        storage.write_text(save_scores, text, overwrite=overwrite)
+        files.append((save_scores, text.encode("utf-8"), replace_scores))
     if out:
-        storage.write_text(out, json.dumps(metrics, indent=2) + "\n", overwrite=overwrite)
+        files.append((out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"), overwrite))
+    storage.write_together(files)
     return result
 
 
