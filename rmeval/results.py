@@ -180,10 +180,6 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _os_error(path: Path, exc: OSError, doing: str) -> ResultsError:
-    return ResultsError(f"{path}: cannot {doing}: {exc.strerror or exc}")
-
-
 @contextlib.contextmanager
 def dataset_lock(directory: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Hold the write lock of one results dataset directory (see the module doc).
@@ -197,7 +193,7 @@ def dataset_lock(directory: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[Non
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise _os_error(path, exc, "create the lock file") from None
+            raise storage.write_error(exc, path, "create the lock file", ResultsError) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -325,7 +321,9 @@ def update(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _os_error(path.parent, exc, "create the results directory") from None
+        raise storage.write_error(
+            exc, path.parent, "create the results directory", ResultsError
+        ) from None
     with dataset_lock(path.parent):
         repair(path.parent)
         old = _current(files)

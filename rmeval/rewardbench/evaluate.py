@@ -39,7 +39,7 @@ from rmeval.errors import CheckpointError, EvalError, StoreError, UsageError
 from rmeval.procutil import owned_tempdir
 from rmeval.rewardbench import formats, scoring
 from rmeval.rewardbench.data import Pair, load_pairs
-from rmeval.tokenizer import TOKENIZER_CONFIG, declared_class, load_tokenizer
+from rmeval.tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, declared_class, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,9 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
             f"{model_dir}: the model's head has num_labels={config.num_labels}; a reward model "
             "has a single score (num_labels=1)"
         )
-    if not (model_dir / TOKENIZER_CONFIG).is_file():
+    # tokenizer.json alone leaves eos, bos and pad undefined (a folder with only a
+    # sentencepiece tokenizer.model is rebuilt by the loader; one with neither says so there)
+    if (model_dir / TOKENIZER_JSON).is_file() and not (model_dir / TOKENIZER_CONFIG).is_file():
         raise EvalError(
             f"{model_dir}: no {TOKENIZER_CONFIG} (it names the eos, bos and pad tokens the "
             "scores depend on); save the tokenizer next to the model, e.g. `rmeval convert "
