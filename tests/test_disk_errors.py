@@ -46,16 +46,16 @@ def _argv(command: str, bad: Path, x: dict, good: Path) -> list[str]:
     return {
         "convert": ["convert", m.checkpoints[0], str(bad / "hf"), "--num-heads", str(HEADS)],
         "evaluate": [
-            *("evaluate", str(x["model"]), "--dataset", data),
+            *("evaluate", str(x["model"]), "--eval-data", data),
             *("--out", str(bad / "metrics.json"), "--device", "cpu"),
         ],
         "evaluate --save-scores": [
-            *("evaluate", str(x["model"]), "--dataset", data, "--device", "cpu"),
+            *("evaluate", str(x["model"]), "--eval-data", data, "--device", "cpu"),
             *("--out", str(good / "metrics.json"), "--save-scores", str(bad / "scores.jsonl")),
         ],
         "collect": [
             *("collect", "--source", str(x["store"]), "--results-dir", str(bad)),
-            *("--dataset", "d", "--table", "t"),
+            *("--results-dataset", "d", "--table", "t"),
         ],
         "collect --output": [
             "collect",
@@ -72,7 +72,7 @@ def _argv(command: str, bad: Path, x: dict, good: Path) -> list[str]:
         "fit --out": ["fit", x["csv"], "--out", str(bad / "fit")],
         "run-one --store": [
             *("run-one", m.checkpoints[0], "--store", str(bad / "store")),
-            *("--tokenizer", m.tokenizer, "--dataset", data, "--num-heads", str(HEADS)),
+            *("--tokenizer", m.tokenizer, "--eval-data", data, "--num-heads", str(HEADS)),
             *("--work-dir", str(good / "work")),
         ],
         "launch --log-dir": ["launch", str(x["spec"]), "--log-dir", str(bad / "logs")],
