@@ -31,7 +31,6 @@ def _make_plan(*args, **kwargs):
     return plan.make_plan(*args, **kwargs)
 
 
-
 def _task(name: str, *args: str, result: str | None = "/output") -> dict:
     t = {
         "name": name,

@@ -30,7 +30,6 @@ def _make_plan(*args, **kwargs):
     return plan.make_plan(*args, **kwargs)
 
 
-
 def _layout(root: str) -> dict[str, str]:
     """A checkpoint tree with every case the planner must tell apart."""
     files = {
@@ -157,9 +156,7 @@ def test_seed_aliases(gcs_bucket):
     a, _ = _make_plan(
         gcs_bucket=bucket, gcs_dir_path="human-preferences/rm_checkpoints", render=False
     )
-    b, _ = _make_plan(
-        storage.join(gcs_bucket, "human-preferences/rm_checkpoints"), render=False
-    )
+    b, _ = _make_plan(storage.join(gcs_bucket, "human-preferences/rm_checkpoints"), render=False)
     assert [r.checkpoint for r in a.to_run] == [r.checkpoint for r in b.to_run]
     assert len(a.to_run) == 5
 

@@ -276,7 +276,7 @@ def test_plan_refuses_a_preset_that_renders_tasks_without_a_tokenizer(tmp_path):
     source = _listing(tmp_path)
     with pytest.raises(UsageError, match=r"task helpsteer2-counts-.*: no --tokenizer"):
         plan.make_plan(source, preset="helpsteer2", store=str(tmp_path / "s"))
-    p, text = plan.make_plan(
+    _, text = plan.make_plan(
         source, preset="helpsteer2", store=str(tmp_path / "s"), options={"tokenizer": "t.model"}
     )
     (task,) = yaml.safe_load(text)["tasks"]

@@ -307,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         raw[key] = int(value)
                     except ValueError:
-                        raise PlanFailed(f"dispatch inputs: {key} must be an integer, got {value!r}") from None
+                        raise PlanFailed(
+                            f"dispatch inputs: {key} must be an integer, got {value!r}"
+                        ) from None
                 elif kind is list:
                     raw[key] = value.split()
                 else:
