@@ -36,6 +36,7 @@ def inputs(tmp_path_factory):
     csv = write_table(synthetic_table(n=30), root / "table.csv")
     spec = root / "spec.yml"
     argv = ["plan", "--source", str(root / "ckpts"), "--store", str(root / "s2")]
+    argv += ["--tokenizer", material.tokenizer, "--eval-data", material.dataset]
     assert cli.main([*argv, "--output", str(spec), "--set", f"num_heads={HEADS}"]) == 0
     return {"m": material, "model": model, "store": store, "csv": csv, "spec": spec}
 
@@ -68,6 +69,7 @@ def _argv(command: str, bad: Path, x: dict, good: Path) -> list[str]:
         "plan --output": [
             *("plan", "--source", str(Path(m.checkpoints[0]).parents[1])),
             *("--store", str(good / "store"), "--output", str(bad / "spec.yml")),
+            *("--tokenizer", m.tokenizer),
         ],
         "fit --out": ["fit", x["csv"], "--out", str(bad / "fit")],
         "run-one --store": [
