@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 SHAPE = dict(dim=1024, n_layers=4, n_heads=8, n_kv_heads=8, intermediate=2752, vocab=32000)
-RUN_DIR = "tulu2_13b_rm_human_datamodel_counts_7000_ID__07add08aa33a4fa6a5294c7bc41ae1f9__SWAPS_4026"
+RUN_DIR = (
+    "tulu2_13b_rm_human_datamodel_counts_7000_ID__07add08aa33a4fa6a5294c7bc41ae1f9__SWAPS_4026"
+)
 
 
 def _build(root: Path) -> tuple[str, str, str]:
