@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from rmeval import __version__
+from rmeval import __version__, options
 from rmeval.errors import RmevalError, UsageError
 
 log = logging.getLogger("rmeval")
@@ -118,6 +118,7 @@ def _add_plan_source_args(p: argparse.ArgumentParser) -> None:
         help="a template variable (VALUE parsed as YAML), repeatable",
     )
     p.add_argument("--force", action="store_true", help="plan runs that are already done too")
+    options.add_arguments(p, options.PLAN)  # run-one's options, as template variables
     p.add_argument(
         "--allow-empty",
         action="store_true",
@@ -134,6 +135,7 @@ def _plan_kwargs(args: argparse.Namespace) -> dict:
     from rmeval import specs
 
     return {
+        "options": options.template_values(args),
         "source": args.source,
         "gcs_bucket": args.gcs_bucket,
         "gcs_dir_path": args.gcs_dir_path,
@@ -211,6 +213,9 @@ def _run_launch(args: argparse.Namespace) -> int:
     from rmeval import launch
 
     plan_kwargs = _plan_kwargs(args) if (args.source or args.gcs_bucket) else None
+    if plan_kwargs is None and options.template_values(args):
+        given = ", ".join(f"--{k.replace('_', '-')}" for k in options.template_values(args))
+        raise UsageError(f"{given}: only with --source (they set the planned tasks' options)")
     summary = launch.launch(
         args.spec,
         backend=args.backend,
@@ -230,84 +235,23 @@ def _run_launch(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _add_scoring_args(p: argparse.ArgumentParser) -> None:
-    """--scoring, --device and --dtype, as evaluate and run-one take them."""
-    from rmeval.rewardbench import evaluate, formats
-
-    p.add_argument(
-        "--scoring",
-        choices=formats.SCORINGS,
-        default=formats.DEFAULT_SCORING,
-        help=f"'{formats.TRAINED}': EasyLM's training text, reward at the eos (default); "
-        f"'{formats.RUN_RM}': what RewardBench's run_rm scores (upstream numbers)",
-    )
-    p.add_argument("--device", choices=evaluate.DEVICES, default="auto")
-    p.add_argument(
-        "--dtype",
-        choices=evaluate.DTYPES,
-        default="auto",
-        help="auto: bf16 on a GPU, fp32 on the CPU; fp16 (run_rm's default) needs a GPU",
-    )
-
-
 def _add_run_one(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run-one",
         help="convert, evaluate and publish one checkpoint",
         description="convert -> evaluate -> publish <store>/<run>/metrics.json (+ scores, "
-        "provenance). Skips a run whose metrics.json exists unless --force.",
+        "provenance). Every option is checked before any conversion (rmeval/preflight.py). "
+        "Skips a run whose metrics.json exists unless --force.",
     )
-    p.add_argument("checkpoint", help=".../<run dir>/streaming_params[_<step>] (local or gs://)")
-    p.add_argument("--store", required=True, help="results store URI (dir or gs://…)")
-    p.add_argument("--prefix", default=None, help="run-name prefix: <prefix>-<experiment>")
-    p.add_argument(
-        "--run-name",
-        default=None,
-        help="the run's name in the store (default <prefix>-<experiment>; plan passes one "
-        "when two experiments would share a name)",
-    )
-    p.add_argument("--tokenizer", default=None, help="tokenizer for the converted model")
-    p.add_argument(
-        "--dataset",
-        default=None,
-        help="RewardBench data: a local sample dir/file; default allenai/reward-bench "
-        "(needs hub access)",
-    )
-    p.add_argument("--model-size", default="auto", help="converter model size (default auto)")
-    p.add_argument("--num-heads", type=int, default=None, help="converter: attention heads")
-    p.add_argument("--keep-model", default=None, metavar="URI", help="keep the model here")
-    p.add_argument("--subsets", nargs="+", default=None, help="evaluate only these subsets")
-    p.add_argument("--max-length", type=int, default=2048)
-    _add_scoring_args(p)
-    p.add_argument("--verify", action="store_true", help="verify the conversion (needs jax)")
-    p.add_argument("--work-dir", default=None, help="where temporary files go (default: TMPDIR)")
-    p.add_argument("--force", action="store_true", help="redo a run that is already published")
-    p.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
+    options.add_arguments(p, options.RUN_ONE)
     p.set_defaults(handler=_run_run_one)
 
 
 def _run_run_one(args: argparse.Namespace) -> int:
     from rmeval import run
+    from rmeval.preflight import run_options
 
-    result = run.run_one(
-        args.checkpoint,
-        args.store,
-        prefix=args.prefix,
-        run_name=args.run_name,
-        tokenizer=args.tokenizer,
-        dataset=args.dataset,
-        model_size=args.model_size,
-        num_heads=args.num_heads,
-        keep_model=args.keep_model,
-        force=args.force,
-        subsets=args.subsets,
-        max_length=args.max_length,
-        scoring=args.scoring,
-        device=args.device,
-        dtype=args.dtype,
-        verify=args.verify,
-        work_dir=args.work_dir,
-    )
+    result = run.run_one(args.checkpoint, args.store, **run_options(args))
     if args.result_json:
         run.write_result_json(result, args.result_json)
     _print(f"{result.status} {result.run} {result.result_uri}")
@@ -325,42 +269,17 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         "Face directory (safetensors shards + index + config.json [+ tokenizer]). Built in "
         "OUT.partial-<id> and renamed at the end; gs:// outputs are uploaded after the build.",
     )
-    p.add_argument("src", help="streaming_params[_<step>] file (local path or gs://)")
-    p.add_argument("out", help="output directory (local path or gs://bucket/prefix)")
-    p.add_argument(
-        "--model-size",
-        default="auto",
-        help="auto (shapes + flags) or a preset: 7b, 13b, 70b, 8b3, 70b3, 8b31, 70b31",
-    )
-    p.add_argument("--num-heads", type=int, default=None, help="attention heads (auto mode)")
-    p.add_argument("--rope-theta", type=float, default=None, help="default 10000 (Llama-3: 500000)")
-    p.add_argument("--rope-scaling", choices=["llama3"], default=None, help="Llama-3.1 scaling")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.model or HF tokenizer dir")
-    p.add_argument(
-        "--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: as stored"
-    )
-    p.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB (default 5GB)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--verify", action="store_true", help="compare with the JAX forward (needs jax)")
+    options.add_arguments(p, options.CONVERT)
     p.set_defaults(handler=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
     from rmeval.checkpoints.convert import convert
 
-    result = convert(
-        args.src,
-        args.out,
-        model_size=args.model_size,
-        num_heads=args.num_heads,
-        rope_theta=args.rope_theta,
-        rope_scaling=args.rope_scaling,
-        tokenizer=args.tokenizer,
-        dtype=args.dtype,
-        max_shard_size=args.max_shard_size,
-        overwrite=args.overwrite,
-        verify=args.verify,
-    )
+    kwargs = options.values(args, options.CONVERT)
+    if kwargs["dtype"] == "auto":  # convert's auto: as stored
+        kwargs["dtype"] = None
+    result = convert(args.src, args.out, **kwargs)
     for note in result.notes:
         _print(f"note: {note}")
     if result.verify is not None:
@@ -438,9 +357,11 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="CSV to write (local or gs://)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument(
-        "--results-dir", default=None, help="committed results dir (with --dataset, --table)"
+        "--results-dir",
+        default=None,
+        help="committed results dir (with --results-dataset, --table)",
     )
-    p.add_argument("--dataset", default=None, help="dataset name, e.g. helpsteer2")
+    options.add_arguments(p, options.COLLECT)
     p.add_argument("--table", default=None, help="table name, e.g. counts-runs")
     p.add_argument(
         "--strict",
@@ -467,7 +388,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         output=args.output,
         overwrite=args.overwrite,
         results_dir=args.results_dir,
-        dataset=args.dataset,
+        dataset=args.results_dataset,
         table_name=args.table,
         strict=args.strict,
         dry_run=args.dry_run,
@@ -529,7 +450,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "into OUT.",
     )
     p.add_argument("csv", help="results table (local or gs://)")
-    p.add_argument("--out", required=True, help="output directory (local or gs://)")
+    p.add_argument(
+        "--output", "--out", dest="output", required=True, help="output directory (local or gs://)"
+    )
     p.add_argument(
         "--model", choices=MODELS, default="linear", help="lightgbm needs the [lightgbm] extra"
     )
@@ -546,7 +469,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     r = fit(
         args.csv,
-        args.out,
+        args.output,
         model=args.model,
         log_linear=args.log_linear,
         target=args.target,
@@ -570,7 +493,13 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "<stem>_figures/ beside it. Regenerating from the same data gives identical files.",
     )
     p.add_argument("csv", help="results table (local or gs://)")
-    p.add_argument("--out", required=True, help="notebook to write (a local .ipynb path)")
+    p.add_argument(
+        "--output",
+        "--out",
+        dest="output",
+        required=True,
+        help="notebook to write (a local .ipynb path)",
+    )
     p.add_argument("--fit", default=None, metavar="DIR", help="output directory of `rmeval fit`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing notebook")
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
@@ -580,7 +509,9 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from rmeval.report import report
 
-    r = report(args.csv, args.out, fit_dir=args.fit, overwrite=args.overwrite, timeout=args.timeout)
+    r = report(
+        args.csv, args.output, fit_dir=args.fit, overwrite=args.overwrite, timeout=args.timeout
+    )
     _print(
         f"wrote {r.notebook} and {len(r.figures)} figure(s) in {r.figures[0].parent if r.figures else '-'}"
     )
@@ -644,8 +575,6 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from rmeval.rewardbench.data import HUB_DATASET
-
     p = sub.add_parser(
         "evaluate",
         help="score a sequence-classifier reward model on RewardBench -> metrics.json",
@@ -658,26 +587,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "depend on its batch. Writes metrics.json as run_rm saves it (chat_template: "
         "easylm-trained, tulu or tokenizer), atomically; prints the section scores and Overall.",
     )
-    p.add_argument("model", help="model directory (local or gs://)")
-    p.add_argument(
-        "--dataset",
-        default=HUB_DATASET,
-        help=f".json/.jsonl/.parquet file (local or gs://) or a hub id (default {HUB_DATASET})",
-    )
-    p.add_argument("--out", default=None, help="metrics.json to write (local or gs://)")
-    p.add_argument("--subsets", nargs="+", default=None, help="score only these subsets")
-    _add_scoring_args(p)
-    p.add_argument(
-        "--chat-template",
-        default=None,
-        help="run_rm only: 'tokenizer', 'tulu' or a Jinja template file instead of run_rm's "
-        "choice (the tokenizer's template if it has one, else tulu)",
-    )
-    p.add_argument("--max-length", type=int, default=2048, help="tokens kept (from the end)")
-    p.add_argument("--max-tokens", type=int, default=None, help="padded tokens per batch")
-    p.add_argument("--save-scores", default=None, help="per-pair rewards as JSON lines")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--model-name", default=None, help="'model' in metrics.json (default MODEL)")
+    options.add_arguments(p, options.EVALUATE)
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -686,8 +596,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(
         args.model,
-        args.dataset,
-        args.out,
+        args.eval_data,
+        args.output,
         subsets=args.subsets,
         scoring_format=args.scoring,
         chat_template=args.chat_template,
@@ -700,8 +610,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         model_name=args.model_name,
     )
     _print(format_summary(result))
-    if args.out:
-        _print(f"metrics: {args.out}")
+    if args.output:
+        _print(f"metrics: {args.output}")
     return 0
 
 
@@ -759,6 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():  # `rmeval plan -v …` as well as `rmeval -v plan …`
+        command.add_argument(
+            "-v", "--verbose", dest="sub_verbose", action="count", default=0, help="debug logging"
+        )
     return parser
 
 
@@ -781,6 +695,7 @@ def _output_paths(args: argparse.Namespace) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on usage errors
+    args.verbose += args.sub_verbose
     _setup_logging(args.verbose)
     try:
         if args.command in CREDENTIAL_COMMANDS:

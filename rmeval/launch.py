@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rmeval import naming, specs, storage
+from rmeval import naming, preflight, specs, storage
 from rmeval.backends.local import LaunchSummary
-from rmeval.errors import UsageError
+from rmeval.errors import RmevalError, UsageError
+from rmeval.run import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def launch(
     (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`)."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "beaker" and not workspace:  # a dry run too: it says where it would create
+        raise UsageError("--backend beaker needs --workspace ORG/NAME (a dry run too)")
     if (spec is None) == (not plan_args):
         raise UsageError("give either a SPEC file or --source (to plan on the spot), not both")
     if spec is None:
@@ -78,11 +81,13 @@ def launch(
         from rmeval.backends import local
 
         tasks = local.tasks_from_spec(data, Path(log_dir))
+        check_local_tasks(tasks, environment=not dry_run)
         return local.run_local(
             tasks, log_dir=log_dir, max_parallel=max_parallel, dry_run=dry_run, progress=progress
         )
     from rmeval.backends import beaker
 
+    preflight.check_tasks(preflight.spec_tasks(data), "spec")
     return beaker.launch_beaker(
         data,
         workspace=workspace,
@@ -90,3 +95,24 @@ def launch(
         dry_run=dry_run,
         timeout=beaker_timeout,
     )
+
+
+def check_local_tasks(tasks, *, environment: bool = True) -> None:
+    """Every run-one task's options, before any worker starts: the values of each, and
+    with ``environment`` everything :func:`rmeval.preflight.check_run` checks for each run
+    not published yet (a store, dataset, device or tokenizer that tasks share is checked
+    once)."""
+    checked = preflight.Checked()
+    for task in tasks:
+        where = f"task {task.name}"
+        ns = preflight.parse_run_one(list(task.argv), where)
+        if ns is None:
+            continue
+        kwargs = preflight.run_options(ns)
+        try:
+            run = preflight.check_values(ns.checkpoint, ns.store, **kwargs)
+            done = storage.exists(storage.join(ns.store, run, METRICS_FILE))
+            if environment and (ns.force or not done):  # a done run is only skipped
+                preflight.check_run(ns.checkpoint, ns.store, checked=checked, **kwargs)
+        except RmevalError as exc:
+            raise type(exc)(f"{where}: {exc}") from None

@@ -1,6 +1,10 @@
 """``rmeval pipeline CONFIG``: plan → launch → collect → results/<dataset>/ → fit → report.
 
-The config is a YAML mapping; relative paths are relative to the config file::
+The config is a YAML mapping; relative paths are relative to the config file. Its keys are
+the one schema of :data:`rmeval.options.CONFIG_KEYS` (shared with the entries of
+``.github/eval-schedule.yml``; unknown keys and wrong types are errors naming the key; old
+spellings such as ``dataset_file``, ``features_dir`` and ``dataset`` are accepted with a
+deprecation note)::
 
     source: bucket/rm_checkpoints/demo    # checkpoints: a local dir or gs://BUCKET/PREFIX
     prefix: demo-counts                   # run-name prefix
@@ -8,22 +12,26 @@ The config is a YAML mapping; relative paths are relative to the config file::
     backend: local                        # local (process pool) | beaker
     max_parallel: 2
     workspace: org/ws                     # beaker backend only
-    dataset_file: rewardbench-sample.jsonl  # RewardBench data (default: the hub dataset)
-    tokenizer: bucket/tokenizer           # saved with each converted model
-    model_size: auto                      # converter preset
-    scoring: trained                      # evaluator format: trained (default) | run_rm
-    num_heads: 4                          # converter heads when model_size is auto
-    features_dir: bucket/feats            # regressor_feats_ID__<uuid>__SWAPS_<n>.json
+    tokenizer: bucket/tokenizer           # run-one's options (rmeval/options.py): required,
+    eval_data: rewardbench-sample.jsonl   #   RewardBench data (default: the hub dataset),
+    model_size: auto                      #   converter preset,
+    num_heads: 4                          #   converter heads when model_size is auto,
+    scoring: trained                      #   trained (default) | run_rm; also dtype,
+                                          #   subsets, max_length, rope_theta, rope_scaling
+    feature_counts_dir: bucket/feats      # regressor_feats_ID__<uuid>__SWAPS_<n>.json
     dataset_total_size: 7000
     results_dir: results
-    dataset: demo                         # results/<dataset>/<table>.csv
+    results_dataset: demo                 # results/<results_dataset>/<table>.csv
     table: counts-runs
-    fit: {model: linear, seed: 42}        # or false
+    fit: {model: linear, seed: 42}        # or false; sub-keys model, log_linear, seed
     report: true
     log_dir: logs
 
-Re-running is idempotent: runs already published are skipped by ``plan``; an unchanged
-table writes nothing, and the fit and report are only rebuilt when the table changed.
+Every run-one option is checked before any conversion (launch's
+:func:`rmeval.launch.check_local_tasks` on the local backend; the values of each task on
+Beaker). Re-running is idempotent: runs already published are skipped by ``plan``; an
+unchanged table writes nothing, and the fit and report are only rebuilt when the table
+changed.
 """
 
 from __future__ import annotations
@@ -36,43 +44,17 @@ from typing import Any
 
 import yaml
 
-from rmeval import naming, storage
+from rmeval import naming, options, storage
 from rmeval.errors import ConfigError
-from rmeval.rewardbench import formats
 
 log = logging.getLogger(__name__)
 
-_KEYS = {
-    "source": str,
-    "prefix": str,
-    "store": str,
-    "backend": str,
-    "max_parallel": int,
-    "workspace": str,
-    "dataset_file": str,
-    "tokenizer": str,
-    "model_size": str,
-    "num_heads": int,
-    "scoring": str,
-    "features_dir": str,
-    "experiments_file": str,
-    "dataset_total_size": int,
-    "results_dir": str,
-    "dataset": str,
-    "table": str,
-    "fit": (dict, bool),
-    "report": bool,
-    "log_dir": str,
-    "template": str,
-    "preset": str,
-}
-_REQUIRED = ("source", "store", "results_dir", "dataset")
 _PATH_KEYS = (
     "source",
     "store",
-    "dataset_file",
+    "eval_data",
     "tokenizer",
-    "features_dir",
+    "feature_counts_dir",
     "experiments_file",
     "results_dir",
     "log_dir",
@@ -129,52 +111,30 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of pipeline settings")
-    for key, value in raw.items():
-        if key not in _KEYS:
-            raise ConfigError(
-                f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(_KEYS))}"
-            )
-        kind = _KEYS[key]
-        if value is not None and not isinstance(value, kind):
-            raise ConfigError(
-                f"{path}: {key} must be {getattr(kind, '__name__', kind)}, got {value!r}"
-            )
-    if raw.get("scoring") is not None:
-        formats.check_scoring(raw["scoring"], f"{path}: scoring", ConfigError)
-    missing = [k for k in _REQUIRED if not raw.get(k)]
-    if missing:
-        raise ConfigError(f"{path}: missing required key(s): {', '.join(missing)}")
+    cfg = options.check_config(raw, str(path), options.PIPELINE, ConfigError)
     base = path.resolve().parent
-    cfg = dict(raw)
     for key in _PATH_KEYS:
         v = cfg.get(key)
         if isinstance(v, str) and v and "://" not in v and not os.path.isabs(v):
             cfg[key] = str(base / v)
-    cfg.setdefault("backend", "local")
-    if cfg["backend"] not in ("local", "beaker"):
-        raise ConfigError(f"{path}: backend must be 'local' or 'beaker', got {cfg['backend']!r}")
+    cfg["backend"] = cfg.get("backend") or "local"
     if cfg["backend"] == "beaker" and not cfg.get("workspace"):
         raise ConfigError(f"{path}: backend beaker needs a workspace (ORG/NAME)")
-    cfg.setdefault("max_parallel", 1)
-    cfg.setdefault("table", "runs")
-    cfg.setdefault("log_dir", str(base / "logs"))
-    cfg.setdefault("fit", {"model": "linear"})
-    cfg.setdefault("report", True)
+    for key, default in (
+        ("max_parallel", 1),
+        ("table", "runs"),
+        ("log_dir", str(base / "logs")),
+        ("fit", {"model": "linear"}),
+        ("report", True),
+    ):
+        if cfg.get(key) is None:
+            cfg[key] = default
     return cfg
 
 
 def _run_values(cfg: dict[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, name in (
-        ("dataset_file", "dataset"),
-        ("tokenizer", "tokenizer"),
-        ("model_size", "model_size"),
-        ("num_heads", "num_heads"),
-        ("scoring", "scoring"),
-    ):
-        if cfg.get(key) is not None:
-            values[name] = cfg[key]
-    return values
+    """run-one's options of the config: the template variables of the planned tasks."""
+    return {o.dest: cfg[o.dest] for o in options.TEMPLATE_OPTIONS if cfg.get(o.dest) is not None}
 
 
 def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResult:
@@ -220,29 +180,31 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
     # Collect exactly this pipeline's runs: a store or workspace may hold other datasets'
     # runs, and prefixes can nest (helpsteer2-counts, helpsteer2-counts-v2).
     runs = {r.run for r in plan.to_run + plan.done}
-    options: dict[str, Any] = {}
+    collect_opts: dict[str, Any] = {}
     if cfg["backend"] == "beaker":
         source = f"beaker://{cfg['workspace']}"
-        options["experiment_prefix"] = plan.experiment_prefix
-        options["names"] = {naming.eval_experiment_name(r, plan.experiment_prefix) for r in runs}
+        collect_opts["experiment_prefix"] = plan.experiment_prefix
+        collect_opts["names"] = {
+            naming.eval_experiment_name(r, plan.experiment_prefix) for r in runs
+        }
     else:
         source = cfg["store"]
-        options["names"] = runs
-    if cfg.get("features_dir"):
-        options["feature_counts_dir"] = cfg["features_dir"]
+        collect_opts["names"] = runs
+    if cfg.get("feature_counts_dir"):
+        collect_opts["feature_counts_dir"] = cfg["feature_counts_dir"]
         if cfg.get("dataset_total_size"):
-            options["dataset_total_size"] = cfg["dataset_total_size"]
+            collect_opts["dataset_total_size"] = cfg["dataset_total_size"]
     elif cfg.get("experiments_file"):
-        options["experiments_file"] = cfg["experiments_file"]
+        collect_opts["experiments_file"] = cfg["experiments_file"]
     outcome = collect.run(
         source,
         results_dir=cfg["results_dir"],
-        dataset=cfg["dataset"],
+        dataset=cfg["results_dataset"],
         table_name=cfg["table"],
         command="rmeval pipeline",
-        **options,
+        **collect_opts,
     )
-    table = results.table_path(cfg["results_dir"], cfg["dataset"], cfg["table"])
+    table = results.table_path(cfg["results_dir"], cfg["results_dataset"], cfg["table"])
     res.table = table if table.exists() else None
     res.table_changed = not outcome.unchanged
     res.issues = len(outcome.table.issues)

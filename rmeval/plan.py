@@ -309,6 +309,11 @@ def render_plan(
     t0 = time.perf_counter()
     ctx = template_context(p, preset=preset, values=values)
     text = specs.render_spec(template, ctx, validate=validate)
+    if validate:  # every run-one task's options, now rather than in every task
+        from rmeval import preflight
+
+        data = specs.parse_spec(text, where=f"{template} (rendered)")
+        preflight.check_tasks(preflight.spec_tasks(data), f"{template} (rendered)")
     p.seconds_rendering = time.perf_counter() - t0
     return text
 
@@ -337,11 +342,15 @@ def make_plan(
     render: bool = True,
     beaker_timeout: float | None = None,
     allow_empty: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[Plan, str | None]:
     """Plan and render in one call (what ``rmeval plan`` does).
 
     Values come from, lowest first: the template's own defaults, the preset, ``values``
-    (``--set``), then the explicit ``prefix`` / ``store`` / ``experiment_prefix``.
+    (``--set``) and ``options`` (run-one's options given to plan, :mod:`rmeval.options`;
+    one variable may not come from both), then the explicit ``prefix`` / ``store`` /
+    ``experiment_prefix``. The store is required to render. Every rendered run-one task is checked
+    (:func:`rmeval.preflight.check_tasks`: a tokenizer given, valid choices).
     With ``workspace``, Beaker experiments that already exist there count as done
     (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`). Returns the plan and the rendered spec (None when there is nothing to run or
     ``render`` is false)."""
@@ -350,6 +359,16 @@ def make_plan(
     src = _source_uri(source, gcs_bucket, gcs_dir_path)
     merged: dict[str, Any] = dict(specs.load_preset(preset)) if preset else {}
     merged.update({k: v for k, v in (values or {}).items() if v is not None})
+    for key, value in (options or {}).items():
+        if value is None:
+            continue
+        if key in (values or {}) and values[key] != value:  # type: ignore[index]
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} and --set {key}=… disagree; give one of them")
+        merged[key] = value
+    if "dataset" in merged and "eval_data" not in merged:  # the template variable's old name
+        log.warning("template variable 'dataset' is deprecated; use 'eval_data' (--eval-data)")
+        merged["eval_data"] = merged.pop("dataset")
     if "scoring" in merged:  # run-one would refuse it in every task: refuse it here, once
         from rmeval.rewardbench.formats import check_scoring
 
@@ -361,6 +380,11 @@ def make_plan(
         or naming.DEFAULT_EVAL_EXPERIMENT_PREFIX
     )
     store = store if store is not None else merged.get("store")
+    if render and not store:
+        raise UsageError(
+            "--store is required: the results store (a directory or gs://BUCKET/PREFIX) where "
+            "each run publishes <run>/metrics.json, and where finished runs are found"
+        )
     existing: set[str] | None = None
     if workspace:
         from rmeval.backends import beaker as beaker_backend

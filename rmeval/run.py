@@ -15,7 +15,7 @@ next attempt; a finished run is only overwritten with ``force``. The converted m
 kept only with ``keep_model`` (a URI: local dir or gs://). Temporary files live in one
 temporary directory that is removed on success, failure and SIGTERM.
 
-Dataset: ``dataset`` is whatever :func:`rmeval.rewardbench.evaluate.evaluate` accepts (a
+Data: ``eval_data`` is whatever :func:`rmeval.rewardbench.evaluate.evaluate` accepts (a
 local directory or file of RewardBench pairs, e.g. one written by
 ``rmeval.rewardbench.data.write_sample``). :data:`rmeval.rewardbench.data.HUB_DATASET`
 (the public RewardBench release) is the default; it needs hub access, which CI and the demo do not have, so they pass
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from rmeval import __version__, naming, storage
+from rmeval import __version__, preflight, storage
 from rmeval.errors import StoreError
 from rmeval.procutil import (
     git_head,
@@ -104,42 +104,69 @@ def run_one(
     prefix: str | None = None,
     run_name: str | None = None,
     tokenizer: str | None = None,
-    dataset: str | None = None,
+    eval_data: str | None = None,
     model_size: str = "auto",
     num_heads: int | None = None,
+    rope_theta: float | None = None,
+    rope_scaling: str | None = None,
     keep_model: str | None = None,
     force: bool = False,
     subsets: list[str] | None = None,
     max_length: int = 2048,
+    max_tokens: int | None = None,
     scoring: str = formats.DEFAULT_SCORING,
     device: str = "auto",
     dtype: str = "auto",
     verify: bool = False,
     work_dir: str | None = None,
     progress: bool = True,
+    checked: preflight.Checked | None = None,
 ) -> RunOneResult:
-    """Convert ``checkpoint``, evaluate it on ``dataset`` and publish under ``store``.
-    ``scoring``: the evaluator's format (:mod:`rmeval.rewardbench.formats`); it, the
-    device and the dtype are checked before anything runs.
+    """Convert ``checkpoint``, evaluate it on ``eval_data`` and publish under ``store``.
+    Every option is checked first (:func:`rmeval.preflight.check_run`: values, device,
+    credentials, store, data, checkpoint shapes, tokenizer), before any conversion;
+    ``checked`` skips what a caller (launch) checked already. ``scoring``: the evaluator's
+    format (:mod:`rmeval.rewardbench.formats`).
 
     ``run_name`` overrides the name derived from the checkpoint (plan gives one when two
     run directories would otherwise share a name; see :func:`rmeval.naming.run_names`)."""
-    formats.check_scoring(scoring)
-    run = naming.check_run_name(run_name) if run_name else naming.run_name(checkpoint, prefix)
+    opts = {
+        "prefix": prefix,
+        "run_name": run_name,
+        "tokenizer": tokenizer,
+        "model_size": model_size,
+        "num_heads": num_heads,
+        "rope_theta": rope_theta,
+        "rope_scaling": rope_scaling,
+        "scoring": scoring,
+        "device": device,
+        "dtype": dtype,
+        "max_length": max_length,
+        "max_tokens": max_tokens,
+    }
+    run = preflight.check_values(checkpoint, store, **opts)
     dest = storage.join(store, run)
     metrics_uri = storage.join(dest, METRICS_FILE)
     if not force and storage.exists(metrics_uri):
         log.info("%s: already done (%s exists); pass --force to redo it", run, metrics_uri)
         return RunOneResult(run, "skipped", dest)
-    if not dataset:
+    if not eval_data:
         from rmeval.rewardbench.data import HUB_DATASET
 
-        dataset = HUB_DATASET
+        eval_data = HUB_DATASET
+    preflight.check_run(
+        checkpoint,
+        store,
+        checked=checked,
+        eval_data=eval_data,
+        subsets=subsets,
+        keep_model=keep_model,
+        work_dir=work_dir,
+        **opts,
+    )
 
     from rmeval.checkpoints.convert import convert
-    from rmeval.rewardbench.evaluate import evaluate, resolve_device, resolve_dtype
-
-    resolve_dtype(dtype, resolve_device(device))  # e.g. fp16 on a CPU: fail before converting
+    from rmeval.rewardbench.evaluate import DEFAULT_MAX_TOKENS, evaluate
 
     timings: dict[str, float] = {}
     started = time.time()
@@ -160,6 +187,8 @@ def run_one(
             str(model_dir),
             model_size=model_size,
             num_heads=num_heads,
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
             tokenizer=tokenizer,
             verify=verify,
             progress=progress,
@@ -167,14 +196,15 @@ def run_one(
         timings["convert"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        log.info("%s: evaluating on %s", run, dataset)
+        log.info("%s: evaluating on %s", run, eval_data)
         ev = evaluate(
             str(model_dir),
-            dataset,
+            eval_data,
             str(metrics_path),
             subsets=subsets,
             scoring_format=scoring,
             max_length=max_length,
+            max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
             device=device,
             dtype=dtype,
             save_scores=str(scores_path),
@@ -191,7 +221,7 @@ def run_one(
             "git_sha": git_sha(),
             "hostname": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "dataset": str(dataset),
+            "dataset": str(eval_data),
             "subsets": subsets,
             "max_length": max_length,
             "model_size": model_size,

@@ -40,6 +40,11 @@ def to_plan_argv(argv: Sequence[str] | None = None) -> list[str]:
     p.add_argument("--beaker_workspace", default=None)
     p.add_argument("--cleanup", action="store_true")
     p.add_argument("--store", default=None, help="results store (not in the seed; needed)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer for the converted models (the seed's template named it; needed)",
+    )
     p.add_argument("--preset", default=None)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
@@ -54,7 +59,7 @@ def to_plan_argv(argv: Sequence[str] | None = None) -> list[str]:
             out += ["--template", args.template]
     if preset:
         out += ["--preset", preset]
-    for flag in ("output_file", "gcs_bucket", "gcs_dir_path", "prefix", "store"):
+    for flag in ("output_file", "gcs_bucket", "gcs_dir_path", "prefix", "store", "tokenizer"):
         value = getattr(args, flag)
         if value is not None:
             out += [f"--{flag}", value]

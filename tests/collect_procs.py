@@ -37,7 +37,7 @@ def _race(argv: list[str]) -> int:
                 store,
                 "--results-dir",
                 results_dir,
-                "--dataset",
+                "--results-dataset",
                 dataset,
                 "--table",
                 table,

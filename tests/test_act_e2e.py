@@ -131,15 +131,15 @@ class Env:
         schedule = {
             "entries": [
                 {
-                    "dataset": "tiny",
+                    "results_dataset": "tiny",
                     "source": self.source,
                     "store": self.store,
                     "prefix": self.prefix,
                     "table": "counts-runs",
-                    "feature-counts-dir": str(self.bucket.features),
+                    "feature_counts_dir": str(self.bucket.features),
                 },
                 {
-                    "dataset": "tiny-scores",
+                    "results_dataset": "tiny-scores",
                     "source": self.source,
                     "store": self.store,
                     "table": "runs",
@@ -182,7 +182,7 @@ class Env:
         for key, value in inputs.items():
             args += ["--input", f"{key}={value}"]
         args += ["--var", f"RMEVAL_TOKENIZER={self.bucket.tokenizer}"]
-        args += ["--var", f"RMEVAL_EVAL_DATASET={self.bucket.dataset}"]
+        args += ["--var", f"RMEVAL_EVAL_DATA={self.bucket.dataset}"]
         args += ["--var", f"RMEVAL_NUM_HEADS={MODEL['n_heads']}"]
         return self.act("convert-and-eval.yml", *args)
 

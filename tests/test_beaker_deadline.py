@@ -43,8 +43,8 @@ def test_unreachable_beaker_is_one_line_within_the_deadline(tmp_path):
     ws, ckpts, out = "ai2/evals", str(src.parent), str(tmp_path / "t.csv")
     commands = {
         "collect": [*rm, "collect", "--source", f"beaker://{ws}", "--output", out, "--beaker-timeout", "2"],
-        "plan": [*rm, "-v", "plan", "--source", ckpts, "--workspace", ws, "--beaker-timeout", "2"],
-        "launch": [*rm, "launch", "--backend", "beaker", "--workspace", ws, "--source", ckpts],
+        "plan": [*rm, "-v", "plan", "--source", ckpts, "--store", str(tmp_path / "s"), "--workspace", ws, "--beaker-timeout", "2"],
+        "launch": [*rm, "launch", "--backend", "beaker", "--workspace", ws, "--source", ckpts, "--store", str(tmp_path / "s")],
     }  # fmt: skip
     t0 = time.monotonic()
     procs = {

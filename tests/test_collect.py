@@ -427,7 +427,7 @@ def test_scoring_format_and_weights_columns_and_mixed_tables(tmp_path, capsys):
     assert "r1" in mixed.detail and "t1" in mixed.detail
 
     res = tmp_path / "results"
-    args = ["collect", "--source", str(store), "--results-dir", str(res), "--dataset", "d"]
+    args = ["collect", "--source", str(store), "--results-dir", str(res), "--results-dataset", "d"]
     assert cli.main([*args, "--table", "t", "--strict"]) == 1
     assert "mixed_scoring" in capsys.readouterr().err
     assert cli.main([*args, "--table", "t"]) == 0
@@ -472,7 +472,7 @@ def test_shrinking_a_table_by_more_than_half_needs_allow_shrink(tmp_path, capsys
     for i in range(8):
         _put_run(str(store), f"run{i}", make_metrics(seed=i))
     res = tmp_path / "results"
-    args = ["--results-dir", str(res), "--dataset", "d", "--table", "t"]
+    args = ["--results-dir", str(res), "--results-dataset", "d", "--table", "t"]
     assert cli.main(["collect", "--source", str(store), *args]) == 0
     before = {p.name: p.read_bytes() for p in (res / "d").iterdir()}
     capsys.readouterr()

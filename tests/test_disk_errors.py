@@ -36,6 +36,7 @@ def inputs(tmp_path_factory):
     csv = write_table(synthetic_table(n=30), root / "table.csv")
     spec = root / "spec.yml"
     argv = ["plan", "--source", str(root / "ckpts"), "--store", str(root / "s2")]
+    argv += ["--tokenizer", material.tokenizer, "--eval-data", material.dataset]
     assert cli.main([*argv, "--output", str(spec), "--set", f"num_heads={HEADS}"]) == 0
     return {"m": material, "model": model, "store": store, "csv": csv, "spec": spec}
 
@@ -46,16 +47,16 @@ def _argv(command: str, bad: Path, x: dict, good: Path) -> list[str]:
     return {
         "convert": ["convert", m.checkpoints[0], str(bad / "hf"), "--num-heads", str(HEADS)],
         "evaluate": [
-            *("evaluate", str(x["model"]), "--dataset", data),
+            *("evaluate", str(x["model"]), "--eval-data", data),
             *("--out", str(bad / "metrics.json"), "--device", "cpu"),
         ],
         "evaluate --save-scores": [
-            *("evaluate", str(x["model"]), "--dataset", data, "--device", "cpu"),
+            *("evaluate", str(x["model"]), "--eval-data", data, "--device", "cpu"),
             *("--out", str(good / "metrics.json"), "--save-scores", str(bad / "scores.jsonl")),
         ],
         "collect": [
             *("collect", "--source", str(x["store"]), "--results-dir", str(bad)),
-            *("--dataset", "d", "--table", "t"),
+            *("--results-dataset", "d", "--table", "t"),
         ],
         "collect --output": [
             "collect",
@@ -68,11 +69,12 @@ def _argv(command: str, bad: Path, x: dict, good: Path) -> list[str]:
         "plan --output": [
             *("plan", "--source", str(Path(m.checkpoints[0]).parents[1])),
             *("--store", str(good / "store"), "--output", str(bad / "spec.yml")),
+            *("--tokenizer", m.tokenizer),
         ],
         "fit --out": ["fit", x["csv"], "--out", str(bad / "fit")],
         "run-one --store": [
             *("run-one", m.checkpoints[0], "--store", str(bad / "store")),
-            *("--tokenizer", m.tokenizer, "--dataset", data, "--num-heads", str(HEADS)),
+            *("--tokenizer", m.tokenizer, "--eval-data", data, "--num-heads", str(HEADS)),
             *("--work-dir", str(good / "work")),
         ],
         "launch --log-dir": ["launch", str(x["spec"]), "--log-dir", str(bad / "logs")],

@@ -51,7 +51,7 @@ def nan_model(tmp_path_factory, model_dir):
 
 def test_non_finite_rewards_fail_and_write_nothing(nan_model, sample, tmp_path, capsys):
     out, scores = tmp_path / "metrics.json", tmp_path / "scores.jsonl"
-    argv = ["evaluate", str(nan_model), "--dataset", str(sample), "--out", str(out)]
+    argv = ["evaluate", str(nan_model), "--eval-data", str(sample), "--output", str(out)]
     rc = cli.main([*argv, "--save-scores", str(scores), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
@@ -63,8 +63,8 @@ def test_non_finite_rewards_fail_and_write_nothing(nan_model, sample, tmp_path, 
 def test_outputs_are_probed_before_anything_is_loaded(sample, tmp_path, capsys):
     """The disk error comes first: before the model (here: missing) is even looked at."""
     with faulty_dir("ro", tmp_path) as bad:
-        argv = ["evaluate", str(tmp_path / "no-model"), "--dataset", str(sample)]
-        rc = cli.main([*argv, "--out", str(bad / "metrics.json")])
+        argv = ["evaluate", str(tmp_path / "no-model"), "--eval-data", str(sample)]
+        rc = cli.main([*argv, "--output", str(bad / "metrics.json")])
         err = capsys.readouterr().err.strip()
         assert files_in(bad) == []
     assert rc == 1 and "\n" not in err

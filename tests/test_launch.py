@@ -21,6 +21,15 @@ from tests.run_fixtures import HEADS, make_material
 
 WS = "ai2/rm-evals"
 
+TOKENIZER = {"tokenizer": "gs://bucket/tokenizer.model"}  # plan checks one is given, not read
+
+
+def _make_plan(*args, **kwargs):
+    """plan.make_plan with a tokenizer for the tasks (plan refuses run-one tasks without)."""
+    if "tokenizer" not in (kwargs.get("values") or {}):
+        kwargs["options"] = {**TOKENIZER, **kwargs.get("options", {})}
+    return plan.make_plan(*args, **kwargs)
+
 
 def _task(name: str, *args: str, result: str | None = "/output") -> dict:
     t = {
@@ -59,7 +68,8 @@ def test_local_pool_reports_ok_skipped_failed_and_keeps_going(tmp_path):
     spec = _spec(
         _task("a-fails", "ls", str(tmp_path / "missing")),
         _task("b-ok", "ls", str(tmp_path / "listing")),
-        _task("c-skipped", "run-one", ckpt, "--store", store),
+        # published already: only its values are checked (the tokenizer is never read)
+        _task("c-skipped", "run-one", ckpt, "--store", store, "--tokenizer", "t.model"),
     )
     logs = tmp_path / "logs"
     summary = launch.launch(spec, backend="local", log_dir=logs, max_parallel=2, progress=False)
@@ -125,13 +135,13 @@ def test_launch_rejects_invalid_spec_and_bad_arguments(tmp_path):
 def test_local_end_to_end_and_resume(tmp_path):
     m = make_material(tmp_path / "m")
     store = tmp_path / "store"
-    p, text = plan.make_plan(
+    p, text = _make_plan(
         str(tmp_path / "m" / "ckpts"),
         store=str(store),
         prefix="e2e",
         values={
             "tokenizer": m.tokenizer,
-            "dataset": m.dataset,
+            "eval_data": m.dataset,
             "num_heads": HEADS,
             "keep_model": False,
         },
@@ -151,7 +161,7 @@ def test_local_end_to_end_and_resume(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0
     assert r.stdout.strip().splitlines()[-1] == "local: 2 run(s): 2 skipped, 0 failed"
-    again, _ = plan.make_plan(str(tmp_path / "m" / "ckpts"), store=str(store), prefix="e2e")
+    again, _ = _make_plan(str(tmp_path / "m" / "ckpts"), store=str(store), prefix="e2e")
     assert (len(again.done), len(again.to_run)) == (2, 0)
 
 
@@ -161,7 +171,7 @@ def test_local_end_to_end_and_resume(tmp_path):
 def _planned_spec(tmp_path: Path) -> tuple[plan.Plan, dict]:
     for d in ("x--1", "x_more--2", "weird:name #{{ a }}--3"):
         storage.write_bytes(str(tmp_path / "src" / d / "streaming_params_1"), b"c")
-    p, text = plan.make_plan(str(tmp_path / "src"), prefix="hs", store=str(tmp_path / "st"))
+    p, text = _make_plan(str(tmp_path / "src"), prefix="hs", store=str(tmp_path / "st"))
     data, _ = specs.validate_spec(text)
     return p, data
 
@@ -202,7 +212,7 @@ def test_beaker_dry_run_creates_nothing(fake_beaker, tmp_path):  # noqa: F811
 
 def test_beaker_workspace_errors(fake_beaker, tmp_path):  # noqa: F811
     _, spec = _planned_spec(tmp_path)
-    with pytest.raises(BackendError, match="--workspace ORG/NAME is required"):
+    with pytest.raises(UsageError, match="--backend beaker needs --workspace ORG/NAME"):
         launch.launch(spec, backend="beaker", workspace=None)
     with pytest.raises(BackendError, match=r"workspace 'ai2/nope' not found"):
         launch.launch(spec, backend="beaker", workspace="ai2/nope")
@@ -218,7 +228,7 @@ def test_plan_counts_existing_experiments_as_done_by_exact_name(fake_beaker, tmp
     }
     for d in ("x--1", "x_more--2"):
         storage.write_bytes(str(tmp_path / "src" / d / "streaming_params_1"), b"c")
-    p, text = plan.make_plan(str(tmp_path / "src"), prefix="hs", store=str(tmp_path), workspace=WS)
+    p, text = _make_plan(str(tmp_path / "src"), prefix="hs", store=str(tmp_path), workspace=WS)
     assert [r.run for r in p.done] == ["hs-x"]
     assert [t["name"] for t in yaml.safe_load(text)["tasks"]] == ["hs-x_more"]
 

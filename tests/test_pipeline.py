@@ -77,31 +77,68 @@ def test_demo_end_to_end_and_idempotent(tmp_path):
     assert _snapshot(store) == store_before
 
 
+_BASE = "source: a\nstore: b\nresults_dir: r\nresults_dataset: d\n"
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("source: a\nstore: b\nresults_dir: r\ndataset: d\nbogus: 1\n", "unknown key 'bogus'"),
-        ("source: a\nstore: b\n", "missing required key(s): results_dir, dataset"),
+        (_BASE + "bogus: 1\n", "unknown key 'bogus'; known keys: source, store"),
+        ("source: a\nstore: b\n", "missing required key(s): results_dataset, results_dir"),
         ("- a\n- b\n", "expected a YAML mapping"),
-        (
-            "source: a\nstore: b\nresults_dir: r\ndataset: d\nmax_parallel: two\n",
-            "max_parallel must be int",
-        ),
-        ("source: a\nstore: b\nresults_dir: r\ndataset: d\nbackend: slurm\n", "backend must be"),
-        ("source: a\nstore: b\nresults_dir: r\ndataset: d\nbackend: beaker\n", "needs a workspace"),
-        (
-            "source: a\nstore: b\nresults_dir: r\ndataset: d\nscoring: tulu\n",
-            "scoring must be one of trained, run_rm, got 'tulu'",
-        ),
+        (_BASE + "max_parallel: two\n", "max_parallel must be an integer, got 'two'"),
+        (_BASE + "backend: slurm\n", "backend must be one of local, beaker, got 'slurm'"),
+        (_BASE + "backend: beaker\n", "needs a workspace"),
+        (_BASE + "scoring: tulu\n", "scoring must be one of trained, run_rm, got 'tulu'"),
+        (_BASE + "fit: {model: forest}\n", "fit: model must be one of linear, quadratic"),
+        (_BASE + "fit: {modle: linear}\n", "fit: unknown key 'modle'; known keys: model"),
+        (_BASE + "fit: {seed: x}\n", "fit: seed must be an integer, got 'x'"),
+        (_BASE + "dtype: fp8\n", "dtype must be one of auto, bf16, fp16, fp32, got 'fp8'"),
+        (_BASE + "num_heads: 0\n", "num_heads must be positive, got 0"),
+        (_BASE + "dataset: e\n", "results_dataset is given twice"),
     ],
 )
 def test_bad_pipeline_config_is_one_line(tmp_path, text, message):
+    """Each key checked strictly (fit's sub-keys included), naming the key: in process, and
+    once through the CLI (one line, exit 1)."""
+    from rmeval.errors import ConfigError
+    from rmeval.pipeline import load_config
+
     cfg = tmp_path / "p.yml"
     cfg.write_text(text)
-    proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and str(cfg) in lines[0], proc.stderr
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg)
+    assert message in str(exc.value) and str(cfg) in str(exc.value)
+    if "bogus" in text:
+        proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and str(cfg) in lines[0], proc.stderr
+
+
+def test_old_pipeline_keys_are_accepted_with_a_note_naming_the_new_key(tmp_path, caplog):
+    from rmeval.pipeline import load_config
+
+    cfg = tmp_path / "p.yml"
+    cfg.write_text(
+        "source: a\nstore: b\nresults_dir: r\ndataset: d\ndataset_file: rb.jsonl\n"
+        "features_dir: feats\nmodel-size: 13b\nfit: {log-linear: true}\n"
+    )
+    with caplog.at_level("WARNING", logger="rmeval"):
+        loaded = load_config(cfg)
+    assert loaded["results_dataset"] == "d"
+    assert loaded["eval_data"] == str(tmp_path / "rb.jsonl")  # a path: relative to the config
+    assert loaded["feature_counts_dir"] == str(tmp_path / "feats")
+    assert loaded["model_size"] == "13b" and loaded["fit"] == {"log_linear": True}
+    notes = " | ".join(r.getMessage() for r in caplog.records)
+    for old, new in (
+        ("dataset", "results_dataset"),
+        ("dataset_file", "eval_data"),
+        ("features_dir", "feature_counts_dir"),
+        ("model-size", "model_size"),
+        ("log-linear", "log_linear"),
+    ):
+        assert f"key {old!r} is deprecated; use {new!r}" in notes
 
 
 def test_missing_pipeline_config(tmp_path):
@@ -161,8 +198,8 @@ def test_fit_is_redone_only_when_the_table_or_its_settings_change(tmp_path):
             json.dumps(counts)
         )
     base = (
-        "source: ckpts\nstore: store\nprefix: p\nresults_dir: results\ndataset: d\n"
-        "table: runs\nfeatures_dir: feats\nreport: false\n"
+        "source: ckpts\nstore: store\nprefix: p\nresults_dir: results\nresults_dataset: d\n"
+        "table: runs\nfeature_counts_dir: feats\nreport: false\n"
     )
     cfg = tmp_path / "p.yml"
     cfg.write_text(base + "fit: {model: linear}\n")

@@ -20,6 +20,15 @@ REAL_DIR = (
     "SWAPS_4026--a6bf226b9e8e43f387810e0da3096526"
 )
 
+TOKENIZER = {"tokenizer": "gs://bucket/tokenizer.model"}  # plan checks one is given, not read
+
+
+def _make_plan(*args, **kwargs):
+    """plan.make_plan with a tokenizer for the tasks (plan refuses run-one tasks without)."""
+    if "tokenizer" not in (kwargs.get("values") or {}):
+        kwargs["options"] = {**TOKENIZER, **kwargs.get("options", {})}
+    return plan.make_plan(*args, **kwargs)
+
 
 def _layout(root: str) -> dict[str, str]:
     """A checkpoint tree with every case the planner must tell apart."""
@@ -42,6 +51,8 @@ def _layout(root: str) -> dict[str, str]:
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    if args and args[0] == "plan" and "--tokenizer" not in args:
+        args = (*args, "--tokenizer", TOKENIZER["tokenizer"])
     return subprocess.run(
         [sys.executable, "-m", "rmeval", *args],
         capture_output=True,
@@ -106,7 +117,7 @@ def test_existing_beaker_experiments_count_as_done_by_exact_name(source):
 
 def test_render_plan_is_valid_and_one_task_per_run(source, store_root):
     store = storage.join(store_root, "results")
-    p, text = plan.make_plan(source, template=TEMPLATE, prefix="hs", store=store)
+    p, text = _make_plan(source, template=TEMPLATE, prefix="hs", store=store)
     data, beaker_spec = specs.validate_spec(text)
     assert [t["name"] for t in data["tasks"]] == [r.run for r in p.to_run]
     for task, run in zip(data["tasks"], p.to_run, strict=True):
@@ -118,36 +129,34 @@ def test_render_plan_is_valid_and_one_task_per_run(source, store_root):
 
 
 def test_scoring_reaches_the_run_one_command_line(source, tmp_path):
-    _, text = plan.make_plan(
+    _, text = _make_plan(
         source, template=TEMPLATE, store=str(tmp_path / "s"), values={"scoring": "run_rm"}
     )
     for task in yaml.safe_load(text)["tasks"]:
         args = task["arguments"]
         assert args[args.index("--scoring") + 1] == "run_rm"
-    _, text = plan.make_plan(source, template=TEMPLATE, store=str(tmp_path / "s"))
+    _, text = _make_plan(source, template=TEMPLATE, store=str(tmp_path / "s"))
     assert all("--scoring" not in t["arguments"] for t in yaml.safe_load(text)["tasks"])
 
 
 def test_preset_supplies_prefix_and_experiment_prefix(tmp_path):
     _layout(str(tmp_path / "src"))
-    p, text = plan.make_plan(str(tmp_path / "src"), preset="multipref", store=str(tmp_path / "s"))
+    p, text = _make_plan(str(tmp_path / "src"), preset="multipref", store=str(tmp_path / "s"))
     assert p.prefix == "multipref-counts"
     assert {r.run for r in p.to_run} >= {"multipref-counts-x"}
     data = yaml.safe_load(text)
     assert data["tasks"][0]["constraints"]["cluster"] == specs.load_preset("multipref")["clusters"]
-    p2, _ = plan.make_plan(str(tmp_path / "src"), preset="multipref", prefix="mine", render=False)
+    p2, _ = _make_plan(str(tmp_path / "src"), preset="multipref", prefix="mine", render=False)
     assert {r.run for r in p2.to_run} >= {"mine-x"}
 
 
 def test_seed_aliases(gcs_bucket):
     _layout(storage.join(gcs_bucket, "human-preferences/rm_checkpoints"))
     bucket = gcs_bucket.removeprefix("gs://")
-    a, _ = plan.make_plan(
+    a, _ = _make_plan(
         gcs_bucket=bucket, gcs_dir_path="human-preferences/rm_checkpoints", render=False
     )
-    b, _ = plan.make_plan(
-        storage.join(gcs_bucket, "human-preferences/rm_checkpoints"), render=False
-    )
+    b, _ = _make_plan(storage.join(gcs_bucket, "human-preferences/rm_checkpoints"), render=False)
     assert [r.checkpoint for r in a.to_run] == [r.checkpoint for r in b.to_run]
     assert len(a.to_run) == 5
 
@@ -238,7 +247,7 @@ def test_seed_flags_with_a_name_prefix(gcs_bucket):
     run = "tulu2_13b_rm_human_datamodel_counts_7000_ID__07add08aa33a4fa6a5294c7bc41ae1f9__SWAPS_4026--a"
     storage.write_bytes(storage.join(root, run, "streaming_params_437"), b"x")
     bucket = gcs_bucket.removeprefix("gs://")
-    p, _ = plan.make_plan(gcs_bucket=bucket, gcs_dir_path=GUIDE_PREFIX, render=False)
+    p, _ = _make_plan(gcs_bucket=bucket, gcs_dir_path=GUIDE_PREFIX, render=False)
     assert [r.directory for r in p.to_run] == [run]
 
 
@@ -271,7 +280,7 @@ def test_dotted_and_dashed_directories_are_two_runs(store_root):
     dotted = by_dir["rm.v2--1"]
     assert dotted.run.startswith("t-rm-v2-") and dotted.explicit_name
     # the spec passes the renamed run's name to run-one; the others need none
-    text = plan.render_plan(p, TEMPLATE)
+    text = plan.render_plan(p, TEMPLATE, values=TOKENIZER)
     tasks = {t["name"]: t["arguments"] for t in yaml.safe_load(text)["tasks"]}
     assert tasks[dotted.run][tasks[dotted.run].index("--run-name") + 1] == dotted.run
     assert "--run-name" not in tasks["t-rm-v2"]
@@ -301,14 +310,12 @@ def test_a_published_dotted_run_keeps_its_name(store_root):
         (["--set", "gpus=two"], r"gpuCount: expected an integer, got 'two'"),
         (["--set", "priority=asap"], r"priority: 'asap' is not one of"),
         (["--set", "scoring=tulu"], r"scoring \(preset or --set\) must be one of trained, run_rm"),
-        (["--no-store"], r"convert-and-eval\.yml\.j2:\d+: 'store' is undefined"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, extra, pattern):
     _layout(str(tmp_path / "src"))
     args = ["plan", "--source", str(tmp_path / "src")]
-    if extra != ["--no-store"]:
-        args += ["--store", str(tmp_path / "s"), *extra]
+    args += ["--store", str(tmp_path / "s"), *extra]
     r = _cli(*args)
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
@@ -345,6 +352,7 @@ def test_seed_script_generate_eval_runs(gcs_bucket, tmp_path):
             "--gcs_dir_path", "human-preferences/rm_checkpoints/helpsteer2",
             "--is_reward_model", "--cleanup",
             "--store", storage.join(gcs_bucket, "results"),
+            "--tokenizer", storage.join(gcs_bucket, "tokenizer.model"),
         ],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

@@ -81,7 +81,7 @@ def test_history_cli_and_git_sha(tmp_path, capsys):
     ).stdout.strip()
     store = _store(tmp_path / "store", {"a": make_metrics(seed=1), "b": make_metrics(seed=2)})
     res = repo / "results"
-    args = ["collect", "--source", store, "--results-dir", str(res), "--dataset", "hs2"]
+    args = ["collect", "--source", store, "--results-dir", str(res), "--results-dataset", "hs2"]
     proc = subprocess.run(
         [sys.executable, "-m", "rmeval", *args, "--table", "runs"],
         capture_output=True,
@@ -198,7 +198,7 @@ def test_kill9_during_update_is_repaired_on_rerun(tmp_path, event, target):
     ds = res / "hs2"
     first = _store(tmp_path / "s1", {f"r{i}": make_metrics(seed=i) for i in range(3)})
     second = _store(tmp_path / "s2", {f"r{i}": make_metrics(seed=10 + i) for i in range(4)})
-    args = ["collect", "--results-dir", str(res), "--dataset", "hs2", "--table", "runs"]
+    args = ["collect", "--results-dir", str(res), "--results-dataset", "hs2", "--table", "runs"]
     assert cli.main([*args, "--source", first]) == 0
     proc = subprocess.run(
         [*KILL_AT, event, str(ds / target), "--", *args, "--source", second],

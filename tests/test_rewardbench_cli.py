@@ -26,7 +26,7 @@ def test_sample_then_evaluate(model_dir, tmp_path, capsys):
     assert "already exists; pass --overwrite" in capsys.readouterr().err
 
     out, scores = tmp_path / "metrics.json", tmp_path / "scores.jsonl"
-    argv = ["evaluate", str(model_dir), "--dataset", str(data), "--out", str(out)]
+    argv = ["evaluate", str(model_dir), "--eval-data", str(data), "--output", str(out)]
     extra = ["--save-scores", str(scores), "--device", "cpu", "--dtype", "fp32"]
     assert main([*argv, *extra, "--model-name", "org/rm-7b"]) == 0
     printed = capsys.readouterr().out
@@ -44,7 +44,7 @@ def test_errors_are_one_line_with_exit_1(model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"}) + "\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "rmeval", "evaluate", str(model_dir), "--dataset", str(bad)],
+        [sys.executable, "-m", "rmeval", "evaluate", str(model_dir), "--eval-data", str(bad)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -63,7 +63,7 @@ def test_errors_are_one_line_with_exit_1(model_dir, tmp_path):
             "rmeval",
             "evaluate",
             str(model_dir),
-            "--dataset",
+            "--eval-data",
             str(bad),
             "--device",
             "cpu",

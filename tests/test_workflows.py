@@ -284,6 +284,7 @@ RUN_DIRS = [
 
 def test_plan_runs_builds_a_matrix_from_rmeval_plan(tmp_path, gh_files, monkeypatch):
     monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("RMEVAL_TOKENIZER", str(tmp_path / "tokenizer.model"))  # a repo variable
     source = _listing(tmp_path / "bucket", RUN_DIRS)
     store = tmp_path / "store"
     rc = plan_runs.main(
@@ -316,6 +317,8 @@ def test_plan_runs_builds_a_matrix_from_rmeval_plan(tmp_path, gh_files, monkeypa
                 str(store),
                 "--prefix",
                 "hs2",
+                "--tokenizer",
+                str(tmp_path / "tokenizer.model"),
                 "--json",
             ],
             capture_output=True,
@@ -360,8 +363,11 @@ def test_plan_runs_bad_dispatch_fails_with_one_line(
             "entries:\n  - {dataset: a, source: /x, store: /y, colour: red}\n",
             "unknown key 'colour'",
         ),
-        ("entries:\n  - {dataset: a, source: /x}\n", "'store' is required"),
-        ("entries:\n  - {dataset: a, source: /x, store: /y, backend: slurm}\n", "backend 'slurm'"),
+        ("entries:\n  - {results_dataset: a, source: /x}\n", "missing required key(s): store"),
+        (
+            "entries:\n  - {results_dataset: a, source: /x, store: /y, backend: slurm}\n",
+            "backend must be one of runners, beaker, got 'slurm'",
+        ),
         (
             "entries:\n  - {dataset: a, source: /x, store: /y}\n  - {dataset: a, source: /z, store: /y}\n",
             "listed twice",

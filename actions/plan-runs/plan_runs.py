@@ -6,15 +6,27 @@ matrix, and reports to the log, the job summary and ``$GITHUB_OUTPUT``.
 
     plan_runs.py runs    --config FILE [--only DATASET] | --preset P --source URI --store URI ...
     plan_runs.py targets --config FILE [--only DATASET]
+    plan_runs.py args    run-one|launch     (NUL-separated arguments for the job in $RUN)
 
-A failing ``rmeval plan`` (unknown preset, malformed URI, unreadable bucket) ends the step
-with exit 1 and its one error line as an ``::error::`` annotation and in the job summary.
+An entry has the keys of rmeval's one config schema (``rmeval.options.CONFIG_KEYS``, shared
+with pipeline.yml; unknown keys and wrong types fail naming the key; the old dashed
+spellings such as ``feature-counts-dir`` or ``eval-dataset`` are accepted with a
+deprecation warning). run-one's options (``tokenizer``, ``eval_data``, ``model_size``,
+``num_heads`` ...) not set in an entry default to the repository variables the workflow
+passes as ``RMEVAL_TOKENIZER``, ``RMEVAL_EVAL_DATA``, ``RMEVAL_MODEL_SIZE``,
+``RMEVAL_NUM_HEADS`` ...; plan checks them (a task without a tokenizer fails here, not on a
+GPU runner).
+
+A failing ``rmeval plan`` (unknown preset, malformed URI, unreadable bucket, no tokenizer)
+ends the step with exit 1 and its one error line as an ``::error::`` annotation and in the
+job summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,33 +35,31 @@ from typing import Any
 
 import yaml
 
-KEYS = (
-    "dataset",
-    "preset",
-    "source",
-    "store",
-    "table",
-    "backend",
-    "prefix",
-    "feature-counts-dir",
-    "tokenizer",
-    "eval-dataset",
-    "model-size",
-    "num-heads",
-)
-REQUIRED = ("dataset", "source", "store")
-BACKENDS = ("runners", "beaker")
+from rmeval import options
+
+KEYS = tuple(options.keys_of(options.SCHEDULE))
+RUN_OPTIONS = tuple(o for o in options.TEMPLATE_OPTIONS if o.dest in KEYS)
+BACKENDS = options.keys_of(options.SCHEDULE)["backend"].choices_in(options.SCHEDULE)
 MATRIX_LIMIT = 256  # GitHub's limit on jobs per matrix
+# The repository variables (RMEVAL_<KEY>) that give run-one's options to entries without them.
+OLD_VARIABLES = {"eval_data": "RMEVAL_EVAL_DATASET"}
 
 
 class PlanFailed(Exception):
     """One line that says what went wrong and what to do."""
 
 
+class _Annotate(logging.Handler):
+    """Deprecation notes of the schema check, as workflow warning annotations."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"::warning title=rmeval schedule::{_escape(record.getMessage())}", flush=True)
+
+
 # ------------------------------------------------------------------------------ entries
 
 
-def load_entries(config: str, only: str = "") -> list[dict[str, str]]:
+def load_entries(config: str, only: str = "") -> list[dict[str, Any]]:
     """The schedule config's entries, checked, with defaults filled in."""
     path = Path(config)
     try:
@@ -65,35 +75,51 @@ def load_entries(config: str, only: str = "") -> list[dict[str, str]]:
     entries = []
     for i, raw in enumerate(data.get("entries") or []):
         entries.append(check_entry(raw, f"{config}: entries[{i}]"))
-    names = [e["dataset"] for e in entries]
+    names = [e["results_dataset"] for e in entries]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise PlanFailed(f"{config}: dataset {dupes[0]!r} is listed twice; datasets must be unique")
+        raise PlanFailed(
+            f"{config}: results_dataset {dupes[0]!r} is listed twice; datasets must be unique"
+        )
     if only:
-        entries = [e for e in entries if e["dataset"] == only]
+        entries = [e for e in entries if e["results_dataset"] == only]
         if not entries:
             raise PlanFailed(f"{config}: no entry for dataset {only!r}; known: {', '.join(names)}")
     return entries
 
 
-def check_entry(raw: Any, where: str) -> dict[str, str]:
-    """One entry as a dict of strings; unknown or missing keys are an error."""
-    if not isinstance(raw, dict):
-        raise PlanFailed(f"{where}: expected a mapping of {', '.join(KEYS)}")
-    unknown = sorted(set(map(str, raw)) - set(KEYS))
-    if unknown:
-        raise PlanFailed(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(KEYS)}")
-    entry = {k: "" if raw.get(k) is None else str(raw[k]).strip() for k in KEYS}
-    missing = [k for k in REQUIRED if not entry[k]]
-    if missing:
-        raise PlanFailed(f"{where}: {missing[0]!r} is required")
+def check_entry(raw: Any, where: str) -> dict[str, Any]:
+    """One entry checked against the schema, every key present (unset: ""), the run-one
+    options not given taken from the ``RMEVAL_<KEY>`` variables."""
+    checked = options.check_config(raw, where, options.SCHEDULE, PlanFailed)
+    entry: dict[str, Any] = {k: "" if checked.get(k) is None else checked[k] for k in KEYS}
+    for o in RUN_OPTIONS:
+        if entry[o.dest] in ("", None):
+            var = f"RMEVAL_{o.dest.upper()}"
+            value = os.environ.get(var) or os.environ.get(OLD_VARIABLES.get(o.dest, ""), "")
+            entry[o.dest] = value.strip()
+    for key, value in entry.items():
+        if isinstance(value, str):
+            entry[key] = value.strip()
     entry["backend"] = entry["backend"] or "runners"
     entry["table"] = entry["table"] or "runs"
-    if entry["backend"] not in BACKENDS:
-        raise PlanFailed(
-            f"{where}: backend {entry['backend']!r} is not one of {', '.join(BACKENDS)}"
-        )
     return entry
+
+
+def _flags(entry: dict[str, Any]) -> list[str]:
+    """run-one's options of an entry as command-line flags (rmeval plan, launch, run-one)."""
+    out: list[str] = []
+    for o in RUN_OPTIONS:
+        value = entry.get(o.dest)
+        if value in ("", None):
+            continue
+        if isinstance(value, list):
+            out += [o.name, *map(str, value)]
+        elif isinstance(value, str) and o.nargs:
+            out += [o.name, *value.split()]
+        else:
+            out += [o.name, str(value)]
+    return out
 
 
 # ------------------------------------------------------------------------------ plan
@@ -114,7 +140,8 @@ def plan_entry(
     (the schedule: a source may have no checkpoints yet) passes ``--allow-empty``; a
     dispatch's source without checkpoints fails the step, naming the nearest prefixes."""
     cmd = [sys.executable, "-m", "rmeval", "plan", "--source", entry["source"]]
-    cmd += ["--template", template, "--store", entry["store"], "--json"]
+    cmd += ["--template", entry["template"] or template, "--store", entry["store"], "--json"]
+    cmd += _flags(entry)
     if allow_empty:
         cmd.append("--allow-empty")
     if entry["preset"]:
@@ -124,37 +151,53 @@ def plan_entry(
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
-        raise PlanFailed(f"{entry['dataset']}: {_error_line(proc.stderr)}")
+        raise PlanFailed(f"{entry['results_dataset']}: {_error_line(proc.stderr)}")
     try:
         data = json.loads(proc.stdout or "[]")
     except json.JSONDecodeError:
-        raise PlanFailed(f"{entry['dataset']}: rmeval plan --json printed no JSON") from None
+        raise PlanFailed(
+            f"{entry['results_dataset']}: rmeval plan --json printed no JSON"
+        ) from None
     runs = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(runs, list):
-        raise PlanFailed(f"{entry['dataset']}: rmeval plan --json printed no run list")
+        raise PlanFailed(f"{entry['results_dataset']}: rmeval plan --json printed no run list")
     # The prefix plan named the runs with (from the entry or the preset): run-one must use
     # the same one, or the run would never count as done.
     prefix = data.get("prefix") or entry["prefix"]
     return [dict(r, prefix=prefix) if isinstance(r, dict) else r for r in runs]
 
 
-def matrix_item(run: dict[str, Any], entry: dict[str, str]) -> dict[str, str]:
-    """The fields one runner job needs for ``rmeval run-one`` (a run of ``plan --json``)."""
+def matrix_item(run: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """What one runner job needs for ``rmeval run-one`` (a run of ``plan --json``): the
+    entry with the run's name, checkpoint and prefix (``args run-one`` makes the flags)."""
     if not isinstance(run, dict) or not run.get("checkpoint") or not run.get("run"):
-        raise PlanFailed(f"{entry['dataset']}: a run in the plan has no checkpoint/run: {run!r}")
+        raise PlanFailed(
+            f"{entry['results_dataset']}: a run in the plan has no checkpoint/run: {run!r}"
+        )
     return {
+        **entry,
         "name": str(run["run"]),
         "checkpoint": str(run["checkpoint"]),
         # only when plan renamed the run (two experiments would share a name)
         "run_name": str(run["run"]) if run.get("explicit_name") else "",
-        "store": entry["store"],
         "prefix": str(run.get("prefix") or ""),
-        "dataset": entry["dataset"],
-        "tokenizer": entry["tokenizer"],
-        "eval_dataset": entry["eval-dataset"],
-        "model_size": entry["model-size"],
-        "num_heads": entry["num-heads"],
     }
+
+
+def job_args(kind: str, job: dict[str, Any]) -> list[str]:
+    """The arguments of ``rmeval run-one`` (a runner job) or ``rmeval launch --backend
+    beaker`` (a Beaker entry) for one matrix item."""
+    if kind == "run-one":
+        out = [job["checkpoint"], "--store", job["store"]]
+        for key, flag in (("prefix", "--prefix"), ("run_name", "--run-name")):
+            if job.get(key):
+                out += [flag, job[key]]
+        return out + _flags(job)
+    out = ["--backend", "beaker", "--source", job["source"], "--store", job["store"]]
+    for key, flag in (("preset", "--preset"), ("prefix", "--prefix"), ("template", "--template")):
+        if job.get(key):
+            out += [flag, job[key]]
+    return out + _flags(job)
 
 
 def plan(
@@ -208,14 +251,14 @@ def write_summary(markdown: str) -> None:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def summary(result: dict[str, Any]) -> str:
     out = ["### rmeval plan", "", "| dataset | preset | backend | to run |", "|---|---|---|---|"]
     for entry, n in result["rows"]:
         out.append(
-            f"| {_cell(entry['dataset'])} | {_cell(entry['preset'] or '-')} | "
+            f"| {_cell(entry['results_dataset'])} | {_cell(entry['preset'] or '-')} | "
             f"{entry['backend']} | {n} |"
         )
     if result["deferred"]:
@@ -230,25 +273,52 @@ def summary(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("runs", "targets"))
+    p.add_argument("mode", choices=("runs", "targets", "args"))
+    p.add_argument("kind", nargs="?", choices=("run-one", "launch"), help="mode args: which")
     p.add_argument("--config", default="", help="schedule config (all its entries)")
     p.add_argument("--only", default="", help="only this dataset of the config")
     p.add_argument("--template", default="rmeval/templates/beaker/convert-and-eval.yml.j2")
     p.add_argument("--max-runs", type=int, default=MATRIX_LIMIT)
-    for key in KEYS:
-        p.add_argument(f"--{key}", default="")
+    keys = options.keys_of(options.SCHEDULE)
+    for key in KEYS:  # dispatch inputs, one flag per schema key
+        if key == "template":
+            continue  # --template above: the default template of every entry
+        flag = "--" + key.replace("_", "-")
+        aliases = ["--dataset"] if key == "results_dataset" else []
+        p.add_argument(flag, *aliases, dest=key, default="")
     args = p.parse_args(argv)
+    logging.getLogger("rmeval").addHandler(_Annotate())
+    logging.getLogger("rmeval").propagate = False
     try:
+        if args.mode == "args":
+            job = json.loads(os.environ.get("RUN") or "{}")
+            sys.stdout.write("".join(a + "\0" for a in job_args(args.kind or "run-one", job)))
+            return 0
         if args.config:
             entries = load_entries(args.config, args.only)
         else:
-            raw = {k: getattr(args, k.replace("-", "_")) for k in KEYS}
-            if not raw["dataset"]:
-                raw["dataset"] = raw["preset"] or "dispatch"
+            raw: dict[str, Any] = {}
+            for key in KEYS:
+                value = getattr(args, key, "").strip()
+                if not value:
+                    continue
+                kind = keys[key].kind
+                if kind is int:
+                    try:
+                        raw[key] = int(value)
+                    except ValueError:
+                        raise PlanFailed(
+                            f"dispatch inputs: {key} must be an integer, got {value!r}"
+                        ) from None
+                elif kind is list:
+                    raw[key] = value.split()
+                else:
+                    raw[key] = value
+            raw.setdefault("results_dataset", raw.get("preset") or "dispatch")
             entries = [check_entry(raw, "dispatch inputs")]
         if args.mode == "targets":
             write_outputs({"targets": json.dumps(entries), "count": str(len(entries))})
-            names = ", ".join(e["dataset"] for e in entries) or "none"
+            names = ", ".join(e["results_dataset"] for e in entries) or "none"
             write_summary(f"### fetch-results targets\n\n{names}")
             return 0
         result = plan(entries, args.template, args.max_runs, allow_empty=bool(args.config))

@@ -35,6 +35,8 @@ def render(preset: Path, source: Path, work: Path) -> tuple[bool, str, str]:
     spec = work / f"{preset.stem}.yml"
     cmd = [sys.executable, "-m", "rmeval", "plan", "--source", str(source)]
     cmd += ["--preset", str(preset), "--store", str(work / "store"), "--output", str(spec)]
+    # plan refuses run-one tasks without a tokenizer; the real one is a repository variable
+    cmd += ["--tokenizer", str(source / "tokenizer.model")]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     if proc.returncode != 0:

@@ -81,21 +81,35 @@ class EvalResult:
 # --------------------------------------------------------------------------- setup
 
 
-def resolve_device(device: str = "auto") -> str:
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()``, answered without importing torch (seconds) where no
+    CUDA driver library can be loaded at all: a bad --device or --dtype on a CPU machine
+    then fails at once."""
+    import ctypes
+    import ctypes.util
+
+    if ctypes.util.find_library("cuda") is None:
+        try:
+            ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            return False
     import torch
 
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(device: str = "auto") -> str:
     if device not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
         raise EvalError("--device cuda: no CUDA device is available; use --device cpu or auto")
     return device
 
 
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
+def dtype_name(dtype: str, device: str) -> str:
+    """The evaluation dtype (bf16 | fp16 | fp32) of ``dtype`` on ``device``; fp16 needs a GPU."""
     if dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "auto":
@@ -104,7 +118,13 @@ def resolve_dtype(dtype: str, device: str):
         raise EvalError(
             "--dtype fp16 needs a GPU (--device cuda); on the CPU use --dtype fp32 or bf16"
         )
-    return getattr(torch, _TORCH_DTYPES[dtype])
+    return dtype
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    return getattr(torch, _TORCH_DTYPES[dtype_name(dtype, device)])
 
 
 def _local_model_dir(model_dir: str, stack: contextlib.ExitStack) -> Path:
