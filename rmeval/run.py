@@ -2,7 +2,8 @@
 
 The single command a local worker, a Beaker task and a GitHub runner all execute.
 
-Published under ``<store>/<run>/`` (``run`` = :func:`rmeval.naming.run_name`):
+Published under ``<store>/<run>/`` (``run`` = :func:`rmeval.naming.run_name`; the layout
+is :mod:`rmeval.store`'s):
 
 - ``scores.jsonl``: the evaluator's per-pair scores;
 - ``provenance.json``: checkpoint URI, run name, rmeval version, git sha when known,
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rmeval import __version__, naming, storage
+from rmeval import store as store_layout
 from rmeval.errors import StoreError
 from rmeval.procutil import (
     git_head,
@@ -47,13 +49,10 @@ from rmeval.procutil import (
     sigterm_as_exit,
 )
 from rmeval.rewardbench import formats
+from rmeval.store import CLAIM_FILE, METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-SCORES_FILE = "scores.jsonl"
-PROVENANCE_FILE = "provenance.json"
-CLAIM_FILE = ".claim"  # held while one attempt publishes (see _claim)
 CLAIM_STALE_S = 6 * 3600  # a claim this old is a crashed attempt's, whatever its host
 ATTEMPT_PREFIX = "run-one-"
 WORK_PREFIX = "rmeval-run-"
@@ -126,10 +125,13 @@ def run_one(
     run directories would otherwise share a name; see :func:`rmeval.naming.run_names`)."""
     formats.check_scoring(scoring)
     run = naming.check_run_name(run_name) if run_name else naming.run_name(checkpoint, prefix)
-    dest = storage.join(store, run)
-    metrics_uri = storage.join(dest, METRICS_FILE)
-    if not force and storage.exists(metrics_uri):
-        log.info("%s: already done (%s exists); pass --force to redo it", run, metrics_uri)
+    dest = store_layout.run_dir(store, run)
+    if not force and store_layout.is_complete(store, run):
+        log.info(
+            "%s: already done (%s exists); pass --force to redo it",
+            run,
+            store_layout.run_file(store, run, METRICS_FILE),
+        )
         return RunOneResult(run, "skipped", dest)
     if not dataset:
         from rmeval.rewardbench.data import HUB_DATASET
@@ -218,7 +220,7 @@ def run_one(
             },
         }
         with _claim(dest, force) as claim:
-            if claim is None or (not force and storage.exists(metrics_uri)):
+            if claim is None or (not force and store_layout.is_complete(store, run)):
                 detail = _lost_detail(run, claim)
                 log.info("%s", detail)
                 return RunOneResult(run, "skipped", dest, detail=detail)
@@ -226,17 +228,23 @@ def run_one(
             t0 = time.perf_counter()
             if keep_model:
                 _keep(model_dir, keep_model, overwrite=force)
-            if scores_path.exists():
-                storage.upload_file(scores_path, storage.join(dest, SCORES_FILE), overwrite=True)
-            timings["publish"] = time.perf_counter() - t0
-            provenance["timings_s"]["publish"] = round(timings["publish"], 3)
-            storage.write_text(
-                storage.join(dest, PROVENANCE_FILE),
-                json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n",
-                overwrite=True,
+
+            def provenance_json() -> bytes:  # written after the scores: it times them
+                timings["publish"] = time.perf_counter() - t0
+                provenance["timings_s"]["publish"] = round(timings["publish"], 3)
+                text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
+                return text.encode("utf-8")
+
+            scores: list[tuple[str, store_layout.Content]] = (
+                [(SCORES_FILE, scores_path)] if scores_path.exists() else []
             )
-            # Last: its existence means "done".
-            storage.write_bytes(metrics_uri, metrics_bytes, overwrite=force)
+            metrics_uri = store_layout.publish(
+                store,
+                run,
+                [*scores, (PROVENANCE_FILE, provenance_json)],
+                metrics_bytes,
+                replace_metrics=force,
+            )
     log.info("%s: published %s", run, metrics_uri)
     return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings, attempt=claim)
 
