@@ -812,6 +812,7 @@ def collect(
     ``names``: only these exact run (store) or experiment (Beaker) names.
     ``beaker_timeout``: see :func:`rmeval.backends.beaker.client`."""
     join = join_for(feature_counts_dir, experiments_file, dataset_total_size)
+    prefix: str | None
     if is_beaker_source(source):
         prefix = (
             naming.DEFAULT_EVAL_EXPERIMENT_PREFIX

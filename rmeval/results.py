@@ -219,7 +219,7 @@ def table_path(results_dir: str | os.PathLike, dataset: str, name: str) -> Path:
     return storage.local_path(results_dir) / dataset / f"{stem}.csv"
 
 
-def _rows_by_name(text: str) -> dict[str, tuple[str, ...]]:
+def _rows_by_name(text: str) -> dict[str, tuple[tuple[str, str], ...]]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if not header:
@@ -227,13 +227,13 @@ def _rows_by_name(text: str) -> dict[str, tuple[str, ...]]:
     if NAME not in header:
         raise ResultsError(f"existing table has no {NAME!r} column; move it away and collect again")
     i = header.index(NAME)
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
     for row in reader:
         if len(row) != len(header):
             raise ResultsError(
                 f"existing table row {len(out) + 2} has {len(row)} cells, header has {len(header)}"
             )
-        out[row[i]] = tuple(zip(header, row, strict=True))  # type: ignore[arg-type]
+        out[row[i]] = tuple(zip(header, row, strict=True))
     return out
 
 

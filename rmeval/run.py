@@ -186,6 +186,7 @@ def run_one(
         timings["evaluate"] = time.perf_counter() - t0
 
         metrics_bytes = metrics_path.read_bytes()  # exactly the evaluator's file
+        timings_s = {k: round(v, 3) for k, v in timings.items()}
         provenance = {
             "run": run,
             "checkpoint": checkpoint,
@@ -199,7 +200,7 @@ def run_one(
             "model_size": model_size,
             "tokenizer": tokenizer,
             "kept_model": keep_model,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "timings_s": timings_s,
             "convert": {
                 "kind": conv.kind,
                 "bytes_read": conv.bytes_read,
@@ -231,7 +232,7 @@ def run_one(
 
             def provenance_json() -> bytes:  # written after the scores: it times them
                 timings["publish"] = time.perf_counter() - t0
-                provenance["timings_s"]["publish"] = round(timings["publish"], 3)
+                timings_s["publish"] = round(timings["publish"], 3)
                 text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
                 return text.encode("utf-8")
 

@@ -127,9 +127,10 @@ def _http_cause(exc: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _client_class() -> type:
+def _client_class() -> Any:
     """beaker-py's ``Beaker`` with the deadline on its gRPC channel and HTTP sessions."""
     beaker = _import_beaker()
+    base: Any = beaker.Beaker
     import grpc
     import requests
     from beaker import beaker_pb2_grpc
@@ -203,7 +204,7 @@ def _client_class() -> type:
             self.deadline.answered()
             return response
 
-    class DeadlineBeaker(beaker.Beaker):
+    class DeadlineBeaker(base):
         deadline: _Deadline
 
         @property
@@ -277,7 +278,7 @@ def client(workspace: str | None = None, timeout: float | None = None) -> Iterat
         yield b
     except requests.RequestException as exc:
         url = exc.request.url if exc.request is not None else b.config.agent_address
-        address = re.sub(r"^(\w+://[^/]+).*$", r"\1", url or "")
+        address = re.sub(r"^(\w+://[^/]+).*$", r"\1", str(url or ""))
         raise BackendError(f"Beaker at {address}: {_http_cause(exc)}") from None
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
