@@ -16,8 +16,9 @@ seed's ``--gcs_dir_path`` and ``list_blobs(prefix=...)`` read it) through
   and the task of a renamed one passes ``--run-name``.
 - **done**: the run's ``<store>/<run>/metrics.json`` exists (metrics.json is written last,
   so its presence means the run finished; :func:`rmeval.store.completed_runs`, the listing
-  collect reads too), or a Beaker experiment with exactly the run's experiment name exists. Matching is by exact name, never by substring. ``force``
-  moves them back to *to run*.
+  collect reads too), or a Beaker experiment with exactly the run's experiment name
+  exists. Matching is by exact name, never by substring. ``force`` moves them back to
+  *to run*.
 - **to run**: everything else.
 
 :func:`render_plan` turns the to-run list into a Beaker spec with a Jinja template (see
