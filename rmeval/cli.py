@@ -383,7 +383,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
 def _run_collect(args: argparse.Namespace) -> int:
     from rmeval import collect
 
-    out = collect.run(
+    out = collect.collect_and_write(
         args.source,
         output=args.output,
         overwrite=args.overwrite,

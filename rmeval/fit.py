@@ -179,10 +179,8 @@ def read_table(csv: str | os.PathLike):
 def recorded_features(csv: str | os.PathLike) -> list[str] | None:
     """The feature columns collect recorded for ``csv`` (the ``features`` list of its
     ``<table>.columns.json`` sidecar), or ``None`` when there is no sidecar."""
-    try:
-        from rmeval.collect import columns_path
-    except ImportError:  # pragma: no cover - collect is part of the package
-        return None
+    from rmeval.table import columns_path
+
     sidecar = columns_path(csv)
     if not storage.exists(sidecar):
         return None

@@ -182,7 +182,9 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
     runs = {r.run for r in plan.to_run + plan.done}
     collect_opts: dict[str, Any] = {}
     if cfg["backend"] == "beaker":
-        source = f"beaker://{cfg['workspace']}"
+        from rmeval.backends.beaker import source_uri
+
+        source = source_uri(cfg["workspace"])
         collect_opts["experiment_prefix"] = plan.experiment_prefix
         collect_opts["names"] = {
             naming.eval_experiment_name(r, plan.experiment_prefix) for r in runs
@@ -196,7 +198,7 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
             collect_opts["dataset_total_size"] = cfg["dataset_total_size"]
     elif cfg.get("experiments_file"):
         collect_opts["experiments_file"] = cfg["experiments_file"]
-    outcome = collect.run(
+    outcome = collect.collect_and_write(
         source,
         results_dir=cfg["results_dir"],
         dataset=cfg["results_dataset"],
@@ -204,25 +206,25 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
         command="rmeval pipeline",
         **collect_opts,
     )
-    table = results.table_path(cfg["results_dir"], cfg["results_dataset"], cfg["table"])
+    paths = results.table_paths(cfg["results_dir"], cfg["results_dataset"], cfg["table"])
+    table = paths.csv
     res.table = table if table.exists() else None
     res.table_changed = not outcome.unchanged
     res.issues = len(outcome.table.issues)
-    history = table.parent / "HISTORY.jsonl"
-    res.history = history if history.exists() else None
+    res.history = paths.history if paths.history.exists() else None
     if res.table is None:
         res.notes.append("no runs were collected; nothing to fit or report")
         return res
 
     # fit and report, rebuilt only when the table changed (or they are missing)
-    fit_dir = table.with_name(table.stem + ".fit")
+    fit_dir = paths.fit_dir
     if cfg.get("fit"):
         fit_opts = cfg["fit"] if isinstance(cfg["fit"], dict) else {}
         res.fit_dir = _fit(table, fit_dir, fit_opts, rebuild=res.table_changed, notes=res.notes)
     if cfg.get("report"):
         from rmeval.report import report
 
-        nb = table.with_name(table.stem + ".report.ipynb")
+        nb = paths.report
         if res.table_changed or not nb.exists() or (res.fit_dir and not _newer(nb, fit_dir)):
             report(table, nb, fit_dir=res.fit_dir, overwrite=True)
         res.report = nb

@@ -15,9 +15,10 @@ seed's ``--gcs_dir_path`` and ``list_blobs(prefix=...)`` read it) through
   seed's '.' -> '-' rule would merge) get distinct names (:func:`rmeval.naming.run_names`),
   and the task of a renamed one passes ``--run-name``.
 - **done**: the run's ``<store>/<run>/metrics.json`` exists (metrics.json is written last,
-  so its presence means the run finished), or a Beaker experiment with exactly the run's
-  experiment name exists. Matching is by exact name, never by substring. ``force``
-  moves them back to *to run*.
+  so its presence means the run finished; :func:`rmeval.store.completed_runs`, the listing
+  collect reads too), or a Beaker experiment with exactly the run's experiment name
+  exists. Matching is by exact name, never by substring. ``force`` moves them back to
+  *to run*.
 - **to run**: everything else.
 
 :func:`render_plan` turns the to-run list into a Beaker spec with a Jinja template (see
@@ -35,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rmeval import naming, storage
+from rmeval import store as store_layout
 from rmeval.errors import NamingError, SpecError, StoreError, UsageError
-from rmeval.run import METRICS_FILE, PROVENANCE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def _published_by(store: str | None, names: Iterable[str]) -> dict[str, str]:
     provenance.json), so that a published name stays with its experiment."""
     owners: dict[str, str] = {}
     for name in names:
-        uri = storage.join(store, name, PROVENANCE_FILE) if store else None
+        uri = store_layout.run_file(store, name, store_layout.PROVENANCE_FILE) if store else None
         if uri is None or not storage.exists(uri):
             continue
         try:
@@ -163,16 +164,6 @@ def _published_by(store: str | None, names: Iterable[str]) -> dict[str, str]:
         except (StoreError, NamingError, ValueError, KeyError, TypeError):
             log.warning("%s: unreadable; cannot tell which experiment published it", uri)
     return owners
-
-
-def completed_runs(store: str) -> set[str]:
-    """Run names whose ``<store>/<run>/metrics.json`` exists (one listing of the store)."""
-    done: set[str] = set()
-    for obj in storage.list_objects_if_any(store):
-        parts = obj.name.split("/")
-        if len(parts) == 2 and parts[1] == METRICS_FILE:
-            done.add(parts[0])
-    return done
 
 
 def plan(
@@ -244,7 +235,7 @@ def plan(
     for loser, _ in losers:
         kept = best[loser.run][1].checkpoint
         result.superseded.append(Superseded(checkpoint=loser.checkpoint, run=loser.run, kept=kept))
-    finished = completed_runs(store) if store else set()
+    finished = store_layout.completed_runs(store) if store else set()
     existing = set(existing_experiments or ())
     for run in sorted(best):
         planned = best[run][1]

@@ -1,7 +1,7 @@
 """Small process helpers shared by the stages: the git commit of a directory, SIGTERM
-turned into a clean exit so ``finally`` clauses (temporary files, key files) run, and
+turned into a clean exit so ``finally`` clauses (temporary files, key files) run,
 temporary names that say which process owns them, so that what a ``kill -9`` left behind
-is removed by the next run.
+is removed by the next run, and a bounded thread map for concurrent reads.
 
 Owned names: ``<prefix><owner>-<pid>-<random>``, where ``<owner>`` is the host name and
 the pid namespace (two containers on one host do not mistake each other's processes). A
@@ -11,6 +11,7 @@ nothing can still be writing it. Names of other hosts are never touched.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import glob
 import logging
@@ -23,8 +24,11 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from rmeval.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +150,43 @@ def owned_tempdir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def bounded_map(
+    fn: Callable[[Any], Any],
+    items: Iterator[Any],
+    max_concurrency: int,
+    total: int | None = None,
+    desc: str = "collect",
+    initializer: Callable[[], Any] | None = None,
+) -> Iterator[Any]:
+    """``fn`` over ``items`` on ``max_concurrency`` threads, never more than that many in
+    flight (items are pulled lazily, so a paged listing overlaps with the fetches), with a
+    progress bar (off when not a TTY). Results come back in completion order."""
+    from tqdm.auto import tqdm
+
+    if max_concurrency < 1:
+        raise UsageError(f"--max-concurrency must be at least 1, got {max_concurrency}")
+    with (
+        cf.ThreadPoolExecutor(max_workers=max_concurrency, initializer=initializer) as pool,
+        tqdm(total=total, desc=desc, unit="run", disable=None, leave=False) as bar,
+    ):
+        pending: set[cf.Future] = set()
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < max_concurrency:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.add(pool.submit(fn, item))
+            if not pending:
+                break
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                bar.update(1)
+                yield fut.result()

@@ -37,6 +37,7 @@ from typing import Any
 from rmeval import storage
 from rmeval.errors import FitError
 from rmeval.rewardbench.scoring import OVERALL, SECTION_NAMES, SUBSETS
+from rmeval.table import figures_dir  # where a notebook's PNGs go: <stem>_figures/
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,6 @@ TOP_RUNS = 10
 class ReportResult:
     notebook: Path
     figures: list[Path]
-
-
-def figures_dir(notebook: str | os.PathLike) -> Path:
-    """Where the PNGs of ``notebook`` go: ``<stem>_figures`` beside it."""
-    p = Path(notebook)
-    return p.with_name(f"{p.stem}_figures")
 
 
 # --------------------------------------------------------------------------- context

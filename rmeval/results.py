@@ -1,7 +1,11 @@
-"""The committed results tables and their versioned history.
+"""Where a collected table is written: one CSV (``--output``), or the committed results
+tables and their versioned history.
+
+:func:`destination` checks where a table will go before anything is fetched;
+:meth:`Output.write` / :meth:`Dataset.write` write it there.
 
 ``update(table, results_dir, dataset, name)`` writes ``<results_dir>/<dataset>/<name>.csv``
-(with its ``.columns.json`` and ``.issues.json`` sidecars, see :mod:`rmeval.collect`) and
+(with its ``.columns.json`` and ``.issues.json`` sidecars, see :mod:`rmeval.table`) and
 appends one record to ``<results_dir>/<dataset>/HISTORY.jsonl``::
 
     {"version": 3, "time": "2026-11-28T12:00:00+00:00", "table": "counts-runs.csv",
@@ -46,31 +50,31 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from rmeval import __version__, naming, storage
-from rmeval.collect import (
-    COLUMNS_SUFFIX,
-    ISSUES_SUFFIX,
+from rmeval.errors import CollectError, NamingError, ResultsError, UsageError
+from rmeval.procutil import git_head
+from rmeval.rewardbench import scoring
+from rmeval.table import (
+    HISTORY_FILE,
     NAME,
     Table,
-    check_shrink,
+    TablePaths,
     count_rows,
+    refuse_existing,
     render_columns,
     render_csv,
     render_issues,
-    sidecar,
+    table_files,
+    write_table,
 )
-from rmeval.errors import NamingError, ResultsError, UsageError
-from rmeval.procutil import git_head
-from rmeval.rewardbench import scoring
 
 log = logging.getLogger(__name__)
 
-HISTORY_FILE = "HISTORY.jsonl"
 LOCK_FILE = ".HISTORY.lock"
 PENDING_FILE = ".HISTORY.pending.json"
 LOCK_TIMEOUT = 120.0  # seconds to wait for another writer of the same dataset
@@ -82,6 +86,121 @@ class RowDiff:
     added: int
     changed: int
     removed: int
+
+
+def table_paths(results_dir: str | os.PathLike, dataset: str, name: str) -> TablePaths:
+    """Every file of the table ``<results_dir>/<dataset>/<name>.csv`` (:func:`table_path`):
+    sidecars, fit, report, figures, history."""
+    return TablePaths(table_path(results_dir, dataset, name))
+
+
+def check_shrink(where: str, old_rows: int, new_rows: int, allow_shrink: bool = False) -> None:
+    """Refuse to replace a table of ``old_rows`` rows by one with fewer than half as many (an
+    empty or mistyped source looks like that), unless ``allow_shrink``."""
+    if allow_shrink or 2 * new_rows >= old_rows:
+        return
+    raise CollectError(
+        f"{where}: the new table has {new_rows} row(s), the one there {old_rows}; refusing to "
+        "drop more than half of its rows (check --source; pass --allow-shrink to replace it)"
+    )
+
+
+# --------------------------------------------------------------------------- destinations
+
+
+@dataclass
+class Outcome:
+    """What writing a collected table did: the table, the files written, the history
+    record (results directory only) and whether the results were unchanged."""
+
+    table: Table
+    written: list[str] = field(default_factory=list)
+    record: dict[str, Any] | None = None
+    unchanged: bool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    """``--output``: one CSV (local or gs://) and its sidecars, without history."""
+
+    path: str
+    overwrite: bool = False
+
+    def check(self) -> None:
+        """Before fetching: an existing table is refused unless ``overwrite``."""
+        if not self.overwrite:
+            refuse_existing(self.path)
+
+    def write(
+        self, table: Table, *, allow_shrink: bool = False, command: str | None = None
+    ) -> Outcome:
+        """Write the table (:func:`rmeval.table.write_table`); replacing one by a table with
+        fewer than half its rows needs ``allow_shrink`` (:func:`check_shrink`)."""
+        if storage.exists(self.path):  # only with overwrite: write_table refuses otherwise
+            old_rows = count_rows(storage.read_text(self.path))
+            check_shrink(self.path, old_rows, len(table.rows), allow_shrink)
+        return Outcome(table, write_table(table, self.path, overwrite=self.overwrite))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """``--results-dir/--dataset/--table``: ``<results_dir>/<dataset>/<name>.csv`` with its
+    HISTORY (:func:`update`)."""
+
+    results_dir: str
+    dataset: str
+    name: str
+
+    def check(self) -> None:
+        """Before fetching: the dataset and table names are plain, the directory local."""
+        table_path(self.results_dir, self.dataset, self.name)
+
+    def write(
+        self, table: Table, *, allow_shrink: bool = False, command: str | None = None
+    ) -> Outcome:
+        record = update(
+            table,
+            self.results_dir,
+            self.dataset,
+            self.name,
+            command=command,
+            allow_shrink=allow_shrink,
+        )
+        out = Outcome(table, record=record, unchanged=record is None)
+        if record is not None:
+            out.written = table_files(table_path(self.results_dir, self.dataset, self.name))
+        return out
+
+
+def destination(
+    *,
+    output: str | None = None,
+    overwrite: bool = False,
+    results_dir: str | None = None,
+    dataset: str | None = None,
+    table_name: str | None = None,
+    dry_run: bool = False,
+) -> Output | Dataset | None:
+    """Where ``collect`` writes its table, checked (cheaply) before anything is fetched:
+    ``output``, or the results directory (``results_dir``, ``dataset`` and ``table_name``
+    together). ``None`` for a dry run, which writes nothing (its results directory is still
+    checked)."""
+    results_mode = any(x is not None for x in (results_dir, dataset, table_name))
+    if results_mode and (results_dir is None or dataset is None or table_name is None):
+        raise UsageError("--results-dir, --dataset and --table go together")
+    if results_mode and output is not None:
+        raise UsageError("give either --output or --results-dir/--dataset/--table, not both")
+    if not results_mode and output is None and not dry_run:
+        raise UsageError("nowhere to write: give --output, or --results-dir/--dataset/--table")
+    where: Output | Dataset | None = None
+    if results_dir is not None and dataset is not None and table_name is not None:
+        where = Dataset(results_dir, dataset, table_name)
+        where.check()
+    elif output is not None:
+        where = Output(output, overwrite)
+        if not dry_run:
+            where.check()
+    return None if dry_run else where
 
 
 def table_path(results_dir: str | os.PathLike, dataset: str, name: str) -> Path:
@@ -100,7 +219,7 @@ def table_path(results_dir: str | os.PathLike, dataset: str, name: str) -> Path:
     return storage.local_path(results_dir) / dataset / f"{stem}.csv"
 
 
-def _rows_by_name(text: str) -> dict[str, tuple[str, ...]]:
+def _rows_by_name(text: str) -> dict[str, tuple[tuple[str, str], ...]]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if not header:
@@ -108,13 +227,13 @@ def _rows_by_name(text: str) -> dict[str, tuple[str, ...]]:
     if NAME not in header:
         raise ResultsError(f"existing table has no {NAME!r} column; move it away and collect again")
     i = header.index(NAME)
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
     for row in reader:
         if len(row) != len(header):
             raise ResultsError(
                 f"existing table row {len(out) + 2} has {len(row)} cells, header has {len(header)}"
             )
-        out[row[i]] = tuple(zip(header, row, strict=True))  # type: ignore[arg-type]
+        out[row[i]] = tuple(zip(header, row, strict=True))
     return out
 
 
@@ -307,11 +426,12 @@ def update(
     """Write the table into the results directory and append its history record; return
     the record, or ``None`` when nothing changed (then nothing is written). Concurrent
     updates of one dataset serialize; an interrupted one is repaired first (module doc)."""
-    path = table_path(results_dir, dataset, name)
+    paths = table_paths(results_dir, dataset, name)
+    path = paths.csv
     files = {
         path: render_csv(table),
-        Path(sidecar(path, COLUMNS_SUFFIX)): render_columns(table),
-        Path(sidecar(path, ISSUES_SUFFIX)): render_issues(table),
+        paths.columns: render_columns(table),
+        paths.issues: render_issues(table),
     }
     # Unchanged and nothing to repair: touch nothing (no lock either; a read-only checkout
     # that is up to date stays fine). Checked again under the lock otherwise.

@@ -2,7 +2,8 @@
 
 The single command a local worker, a Beaker task and a GitHub runner all execute.
 
-Published under ``<store>/<run>/`` (``run`` = :func:`rmeval.naming.run_name`):
+Published under ``<store>/<run>/`` (``run`` = :func:`rmeval.naming.run_name`; the layout
+is :mod:`rmeval.store`'s):
 
 - ``scores.jsonl``: the evaluator's per-pair scores;
 - ``provenance.json``: checkpoint URI, run name, rmeval version, git sha when known,
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rmeval import __version__, preflight, storage
+from rmeval import store as store_layout
 from rmeval.errors import StoreError
 from rmeval.procutil import (
     git_head,
@@ -47,13 +49,10 @@ from rmeval.procutil import (
     sigterm_as_exit,
 )
 from rmeval.rewardbench import formats
+from rmeval.store import CLAIM_FILE, METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-SCORES_FILE = "scores.jsonl"
-PROVENANCE_FILE = "provenance.json"
-CLAIM_FILE = ".claim"  # held while one attempt publishes (see _claim)
 CLAIM_STALE_S = 6 * 3600  # a claim this old is a crashed attempt's, whatever its host
 ATTEMPT_PREFIX = "run-one-"
 WORK_PREFIX = "rmeval-run-"
@@ -145,10 +144,13 @@ def run_one(
         "max_tokens": max_tokens,
     }
     run = preflight.check_values(checkpoint, store, **opts)
-    dest = storage.join(store, run)
-    metrics_uri = storage.join(dest, METRICS_FILE)
-    if not force and storage.exists(metrics_uri):
-        log.info("%s: already done (%s exists); pass --force to redo it", run, metrics_uri)
+    dest = store_layout.run_dir(store, run)
+    if not force and store_layout.is_complete(store, run):
+        log.info(
+            "%s: already done (%s exists); pass --force to redo it",
+            run,
+            store_layout.run_file(store, run, METRICS_FILE),
+        )
         return RunOneResult(run, "skipped", dest)
     if not eval_data:
         from rmeval.rewardbench.data import HUB_DATASET
@@ -214,6 +216,7 @@ def run_one(
         timings["evaluate"] = time.perf_counter() - t0
 
         metrics_bytes = metrics_path.read_bytes()  # exactly the evaluator's file
+        timings_s = {k: round(v, 3) for k, v in timings.items()}
         provenance = {
             "run": run,
             "checkpoint": checkpoint,
@@ -227,7 +230,7 @@ def run_one(
             "model_size": model_size,
             "tokenizer": tokenizer,
             "kept_model": keep_model,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "timings_s": timings_s,
             "convert": {
                 "kind": conv.kind,
                 "bytes_read": conv.bytes_read,
@@ -248,7 +251,7 @@ def run_one(
             },
         }
         with _claim(dest, force) as claim:
-            if claim is None or (not force and storage.exists(metrics_uri)):
+            if claim is None or (not force and store_layout.is_complete(store, run)):
                 detail = _lost_detail(run, claim)
                 log.info("%s", detail)
                 return RunOneResult(run, "skipped", dest, detail=detail)
@@ -256,17 +259,23 @@ def run_one(
             t0 = time.perf_counter()
             if keep_model:
                 _keep(model_dir, keep_model, overwrite=force)
-            if scores_path.exists():
-                storage.upload_file(scores_path, storage.join(dest, SCORES_FILE), overwrite=True)
-            timings["publish"] = time.perf_counter() - t0
-            provenance["timings_s"]["publish"] = round(timings["publish"], 3)
-            storage.write_text(
-                storage.join(dest, PROVENANCE_FILE),
-                json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n",
-                overwrite=True,
+
+            def provenance_json() -> bytes:  # written after the scores: it times them
+                timings["publish"] = time.perf_counter() - t0
+                timings_s["publish"] = round(timings["publish"], 3)
+                text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
+                return text.encode("utf-8")
+
+            scores: list[tuple[str, store_layout.Content]] = (
+                [(SCORES_FILE, scores_path)] if scores_path.exists() else []
             )
-            # Last: its existence means "done".
-            storage.write_bytes(metrics_uri, metrics_bytes, overwrite=force)
+            metrics_uri = store_layout.publish(
+                store,
+                run,
+                [*scores, (PROVENANCE_FILE, provenance_json)],
+                metrics_bytes,
+                replace_metrics=force,
+            )
     log.info("%s: published %s", run, metrics_uri)
     return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings, attempt=claim)
 

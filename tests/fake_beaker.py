@@ -144,6 +144,7 @@ class _Dataset:
     dataset: pb2.Dataset
     files: dict[str, bytes]
     bad_digest: set[str] = field(default_factory=set)
+    errors: dict[str, int] = field(default_factory=dict)  # path -> HTTP status of a GET
 
 
 @dataclass
@@ -213,6 +214,7 @@ class FakeBeaker:
         state: str = "finalized",
         files: dict[str, bytes | str] | None = None,
         bad_digest: tuple[str, ...] = (),
+        file_errors: dict[str, int] | None = None,
         created: float | None = None,
         description: str = "",
     ) -> str:
@@ -221,7 +223,8 @@ class FakeBeaker:
         ``state``: finalized (succeeded, exit 0), failed (finalized, exit 1), canceled
         (finalized), running or queued (not finalized). ``files`` become the job's result
         dataset (finalized and failed jobs only). ``bad_digest`` lists files whose listed
-        sha256 is wrong. Returns the experiment (= workload) id."""
+        sha256 is wrong; ``file_errors`` maps files to the HTTP status (e.g. 403) that every
+        download of them gets. Returns the experiment (= workload) id."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}")
         with self._lock:
@@ -266,7 +269,7 @@ class FakeBeaker:
                     k: (v.encode() if isinstance(v, str) else bytes(v))
                     for k, v in (files or {}).items()
                 }
-                self.datasets[ds_id] = _Dataset(ds, raw, set(bad_digest))
+                self.datasets[ds_id] = _Dataset(ds, raw, set(bad_digest), dict(file_errors or {}))
                 job.assignment_details.result_dataset_id = ds_id
             task = pb2.Task(id=task_id, experiment_id=exp_id, name="main", status=status)
             task.created.CopyFrom(_ts(now))
@@ -647,6 +650,9 @@ def _http_handler(state: FakeBeaker) -> type[BaseHTTPRequestHandler]:
                     ds = state.datasets.get(urllib.parse.unquote(ds_id))
                 if ds is None or path not in ds.files:
                     self._json(404, {"message": f"file {path!r} not found"})
+                    return
+                if path in ds.errors:
+                    self._json(ds.errors[path], {"message": f"file {path!r}: refused"})
                     return
                 data = ds.files[path]
                 rng = self.headers.get("Range")

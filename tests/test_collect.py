@@ -13,6 +13,7 @@ import pytest
 
 from rmeval import cli, collect, storage
 from rmeval.errors import CollectError, UsageError
+from rmeval.table import read_columns, write_table
 from tests.collect_fixtures import (
     ALL_SUBSETS,
     HOSTILE_KEYS,
@@ -85,7 +86,7 @@ def test_csv_columns_precision_and_pandas_roundtrip(tmp_path):
         _put_run(str(root), run, m)
     out = tmp_path / "t.csv"
     table = collect.collect(str(root))
-    collect.write_table(table, str(out))
+    write_table(table, str(out))
     text = out.read_text()
     header = text.splitlines()[0].split(",")
     sections = ["Chat", "Chat Hard", "Safety", "Reasoning"]
@@ -105,8 +106,8 @@ def test_csv_columns_precision_and_pandas_roundtrip(tmp_path):
     assert cols["target"] == "Overall" and cols["features"] == []
     # no-clobber, then identical bytes with --overwrite
     with pytest.raises(CollectError, match="already exists"):
-        collect.write_table(table, str(out))
-    collect.write_table(collect.collect(str(root)), str(out), overwrite=True)
+        write_table(table, str(out))
+    write_table(collect.collect(str(root)), str(out), overwrite=True)
     assert out.read_text() == text
 
 
@@ -156,7 +157,7 @@ def test_counts_join_hostile_keys_rescale_and_reports(store_root):
     assert len(bad) == 3 and all(i.file and i.file.endswith(".json") for i in bad)
 
     out = storage.join(store_root, "out/counts.csv")
-    collect.write_table(table, out)
+    write_table(table, out)
     local = storage.download_file(out, storage.local_path("/tmp") / f"c-{random.random()}.csv")
     df = pd.read_csv(local)
     assert list(df.columns[-5:]) == sorted(HOSTILE_KEYS[:5])  # keys kept exactly
@@ -166,7 +167,7 @@ def test_counts_join_hostile_keys_rescale_and_reports(store_root):
             counts.get(k, 0) for k in sorted(HOSTILE_KEYS[:5])
         ]
     # the seed's regressor flow: features X, target Overall
-    cols = collect.read_columns(out)
+    cols = read_columns(out)
     x = df[cols["features"]].to_numpy()
     y = df[cols["target"]].to_numpy()
     assert x.shape == (3, 5) and y.shape == (3,)
@@ -246,7 +247,7 @@ def test_existing_table_refused_untouched_and_rescale_needs_counts(tmp_path):
     out = tmp_path / "t.csv"
     out.write_text("someone else's table\n")  # the table itself exists: refused up front
     with pytest.raises(CollectError, match="--overwrite"):
-        collect.write_table(table, str(out))
+        write_table(table, str(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "t.csv"]
     assert out.read_text() == "someone else's table\n"
     with pytest.raises(UsageError, match="feature-counts-dir"):

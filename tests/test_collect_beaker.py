@@ -185,3 +185,31 @@ def test_beaker_source_exact_names(fake_beaker):  # noqa: F811
         names={f"{PREFIX}exp_a", f"{PREFIX}exp_b"},
     )
     assert sorted(r["name"] for r in table.rows) == [f"{PREFIX}exp_a", f"{PREFIX}exp_b"]
+
+
+def test_one_failing_experiment_is_one_issue_not_an_abort(fake_beaker, tmp_path):  # noqa: F811
+    """Beaker refuses one experiment's result file (403 on every download of it): that
+    experiment is one fetch_failed issue, and every other experiment is still collected."""
+    ws = fake_beaker.add_workspace("ai2/hp-evals")
+    good = {}
+    for i in range(4):
+        name = f"{PREFIX}run{i}"
+        good[name] = make_metrics(seed=20 + i)
+        fake_beaker.add_experiment(ws, name, files={"metrics.json": json.dumps(good[name])})
+    fake_beaker.add_experiment(
+        ws, f"{PREFIX}refused", files=_metrics_file(30), file_errors={"metrics.json": 403}
+    )
+    out = tmp_path / "t.csv"
+    args = ["collect", "--source", "beaker://ai2/hp-evals", "--experiment-prefix", PREFIX]
+    assert cli.main([*args, "--output", str(out), "--max-concurrency", "2"]) == 0
+
+    assert sorted(pd.read_csv(out)["name"]) == sorted(good)
+    doc = json.loads((tmp_path / "t.issues.json").read_text())
+    assert doc["counts"] == {"fetch_failed": 1}
+    (issue,) = doc["issues"]
+    assert issue["name"] == f"{PREFIX}refused"
+    assert "BeakerPermissionsError" in issue["detail"] and "refused" in issue["detail"]
+    assert issue["file"].startswith("beaker://ai2/hp-evals/")
+    table = collect.collect("beaker://ai2/hp-evals", experiment_prefix=PREFIX)
+    assert [(i.kind, i.name) for i in table.issues] == [("fetch_failed", f"{PREFIX}refused")]
+    assert len(table.rows) == len(good)

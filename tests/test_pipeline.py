@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rmeval import results
+
 
 def _rmeval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -64,6 +66,10 @@ def test_demo_end_to_end_and_idempotent(tmp_path):
     assert len(history) == 1 and json.loads(history[0])["rows"]["added"] == 3
     assert (ds / "counts-runs.report.ipynb").exists()
     assert list((ds / "counts-runs.report_figures").glob("*.png"))
+    # ... where the one table layout says they are, as the pipeline reports them
+    paths = results.table_paths(tmp_path / "results", "demo", "counts-runs")
+    assert (paths.csv, paths.figures) == (table, ds / "counts-runs.report_figures")
+    assert f"report:  {paths.report}" in out and f"history: {paths.history}" in out
 
     before = _snapshot(tmp_path / "results")
     store_before = _snapshot(store)

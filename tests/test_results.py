@@ -16,6 +16,7 @@ import pytest
 
 from rmeval import cli, collect, results
 from rmeval.errors import ResultsError, UsageError
+from rmeval.table import render_csv
 from tests.collect_fixtures import make_metrics
 
 
@@ -130,7 +131,7 @@ KILL_AT = [sys.executable, "-m", "tests.collect_procs", "kill-at"]
 
 
 def _csv_of(store: Path) -> str:
-    return collect.render_csv(collect.collect(str(store)))
+    return render_csv(collect.collect(str(store)))
 
 
 def test_concurrent_collects_serialize(tmp_path):

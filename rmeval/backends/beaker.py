@@ -1,4 +1,4 @@
-"""The Beaker backend (beaker-py): one experiment per run.
+"""The Beaker backend (beaker-py): one experiment per run, and every Beaker call rmeval makes.
 
 A plan's spec has one task per run, named by the run. Launching turns every task into its
 own experiment (the spec's version, description, budget and retry, plus that one task),
@@ -7,6 +7,16 @@ A name that already exists means the run was launched before: it is reported as
 ``exists``, not as an error. The converted model stays the task's result (``/output``);
 nothing is re-uploaded as a dataset. ``dry_run`` only prints what would be created and
 does not contact Beaker.
+
+Collect reads the results back (:func:`result_files`): the workspace's experiments, and for
+each finalized, successful one a file of its result dataset, fetched concurrently. An
+experiment that cannot give it (not finished, failed, no such file, a checksum mismatch,
+an error answer such as permission denied) is one :class:`~rmeval.table.Issue`; only an
+unreachable service (the deadline below) or an unknown workspace stops the whole fetch.
+
+Retries: beaker-py's own (each Get/List/Resolve call and each file download is retried on
+server errors with exponential backoff, up to ``Beaker.MAX_RETRIES``), bounded by the
+deadline; rmeval adds no retry loop of its own.
 
 The client comes from ``Beaker.from_env(check_for_upgrades=False)``: ``BEAKER_TOKEN`` and
 ``BEAKER_CONFIG`` / ``BEAKER_ADDR`` as beaker-py reads them. The token is never logged.
@@ -29,17 +39,21 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from rmeval import naming
 from rmeval.backends.local import LaunchSummary, Outcome
 from rmeval.errors import BackendError, RmevalError, UsageError
+from rmeval.procutil import bounded_map
+from rmeval.table import Issue
 
 log = logging.getLogger(__name__)
 
 _SPEC_LEVEL = ("version", "description", "budget", "groups", "retry")
 
+SCHEME = "beaker://"  # a source or result: beaker://ORG/WORKSPACE[/<experiment id>/<file>]
 DEFAULT_TIMEOUT = 180.0
 TIMEOUT_ENV = "RMEVAL_BEAKER_TIMEOUT"
 TIMEOUT_OPTION = "--beaker-timeout"
@@ -113,9 +127,10 @@ def _http_cause(exc: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _client_class() -> type:
+def _client_class() -> Any:
     """beaker-py's ``Beaker`` with the deadline on its gRPC channel and HTTP sessions."""
     beaker = _import_beaker()
+    base: Any = beaker.Beaker
     import grpc
     import requests
     from beaker import beaker_pb2_grpc
@@ -189,7 +204,7 @@ def _client_class() -> type:
             self.deadline.answered()
             return response
 
-    class DeadlineBeaker(beaker.Beaker):
+    class DeadlineBeaker(base):
         deadline: _Deadline
 
         @property
@@ -263,7 +278,7 @@ def client(workspace: str | None = None, timeout: float | None = None) -> Iterat
         yield b
     except requests.RequestException as exc:
         url = exc.request.url if exc.request is not None else b.config.agent_address
-        address = re.sub(r"^(\w+://[^/]+).*$", r"\1", url or "")
+        address = re.sub(r"^(\w+://[^/]+).*$", r"\1", str(url or ""))
         raise BackendError(f"Beaker at {address}: {_http_cause(exc)}") from None
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
@@ -374,3 +389,136 @@ def launch_beaker(
             outcomes.append(Outcome(run, "created", f"experiment {name} ({exp_id})"))
             log.info("created %s (%s)", name, exp_id)
     return LaunchSummary("beaker", outcomes)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def source_uri(workspace: str) -> str:
+    """``beaker://ORG/WORKSPACE``: the workspace as a collect source."""
+    return f"{SCHEME}{workspace}"
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One file of a finalized, successful experiment's result dataset."""
+
+    name: str  # the experiment's name (its id when it has none)
+    uri: str  # beaker://ORG/WORKSPACE/<experiment id>/<file>
+    created: float  # when the experiment was created, seconds since the epoch
+    data: bytes
+
+
+def result_files(
+    workspace: str,
+    filename: str,
+    *,
+    experiment_prefix: str | None = naming.DEFAULT_EVAL_EXPERIMENT_PREFIX,
+    names: Collection[str] | None = None,
+    max_concurrency: int,
+    timeout: float | None = None,
+    error: type[RmevalError] = BackendError,
+) -> list[ResultFile | Issue]:
+    """``filename`` from the result dataset of every finalized, successful experiment of
+    ``workspace`` whose name contains ``experiment_prefix`` (and is one of ``names`` when
+    given), ``max_concurrency`` experiments at a time (fed while the listing pages arrive);
+    an :class:`~rmeval.table.Issue` for each other experiment, and for each one whose file
+    Beaker cannot give. An unknown workspace or a failed listing is one ``error`` line.
+    ``timeout``: see :func:`client`."""
+    _import_beaker()
+    import requests
+    from beaker import beaker_pb2 as pb2
+    from beaker.exceptions import BeakerChecksumFailedError, BeakerError, BeakerNotFoundError
+
+    unfinished = {
+        pb2.STATUS_SUBMITTED,
+        pb2.STATUS_QUEUED,
+        pb2.STATUS_INITIALIZING,
+        pb2.STATUS_RUNNING,
+        pb2.STATUS_STOPPING,
+        pb2.STATUS_UPLOADING_RESULTS,
+        pb2.STATUS_READY_TO_START,
+    }
+    # An error answer for one experiment (after beaker-py's retries) is that experiment's
+    # issue; no answer at all (the deadline's BackendError) ends the whole fetch.
+    answered_with_error = (BeakerError, requests.HTTPError, requests.exceptions.RetryError)
+
+    with client(timeout=timeout) as b:
+        ws = get_workspace(b, workspace, error=error, expected="beaker://ORG/WORKSPACE")
+        # Resolve the organization once, not once per job listing.
+        org = pb2.Organization(id=b.job.resolve_org_id())
+        b.service  # noqa: B018 - open the gRPC channel before the threads share it
+        base = source_uri(workspace)
+
+        def listing() -> Iterator[Any]:
+            try:
+                for wl in b.workload.list(workspace=ws, name_or_description=experiment_prefix):
+                    if not wl.HasField("experiment"):
+                        continue
+                    name = wl.experiment.name
+                    if experiment_prefix and experiment_prefix not in (name or ""):
+                        continue  # matched on the description only
+                    if names is not None and name not in names:
+                        continue
+                    yield wl
+            except BeakerError as exc:
+                raise error(
+                    f"cannot list experiments in {workspace!r}: {type(exc).__name__}: {exc}"
+                ) from None
+
+        def status(wl: Any) -> str:
+            return pb2.WorkloadStatus.Name(wl.status).removeprefix("STATUS_").lower()
+
+        def fetch(wl: Any) -> ResultFile | Issue:
+            name = wl.experiment.name or wl.experiment.id
+            uri = f"{base}/{wl.experiment.id}"
+            if wl.status in unfinished:
+                return Issue("skipped_unfinished", name, f"status {status(wl)}", file=uri)
+            if wl.status in (pb2.STATUS_FAILED, pb2.STATUS_CANCELED):
+                return Issue("skipped_failed", name, f"status {status(wl)}", file=uri)
+            if not wl.experiment.tasks:
+                return Issue("missing_metrics", name, "experiment has no tasks", file=uri)
+            try:
+                jobs = list(
+                    b.job.list(org=org, task=wl.experiment.tasks[0], sort_field="created", limit=1)
+                )
+                if not jobs:
+                    return Issue("skipped_unfinished", name, "no job yet", file=uri)
+                job = jobs[0]
+                if not job.status.HasField("finalized"):
+                    return Issue("skipped_unfinished", name, "latest job not finalized", file=uri)
+                if job.status.exit_code != 0 or job.status.HasField("canceled"):
+                    return Issue(
+                        "skipped_failed",
+                        name,
+                        f"latest job exit code {job.status.exit_code}",
+                        file=uri,
+                    )
+                ds_id = job.assignment_details.result_dataset_id
+                if not ds_id:
+                    return Issue("missing_metrics", name, "job has no result dataset", file=uri)
+                # stream_file needs only the dataset's id: no GetDataset round trip.
+                data = b"".join(b.dataset.stream_file(pb2.Dataset(id=ds_id), filename))
+            except FileNotFoundError:
+                return Issue(
+                    "missing_metrics", name, f"no {filename} in the result dataset", file=uri
+                )
+            except BeakerChecksumFailedError as exc:
+                return Issue("malformed_metrics", name, str(exc), file=uri)
+            except BeakerNotFoundError:
+                return Issue("missing_metrics", name, "result dataset not found", file=uri)
+            except answered_with_error as exc:
+                return Issue(
+                    "fetch_failed",
+                    name,
+                    f"cannot read its results: {type(exc).__name__}: {_one_line(exc)}",
+                    file=uri,
+                )
+            created = wl.experiment.created.ToNanoseconds() / 1e9
+            return ResultFile(name, f"{uri}/{filename}", created, data)
+
+        # Each worker thread keeps one HTTP session (beaker-py's sessions are per thread and
+        # otherwise opened and closed around every request).
+        return list(
+            bounded_map(fetch, listing(), max_concurrency, desc="beaker", initializer=b.__enter__)
+        )
