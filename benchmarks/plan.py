@@ -187,7 +187,7 @@ def main() -> int:
         t0 = time.perf_counter()
         p = plan.plan(source, prefix=prefix, store=store)
         t1 = time.perf_counter()
-        text = plan.render_plan(p, specs.DEFAULT_TEMPLATE)
+        text = plan.render_plan(p, specs.DEFAULT_TEMPLATE).text
         t2 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             plan.write_spec(text, str(Path(d) / "spec.yml"))

@@ -175,18 +175,18 @@ def _run_plan(args: argparse.Namespace) -> int:
     from rmeval import plan
 
     kwargs = _plan_kwargs(args)
-    p, text = plan.make_plan(workspace=args.workspace, beaker_timeout=args.beaker_timeout, **kwargs)
+    p, spec = plan.make_plan(workspace=args.workspace, beaker_timeout=args.beaker_timeout, **kwargs)
     log.info("%s", p.summary())
     if args.json:
         _print(p.to_json())
-    if text is None:
+    if spec is None:
         log.info("nothing to do")
         return 0
     if args.output:
-        plan.write_spec(text, args.output, overwrite=args.overwrite)
+        plan.write_spec(spec.text, args.output, overwrite=args.overwrite)
         log.info("wrote %s (%d task(s))", args.output, len(p.to_run))
     elif not args.json:
-        _print(text.rstrip("\n"))
+        _print(spec.text.rstrip("\n"))
     return 0
 
 

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rmeval import naming, storage
+from rmeval import naming, specs, storage
 from rmeval.errors import NamingError, SpecError, StoreError, UsageError
 from rmeval.run import METRICS_FILE, PROVENANCE_FILE
 
@@ -275,8 +275,6 @@ def template_context(
 ) -> dict[str, Any]:
     """Variables a template sees: preset values, then ``values`` (the command line), then
     the plan's own (``runs``, ``store``, ``prefix``, ``experiment_prefix``, ``source``)."""
-    from rmeval import specs
-
     ctx: dict[str, Any] = {}
     if preset:
         ctx.update(specs.load_preset(preset))
@@ -299,18 +297,16 @@ def render_plan(
     *,
     preset: str | None = None,
     values: Mapping[str, Any] | None = None,
-    validate: bool = True,
-) -> str:
-    """Render the to-run list into a spec with ``template`` and validate it."""
-    from rmeval import specs
-
+) -> specs.ValidSpec:
+    """Render the to-run list into a spec with ``template`` and validate it (once: the
+    result holds the text, the parsed mapping and beaker-py's spec)."""
     if not p.to_run:
         raise SpecError("nothing to run: no spec to render")
     t0 = time.perf_counter()
     ctx = template_context(p, preset=preset, values=values)
-    text = specs.render_spec(template, ctx, validate=validate)
+    spec = specs.render_valid_spec(template, ctx)
     p.seconds_rendering = time.perf_counter() - t0
-    return text
+    return spec
 
 
 def write_spec(text: str, output: str, overwrite: bool = False) -> None:
@@ -337,16 +333,14 @@ def make_plan(
     render: bool = True,
     beaker_timeout: float | None = None,
     allow_empty: bool = False,
-) -> tuple[Plan, str | None]:
+) -> tuple[Plan, specs.ValidSpec | None]:
     """Plan and render in one call (what ``rmeval plan`` does).
 
     Values come from, lowest first: the template's own defaults, the preset, ``values``
     (``--set``), then the explicit ``prefix`` / ``store`` / ``experiment_prefix``.
     With ``workspace``, Beaker experiments that already exist there count as done
-    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`). Returns the plan and the rendered spec (None when there is nothing to run or
-    ``render`` is false)."""
-    from rmeval import specs
-
+    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`). Returns the plan and the rendered spec, parsed and validated
+    (None when there is nothing to run or ``render`` is false)."""
     src = _source_uri(source, gcs_bucket, gcs_dir_path)
     merged: dict[str, Any] = dict(specs.load_preset(preset)) if preset else {}
     merged.update({k: v for k, v in (values or {}).items() if v is not None})
@@ -380,5 +374,4 @@ def make_plan(
     if not render or not p.to_run:
         return p, None
     merged["experiment_prefix"] = experiment_prefix
-    text = render_plan(p, template or specs.DEFAULT_TEMPLATE, values=merged)
-    return p, text
+    return p, render_plan(p, template or specs.DEFAULT_TEMPLATE, values=merged)

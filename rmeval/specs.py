@@ -508,6 +508,23 @@ def validate_spec(spec: str | Mapping[str, Any], where: str = "spec"):
     return data, beaker_spec
 
 
+@dataclass(frozen=True)
+class ValidSpec:
+    """A spec parsed and validated once: its YAML ``text``, the mapping (``data``) and
+    beaker-py's ``BeakerExperimentSpec`` (``beaker``). Whoever holds one need not parse,
+    check or load it again."""
+
+    text: str
+    data: dict[str, Any]
+    beaker: Any
+
+    @classmethod
+    def from_text(cls, text: str, where: str = "spec") -> ValidSpec:
+        """Parse and validate spec text (see :func:`validate_spec`)."""
+        data, beaker_spec = validate_spec(text, where)
+        return cls(text, data, beaker_spec)
+
+
 def beaker_load(data: Mapping[str, Any], where: str = "spec"):
     """Load a spec mapping with beaker-py (its own validation)."""
     try:
@@ -558,7 +575,11 @@ def render_spec(
     template: str | os.PathLike, context: Mapping[str, Any], *, validate: bool = True
 ) -> str:
     """Render a template and validate the result; errors name the template."""
-    text = render_template(template, context)
     if validate:
-        validate_spec(text, where=f"{template} (rendered)")
-    return text
+        return render_valid_spec(template, context).text
+    return render_template(template, context)
+
+
+def render_valid_spec(template: str | os.PathLike, context: Mapping[str, Any]) -> ValidSpec:
+    """Render a template and validate the result once; errors name the template."""
+    return ValidSpec.from_text(render_template(template, context), where=f"{template} (rendered)")
