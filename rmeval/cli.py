@@ -12,7 +12,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from rmeval import __version__
 from rmeval.errors import RmevalError, UsageError
 
 log = logging.getLogger("rmeval")
@@ -748,13 +747,29 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: asks for the version (git, in a checkout) only when given."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+            help="show program's version number and exit",
+        )  # fmt: skip
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        from rmeval import version
+
+        _print(f"rmeval {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rmeval",
         description="Turn EasyLM reward-model checkpoints into Hugging Face models, score them "
         "on RewardBench, and collect the regressor table.",
     )
-    parser.add_argument("--version", action="version", version=f"rmeval {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from rmeval import __version__, naming, storage
+from rmeval import naming, source_root, storage, version
 from rmeval.errors import StoreError
 from rmeval.procutil import (
     git_head,
@@ -79,8 +79,8 @@ def git_sha() -> str | None:
     env = os.environ.get("RMEVAL_GIT_SHA") or os.environ.get("GITHUB_SHA")
     if env:
         return env
-    src = Path(__file__).resolve().parent.parent
-    return git_head(src) if (src / ".git").exists() else None
+    src = source_root()
+    return git_head(src) if src is not None and (src / ".git").exists() else None
 
 
 def _plain(obj: Any) -> Any:
@@ -187,7 +187,7 @@ def run_one(
         provenance = {
             "run": run,
             "checkpoint": checkpoint,
-            "rmeval_version": __version__,
+            "rmeval_version": version(),
             "git_sha": git_sha(),
             "hostname": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
