@@ -1,7 +1,8 @@
-"""Small process helpers shared by the stages: the git commit of a directory, SIGTERM
-turned into a clean exit so ``finally`` clauses (temporary files, key files) run, and
-temporary names that say which process owns them, so that what a ``kill -9`` left behind
-is removed by the next run.
+"""Small process helpers shared by the stages: the git commit of a directory, the
+environment of a child Python process that must run this same rmeval, SIGTERM turned into
+a clean exit so ``finally`` clauses (temporary files, key files) run, and temporary names
+that say which process owns them, so that what a ``kill -9`` left behind is removed by the
+next run.
 
 Owned names: ``<prefix><owner>-<pid>-<random>``, where ``<owner>`` is the host name and
 the pid namespace (two containers on one host do not mistake each other's processes). A
@@ -23,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,21 @@ def git_head(where: str | os.PathLike) -> str | None:
         return None
     sha = out.stdout.strip()
     return sha if out.returncode == 0 and sha else None
+
+
+def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) for a child Python process that imports rmeval
+    (a local-backend worker, a report kernel): when rmeval runs from a source checkout,
+    that checkout goes first on PYTHONPATH, so the child runs this code and not another
+    copy installed in the environment, whatever its working directory."""
+    from rmeval import source_root
+
+    out = dict(os.environ if env is None else env)
+    root = source_root()
+    if root is not None:
+        rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(root)]
+        out["PYTHONPATH"] = os.pathsep.join([str(root), *rest])
+    return out
 
 
 @contextlib.contextmanager
