@@ -751,12 +751,10 @@ class _VersionAction(argparse.Action):
     """``--version``: asks for the version (git, in a checkout) only when given."""
 
     def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
-        super().__init__(
-            option_strings, dest, nargs=0, default=argparse.SUPPRESS,
-            help="show program's version number and exit",
-        )  # fmt: skip
+        text = "show program's version number and exit"
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=text)
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+    def __call__(self, parser, namespace, values, option_string=None):
         from rmeval import version
 
         _print(f"rmeval {version()}")
