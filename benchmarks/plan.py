@@ -148,6 +148,18 @@ def baseline(source: str, store: str, prefix: str) -> tuple[float, float, int]:
     return t1 - t0, t2 - t1, len(todo)
 
 
+def _timed_cli(*args: str) -> tuple[float, str]:
+    """Seconds ``rmeval ARGS`` takes as a user runs it (a new interpreter), and its stderr."""
+    t = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "rmeval", *args], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"rmeval {args[0]} failed:\n{r.stderr}")
+    return seconds, r.stderr
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=10_000, help="checkpoints")
@@ -199,28 +211,12 @@ def main() -> int:
 
         # ---- ours, end to end: the CLI as a user runs it
         with tempfile.TemporaryDirectory() as d:
-            cmd = [
-                sys.executable, "-m", "rmeval", "plan", "--source", source, "--store", store,
-                "--prefix", prefix, "--output", str(Path(d) / "spec.yml"),
-            ]  # fmt: skip
-            t = time.perf_counter()
-            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            e2e = time.perf_counter() - t
-            if r.returncode != 0:
-                print(r.stderr, file=sys.stderr)
-                return 1
-            summary = [ln for ln in r.stderr.splitlines() if ln.startswith("found ")]
+            common = ["--source", source, "--store", store, "--prefix", prefix]
+            e2e, stderr = _timed_cli("plan", *common, "--output", str(Path(d) / "spec.yml"))
+            summary = [ln for ln in stderr.splitlines() if ln.startswith("found ")]
             # launch plans on the spot and uses the validated spec (one parse, one check)
-            cmd = [
-                sys.executable, "-m", "rmeval", "launch", "--source", source, "--store", store,
-                "--prefix", prefix, "--dry-run", "--log-dir", str(Path(d) / "logs"),
-            ]  # fmt: skip
-            t = time.perf_counter()
-            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            e2e_launch = time.perf_counter() - t
-            if r.returncode != 0:
-                print(r.stderr, file=sys.stderr)
-                return 1
+            logs = str(Path(d) / "logs")
+            e2e_launch, _ = _timed_cli("launch", *common, "--dry-run", "--log-dir", logs)
 
         if not args.no_baseline:
             b_list, b_render, b_tasks = baseline(source, store, prefix)
