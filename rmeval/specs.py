@@ -16,6 +16,8 @@ Validation
     a missing image or context, an unknown priority), and :func:`check_spec` applies our
     stricter schema: unknown keys, wrong types (``gpuCount: "two"``), missing required
     fields, duplicate task names, an image that names both or neither of beaker/docker.
+    Parsing (PyYAML's safe loader, libyaml's parser where available) refuses a key
+    repeated in one mapping. :class:`ValidSpec` holds a spec parsed and validated once.
 
 Presets
     ``rmeval/templates/presets/<name>.yml`` hold per-dataset values (prefix, experiment prefix,
