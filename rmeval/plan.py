@@ -339,8 +339,9 @@ def make_plan(
     Values come from, lowest first: the template's own defaults, the preset, ``values``
     (``--set``), then the explicit ``prefix`` / ``store`` / ``experiment_prefix``.
     With ``workspace``, Beaker experiments that already exist there count as done
-    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`). Returns the plan and the rendered spec, parsed and validated
-    (None when there is nothing to run or ``render`` is false)."""
+    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`). Returns the plan and
+    the rendered spec, parsed and validated (None when there is nothing to run or
+    ``render`` is false)."""
     src = _source_uri(source, gcs_bucket, gcs_dir_path)
     merged: dict[str, Any] = dict(specs.load_preset(preset)) if preset else {}
     merged.update({k: v for k, v in (values or {}).items() if v is not None})
