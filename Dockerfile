@@ -19,9 +19,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/rmeval-src
 COPY pyproject.toml README.md ./
 COPY rmeval ./rmeval
+# The context has no .git, so the version comes in as a build argument (`make image` passes
+# the checkout's); without it setuptools-scm falls back to 0.0.0.
+ARG RMEVAL_VERSION=""
 # torch is already the base image's CUDA build and satisfies the pyproject's torch>=2.6, so
 # pip keeps it; `pip check` fails the build if anything came out inconsistent.
-RUN python -m pip install ".[beaker]" \
+RUN if [ -n "$RMEVAL_VERSION" ]; then export SETUPTOOLS_SCM_PRETEND_VERSION_FOR_RMEVAL="$RMEVAL_VERSION"; fi \
+    && python -m pip install ".[beaker]" \
     && python -m pip check \
     && python -c "import torch; assert torch.version.cuda, 'torch lost its CUDA build'" \
     && rmeval --version \

@@ -1,5 +1,8 @@
-# The demo/test environment lives outside the checkout and is keyed on pyproject.toml,
-# so a repeat `make test` (or a fresh clone on the same machine) installs nothing new.
+# The demo/test environment lives outside the checkout and is keyed on pyproject.toml and
+# this Makefile, so a repeat `make test` (or another checkout on the same machine) installs
+# nothing new. It holds rmeval's dependencies only, never rmeval itself: every target runs
+# this checkout's code (PYTHONPATH=$(CURDIR), `python -m rmeval`), and so does every process
+# they start, so two checkouts that share the environment never run each other's code.
 PYTHON    ?= python3
 ENV_ROOT  ?= $(HOME)/.cache/rmeval
 DEPS_KEY  := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
@@ -7,10 +10,14 @@ VENV      ?= $(ENV_ROOT)/venv-$(DEPS_KEY)
 # The CPU wheel that lies on local disk; pyproject leaves torch unpinned for GPU users.
 TORCH_PIN ?= torch==2.13.0
 EXTRAS    ?= test,beaker,verify,fit,lightgbm
-PATH_KEY  := $(shell printf '%s' "$(CURDIR)" | sha256sum | cut -c1-12)
 DEPS_OK   := $(VENV)/.deps-ok
-PKG_OK    := $(VENV)/.pkg-$(PATH_KEY)
 BIN       := $(VENV)/bin
+PY        := $(BIN)/python
+# How every target runs code: this checkout first on the path (children inherit it). Other
+# recipes (pip above all) never see a PYTHONPATH.
+RUN_ENV   := PYTHONPATH=$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+unexport PYTHONPATH
+ARGS      ?= --help
 
 # Reference environments the compatibility and parity tests run other transformers in:
 # 4.43 (the upstream conversion image's) and RewardBench 0.1.4 with fastchat (it pins
@@ -25,34 +32,32 @@ REF_RUNRM := $(ENV_ROOT)/ref-runrm-$(call pins_key,$(REF_RUNRM_PINS))
 # what `make test` tells the tests (tests/refenv.py reads them)
 REF_ENV_VARS := RMEVAL_TF443_PYTHON=$(REF_TF443)/bin/python RMEVAL_RUNRM_PYTHON=$(REF_RUNRM)/bin/python
 
-.PHONY: env ref-envs demo test lint format bench clean-env image help
+.PHONY: help env ref-envs lint typecheck format test demo run bench image clean-env
 
-help:
-	@echo "make demo   - set up the environment and run the end-to-end demo"
-	@echo "make test   - set up the environments, lint, and run the whole test suite"
-	@echo "make ref-envs - build the transformers 4.43 and RewardBench 0.1.4 reference environments"
+help: ## list the targets (this text)
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# pip installs the package with its extras (resolving every pin), then removes the package
+# itself and the build's leftovers in the checkout: what stays is the dependencies. The
+# check after it proves rmeval is not importable from the environment alone.
 $(DEPS_OK):
 	@echo ">> creating environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q ".[$(EXTRAS)]"
+	$(BIN)/pip uninstall -q -y rmeval
+	rm -rf build rmeval.egg-info
 	$(BIN)/pip check
 	@# RewardBench's own scoring helper, to test ours against it. Its dependencies (fastchat,
 	@# datasets, ...) are not wanted: the tests load only its constants and one function.
 	$(BIN)/pip install -q --no-deps "rewardbench==0.1.4"
+	cd / && ! PYTHONPATH= $(PY) -c "import rmeval" 2>/dev/null
 	touch $(DEPS_OK)
 	@# environments of older pyproject versions are left behind by nothing else: prune them
 	@for d in $(ENV_ROOT)/venv-*; do [ "$$d" = "$(VENV)" ] || rm -rf "$$d"; done
 
-# The package itself is installed editable from *this* checkout (no dependencies).
-$(PKG_OK): $(DEPS_OK)
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
-	rm -f $(VENV)/.pkg-*
-	touch $(PKG_OK)
-
-env: $(PKG_OK)
+env: $(DEPS_OK) ## create the shared dependency environment if it is missing
 
 # $(call ref_env,NAME,PINS): ENV_ROOT/NAME-<hash of the pins>, with the CPU torch wheel
 # installed first (so nothing pulls a CUDA build), then the pins, then pip check; NAME-*
@@ -76,28 +81,38 @@ $(REF_TF443)/.ok:
 $(REF_RUNRM)/.ok:
 	$(call ref_env,ref-runrm,$(REF_RUNRM_PINS))
 
-ref-envs: $(REF_TF443)/.ok $(REF_RUNRM)/.ok
+ref-envs: $(REF_TF443)/.ok $(REF_RUNRM)/.ok ## build the transformers 4.43 and RewardBench 0.1.4 reference environments
 
-lint: env
+lint: env ## ruff check and ruff format --check (the pinned ruff)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: env
+typecheck: env ## mypy rmeval (not yet part of lint: it is not clean yet)
+	$(BIN)/mypy rmeval
+
+format: env ## ruff format, then ruff check --fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: env lint ref-envs
-	$(REF_ENV_VARS) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: env lint ref-envs ## lint, then the whole test suite (PYTEST_ARGS=... to narrow it)
+	$(REF_ENV_VARS) $(RUN_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
 
-demo: env
-	$(BIN)/rmeval demo
+demo: env ## the whole pipeline on the embedded default (demo-work/, results/demo/)
+	$(RUN_ENV) $(PY) -m rmeval demo
 
-bench: env
-	@for b in benchmarks/*.py; do echo ">> $$b"; $(BIN)/python $$b || exit 1; done
+run: env ## this checkout's rmeval with ARGS, e.g. make run ARGS="plan --help"
+	$(RUN_ENV) $(PY) -m rmeval $(ARGS)
 
-image:
-	@if docker info >/dev/null 2>&1; then docker build -t rmeval:latest . ; \
+bench: env ## every benchmark in benchmarks/
+	@for b in benchmarks/*.py; do echo ">> $$b"; $(RUN_ENV) $(PY) $$b || exit 1; done
+
+# The build context has no .git: the version is computed here (empty without the environment:
+# the image then says 0.0.0).
+image: ## the task image (needs a Docker engine), its version from git
+	@if docker info >/dev/null 2>&1; then \
+		version="$$($(PY) -m setuptools_scm 2>/dev/null)"; \
+		docker build --build-arg RMEVAL_VERSION="$$version" -t rmeval:latest . ; \
 	else echo "make image: no Docker engine here; build the image where one runs (see README)"; fi
 
-clean-env:
+clean-env: ## remove the environments (every checkout using this ENV_ROOT shares them)
 	rm -rf $(VENV) $(REF_TF443) $(REF_RUNRM)

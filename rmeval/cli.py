@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from rmeval import __version__, options
+from rmeval import options
 from rmeval.errors import RmevalError, UsageError
 
 log = logging.getLogger("rmeval")
@@ -177,18 +177,18 @@ def _run_plan(args: argparse.Namespace) -> int:
     from rmeval import plan
 
     kwargs = _plan_kwargs(args)
-    p, text = plan.make_plan(workspace=args.workspace, beaker_timeout=args.beaker_timeout, **kwargs)
+    p, spec = plan.make_plan(workspace=args.workspace, beaker_timeout=args.beaker_timeout, **kwargs)
     log.info("%s", p.summary())
     if args.json:
         _print(p.to_json())
-    if text is None:
+    if spec is None:
         log.info("nothing to do")
         return 0
     if args.output:
-        plan.write_spec(text, args.output, overwrite=args.overwrite)
+        plan.write_spec(spec.text, args.output, overwrite=args.overwrite)
         log.info("wrote %s (%d task(s))", args.output, len(p.to_run))
     elif not args.json:
-        _print(text.rstrip("\n"))
+        _print(spec.text.rstrip("\n"))
     return 0
 
 
@@ -658,13 +658,27 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: asks for the version (git, in a checkout) only when given."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        text = "show program's version number and exit"
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=text)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from rmeval import version
+
+        _print(f"rmeval {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rmeval",
         description="Turn EasyLM reward-model checkpoints into Hugging Face models, score them "
         "on RewardBench, and collect the regressor table.",
     )
-    parser.add_argument("--version", action="version", version=f"rmeval {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:

@@ -2,7 +2,8 @@
 
 The spec comes from a file (``rmeval plan --output spec.yml``) or is planned on the spot
 from ``--source`` (see :func:`rmeval.plan.make_plan`). It is validated (our strict check
-and beaker-py) before anything runs. Backends:
+and beaker-py) once, before anything runs: a planned spec arrives validated
+(:class:`rmeval.specs.ValidSpec`) and is not parsed again. Backends:
 
 - ``local`` (:mod:`rmeval.backends.local`, the embedded default): a process pool;
 - ``beaker`` (:mod:`rmeval.backends.beaker`): one experiment per task in ``workspace``.
@@ -27,15 +28,14 @@ BACKENDS = ("local", "beaker")
 DEFAULT_LOG_DIR = "rmeval-logs"
 
 
-def load_spec_file(path: str | os.PathLike) -> dict[str, Any]:
+def load_spec_file(path: str | os.PathLike) -> specs.ValidSpec:
     """Read and validate a spec file (local or gs://)."""
     where = os.fspath(path)
-    data, _ = specs.validate_spec(storage.read_text(where), where=where)
-    return data
+    return specs.ValidSpec.from_text(storage.read_text(where), where=where)
 
 
 def launch(
-    spec: str | os.PathLike | Mapping[str, Any] | None = None,
+    spec: str | os.PathLike | Mapping[str, Any] | specs.ValidSpec | None = None,
     *,
     backend: str = "local",
     plan_args: Mapping[str, Any] | None = None,
@@ -47,8 +47,9 @@ def launch(
     progress: bool = True,
     beaker_timeout: float | None = None,
 ) -> LaunchSummary:
-    """Run ``spec`` (a file, a mapping, or planned from ``plan_args``) on ``backend``
-    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`)."""
+    """Run ``spec`` (a file, a mapping, an already validated spec, or planned from
+    ``plan_args``) on ``backend`` (``beaker_timeout``: see
+    :func:`rmeval.backends.beaker.client`)."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "beaker" and not workspace:  # a dry run too: it says where it would create
@@ -65,16 +66,18 @@ def launch(
         if backend == "beaker" and workspace and "workspace" not in args:
             args["workspace"] = workspace
         experiment_prefix = experiment_prefix or args.get("experiment_prefix")
-        p, text = make_plan(values=values, beaker_timeout=beaker_timeout, **args)
+        p, planned = make_plan(values=values, beaker_timeout=beaker_timeout, **args)
         log.info("%s", p.summary())
-        if text is None:
+        if planned is None:
             return LaunchSummary(backend, [])
         experiment_prefix = experiment_prefix or p.experiment_prefix
-        data, _ = specs.validate_spec(text, where="planned spec")
+        data = planned.data
+    elif isinstance(spec, specs.ValidSpec):
+        data = spec.data
     elif isinstance(spec, Mapping):
         data, _ = specs.validate_spec(spec, where="spec")
     else:
-        data = load_spec_file(spec)
+        data = load_spec_file(spec).data
     experiment_prefix = experiment_prefix or naming.DEFAULT_EVAL_EXPERIMENT_PREFIX
 
     if backend == "local":

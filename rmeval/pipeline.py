@@ -150,7 +150,7 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
     values = _run_values(cfg)
     if cfg["backend"] == "local":
         values.setdefault("keep_model", False)
-    plan, text = make_plan(
+    plan, spec = make_plan(
         cfg["source"],
         template=cfg.get("template") or str(specs.DEFAULT_TEMPLATE),
         preset=cfg.get("preset"),
@@ -160,9 +160,9 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
         workspace=cfg.get("workspace") if cfg["backend"] == "beaker" else None,
     )
     log.info("%s", plan.summary())
-    if text is not None:
+    if spec is not None:
         summary = launch(
-            specs.parse_spec(text, where="planned spec"),
+            spec,
             backend=cfg["backend"],
             max_parallel=cfg["max_parallel"],
             workspace=cfg.get("workspace"),

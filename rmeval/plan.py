@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rmeval import naming, storage
+from rmeval import naming, specs, storage
 from rmeval import store as store_layout
 from rmeval.errors import NamingError, SpecError, StoreError, UsageError
 
@@ -266,8 +266,6 @@ def template_context(
 ) -> dict[str, Any]:
     """Variables a template sees: preset values, then ``values`` (the command line), then
     the plan's own (``runs``, ``store``, ``prefix``, ``experiment_prefix``, ``source``)."""
-    from rmeval import specs
-
     ctx: dict[str, Any] = {}
     if preset:
         ctx.update(specs.load_preset(preset))
@@ -290,23 +288,19 @@ def render_plan(
     *,
     preset: str | None = None,
     values: Mapping[str, Any] | None = None,
-    validate: bool = True,
-) -> str:
-    """Render the to-run list into a spec with ``template`` and validate it."""
-    from rmeval import specs
-
+) -> specs.ValidSpec:
+    """Render the to-run list into a spec with ``template`` and validate it (once: the
+    result holds the text, the parsed mapping and beaker-py's spec)."""
     if not p.to_run:
         raise SpecError("nothing to run: no spec to render")
     t0 = time.perf_counter()
     ctx = template_context(p, preset=preset, values=values)
-    text = specs.render_spec(template, ctx, validate=validate)
-    if validate:  # every run-one task's options, now rather than in every task
-        from rmeval import preflight
+    spec = specs.render_valid_spec(template, ctx)
+    from rmeval import preflight  # every run-one task's options, now rather than in every task
 
-        data = specs.parse_spec(text, where=f"{template} (rendered)")
-        preflight.check_tasks(preflight.spec_tasks(data), f"{template} (rendered)")
+    preflight.check_tasks(preflight.spec_tasks(spec.data), f"{template} (rendered)")
     p.seconds_rendering = time.perf_counter() - t0
-    return text
+    return spec
 
 
 def write_spec(text: str, output: str, overwrite: bool = False) -> None:
@@ -334,7 +328,7 @@ def make_plan(
     beaker_timeout: float | None = None,
     allow_empty: bool = False,
     options: Mapping[str, Any] | None = None,
-) -> tuple[Plan, str | None]:
+) -> tuple[Plan, specs.ValidSpec | None]:
     """Plan and render in one call (what ``rmeval plan`` does).
 
     Values come from, lowest first: the template's own defaults, the preset, ``values``
@@ -343,10 +337,9 @@ def make_plan(
     ``experiment_prefix``. The store is required to render. Every rendered run-one task is checked
     (:func:`rmeval.preflight.check_tasks`: a tokenizer given, valid choices).
     With ``workspace``, Beaker experiments that already exist there count as done
-    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`). Returns the plan and the rendered spec (None when there is nothing to run or
+    (``beaker_timeout``: see :func:`rmeval.backends.beaker.client`). Returns the plan and
+    the rendered spec, parsed and validated (None when there is nothing to run or
     ``render`` is false)."""
-    from rmeval import specs
-
     src = _source_uri(source, gcs_bucket, gcs_dir_path)
     merged: dict[str, Any] = dict(specs.load_preset(preset)) if preset else {}
     merged.update({k: v for k, v in (values or {}).items() if v is not None})
@@ -395,5 +388,4 @@ def make_plan(
     if not render or not p.to_run:
         return p, None
     merged["experiment_prefix"] = experiment_prefix
-    text = render_plan(p, template or specs.DEFAULT_TEMPLATE, values=merged)
-    return p, text
+    return p, render_plan(p, template or specs.DEFAULT_TEMPLATE, values=merged)

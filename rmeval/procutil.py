@@ -1,7 +1,8 @@
-"""Small process helpers shared by the stages: the git commit of a directory, SIGTERM
-turned into a clean exit so ``finally`` clauses (temporary files, key files) run,
-temporary names that say which process owns them, so that what a ``kill -9`` left behind
-is removed by the next run, and a bounded thread map for concurrent reads.
+"""Small process helpers shared by the stages: the git commit of a directory, the
+environment of a child Python process that must run this same rmeval, SIGTERM turned into
+a clean exit so ``finally`` clauses (temporary files, key files) run, temporary names
+that say which process owns them, so that what a ``kill -9`` left behind is removed by the
+next run, and a bounded thread map for concurrent reads.
 
 Owned names: ``<prefix><owner>-<pid>-<random>``, where ``<owner>`` is the host name and
 the pid namespace (two containers on one host do not mistake each other's processes). A
@@ -24,7 +25,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,21 @@ def git_head(where: str | os.PathLike) -> str | None:
         return None
     sha = out.stdout.strip()
     return sha if out.returncode == 0 and sha else None
+
+
+def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) for a child Python process that imports rmeval
+    (a local-backend worker, a report kernel): when rmeval runs from a source checkout,
+    that checkout goes first on PYTHONPATH, so the child runs this code and not another
+    copy installed in the environment, whatever its working directory."""
+    from rmeval import source_root
+
+    out = dict(os.environ if env is None else env)
+    root = source_root()
+    if root is not None:
+        rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(root)]
+        out["PYTHONPATH"] = os.pathsep.join([str(root), *rest])
+    return out
 
 
 @contextlib.contextmanager

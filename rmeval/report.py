@@ -36,6 +36,7 @@ from typing import Any
 
 from rmeval import storage
 from rmeval.errors import FitError
+from rmeval.procutil import child_env
 from rmeval.rewardbench.scoring import OVERALL, SECTION_NAMES, SUBSETS
 from rmeval.table import figures_dir  # where a notebook's PNGs go: <stem>_figures/
 
@@ -311,7 +312,7 @@ def _execute(nb, workdir: Path, timeout: int) -> None:
             resources={"metadata": {"path": str(workdir)}},
         )
         try:
-            client.execute()
+            client.execute(env=child_env())  # the kernel imports this same rmeval
         except CellExecutionError as exc:
             ename = getattr(exc, "ename", "") or "error"
             evalue = (getattr(exc, "evalue", "") or "").splitlines()

@@ -13,7 +13,7 @@ appends one record to ``<results_dir>/<dataset>/HISTORY.jsonl``::
      "rows": {"total": 120, "added": 4, "changed": 1, "removed": 0}, "issues": 2,
      "sha256": "<of the CSV bytes>", "previous_sha256": "<of the CSV it replaced, or null>",
      "scoring": {"trained": 120}, "weights": "official-<fingerprint>",
-     "rmeval_version": "0.1.0", "git_sha": "<HEAD or null>", "command": "rmeval collect …"}
+     "rmeval_version": "0.0.1.dev5+g1a2b3c4", "git_sha": "<HEAD or null>", "command": "rmeval collect …"}
 
 ``scoring`` counts the rows per scoring format (``""``: unknown), ``weights`` names the
 section weights (:data:`rmeval.rewardbench.scoring.WEIGHTS_ID`). Records written before
@@ -55,7 +55,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rmeval import __version__, naming, storage
+from rmeval import naming, storage, version
 from rmeval.errors import CollectError, NamingError, ResultsError, UsageError
 from rmeval.procutil import git_head
 from rmeval.rewardbench import scoring
@@ -473,7 +473,7 @@ def update(
             "previous_sha256": _sha256(old_csv) if old_csv is not None else None,
             "scoring": table.scoring_counts(),
             "weights": scoring.WEIGHTS_ID,
-            "rmeval_version": __version__,
+            "rmeval_version": version(),
             "git_sha": git_head(_existing_ancestor(path.parent)),
             "command": command if command is not None else default_command(),
         }

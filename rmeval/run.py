@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from rmeval import __version__, preflight, storage
+from rmeval import preflight, source_root, storage, version
 from rmeval import store as store_layout
 from rmeval.errors import StoreError
 from rmeval.procutil import (
@@ -78,8 +78,8 @@ def git_sha() -> str | None:
     env = os.environ.get("RMEVAL_GIT_SHA") or os.environ.get("GITHUB_SHA")
     if env:
         return env
-    src = Path(__file__).resolve().parent.parent
-    return git_head(src) if (src / ".git").exists() else None
+    src = source_root()
+    return git_head(src) if src is not None and (src / ".git").exists() else None
 
 
 def _plain(obj: Any) -> Any:
@@ -220,7 +220,7 @@ def run_one(
         provenance = {
             "run": run,
             "checkpoint": checkpoint,
-            "rmeval_version": __version__,
+            "rmeval_version": version(),
             "git_sha": git_sha(),
             "hostname": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -16,6 +16,8 @@ Validation
     a missing image or context, an unknown priority), and :func:`check_spec` applies our
     stricter schema: unknown keys, wrong types (``gpuCount: "two"``), missing required
     fields, duplicate task names, an image that names both or neither of beaker/docker.
+    Parsing (PyYAML's safe loader, libyaml's parser where available) refuses a key
+    repeated in one mapping. :class:`ValidSpec` holds a spec parsed and validated once.
 
 Presets
     ``rmeval/templates/presets/<name>.yml`` hold per-dataset values (prefix, experiment prefix,
@@ -24,6 +26,7 @@ Presets
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -375,107 +378,29 @@ def check_spec(spec: Any) -> None:
         seen.add(name)
 
 
-class _Fallback(Exception):
-    """The fast loader met a YAML feature it leaves to PyYAML (anchors, tags, merges)."""
-
-
-def _event_load(text: str, parser_loader: Any) -> list[Any]:
-    """Build Python objects straight from libyaml's parse events.
-
-    Same result as ``yaml.safe_load_all`` for the YAML a spec template produces (block
-    and flow collections, plain and quoted scalars), several times faster on a 10,000-task
-    spec because quoted scalars skip the resolver and plain ones are resolved once per
-    distinct value. Anything rarer (anchors, aliases, explicit tags, merge keys, complex
-    keys) raises :class:`_Fallback` so that PyYAML handles it. A key repeated in one
-    mapping is an error here (PyYAML keeps the last one silently)."""
-    import yaml
-    from yaml import events as ev
-    from yaml.constructor import SafeConstructor
-    from yaml.nodes import ScalarNode
-    from yaml.resolver import Resolver
-
-    resolver = Resolver()
-    constructor = SafeConstructor()
-    cache: dict[str, Any] = {}
-    str_tag = "tag:yaml.org,2002:str"
-
-    def plain(value: str) -> Any:
-        try:
-            return cache[value]
-        except KeyError:
-            pass
-        tag = resolver.resolve(ScalarNode, value, (True, False))
-        if tag == str_tag:
-            out: Any = value
-        elif tag == "tag:yaml.org,2002:merge":
-            raise _Fallback
-        else:
-            out = constructor.construct_object(ScalarNode(tag, value))
-        cache[value] = out
-        return out
-
-    docs: list[Any] = []
-    doc_start = 0
-    stack: list[Any] = []  # containers being built; mappings carry a pending key
-    keys: list[Any] = []
-    _NO_KEY = object()
-
-    def add(value: Any, mark: Any) -> None:
-        if not stack:
-            docs.append(value)
-            return
-        top = stack[-1]
-        if isinstance(top, list):
-            top.append(value)
-        elif keys[-1] is _NO_KEY:
-            try:
-                hash(value)
-            except TypeError:
-                raise _Fallback from None
-            if value in top:
-                line = f" at line {mark.line + 1}" if mark is not None else ""
-                raise yaml.YAMLError(f"duplicate key {value!r}{line}")
-            keys[-1] = value
-        else:
-            top[keys[-1]] = value
-            keys[-1] = _NO_KEY
-
-    for e in yaml.parse(text, Loader=parser_loader):
-        cls = type(e)
-        if cls is ev.ScalarEvent:
-            if e.anchor is not None or (e.tag is not None and e.tag != "!"):
-                raise _Fallback
-            value = plain(e.value) if e.implicit[0] else e.value
-            add(value, e.start_mark)
-        elif cls is ev.MappingStartEvent or cls is ev.SequenceStartEvent:
-            if e.anchor is not None or (e.tag is not None and e.tag != "!"):
-                raise _Fallback
-            stack.append({} if cls is ev.MappingStartEvent else [])
-            keys.append(_NO_KEY)
-        elif cls is ev.MappingEndEvent or cls is ev.SequenceEndEvent:
-            done = stack.pop()
-            keys.pop()
-            add(done, e.start_mark)
-        elif cls is ev.AliasEvent:
-            raise _Fallback
-        elif cls is ev.DocumentStartEvent:
-            doc_start = len(docs)
-        elif cls is ev.DocumentEndEvent and len(docs) == doc_start:
-            docs.append(None)  # an empty document loads as None
-    return docs
-
-
-def _load_all(text: str) -> list[Any]:
+@functools.cache
+def _spec_loader() -> type:
+    """PyYAML's safe loader (libyaml's parser where PyYAML has it) that refuses a key
+    repeated in one mapping (the plain safe loader keeps the last one silently)."""
     import yaml
 
-    c_loader = getattr(yaml, "CSafeLoader", None)
-    if c_loader is not None:
-        try:
-            return _event_load(text, c_loader)
-        except _Fallback:
-            pass
-        return list(yaml.load_all(text, Loader=c_loader))
-    return list(yaml.safe_load_all(text))
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class SpecLoader(base):  # type: ignore[misc, valid-type]
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            merges = any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value)
+            mapping = super().construct_mapping(node, deep=deep)
+            if not merges and len(mapping) != len(node.value):  # a key came twice
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=deep)
+                    if key in seen:
+                        line = key_node.start_mark.line + 1
+                        raise yaml.YAMLError(f"duplicate key {key!r} at line {line}")
+                    seen.add(key)
+            return mapping
+
+    return SpecLoader
 
 
 def parse_spec(text: str, where: str = "spec") -> dict[str, Any]:
@@ -483,7 +408,7 @@ def parse_spec(text: str, where: str = "spec") -> dict[str, Any]:
     import yaml
 
     try:
-        docs = _load_all(text)
+        docs = list(yaml.load_all(text, Loader=_spec_loader()))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -506,6 +431,23 @@ def validate_spec(spec: str | Mapping[str, Any], where: str = "spec"):
         raise SpecError(f"{where}: {exc}") from None
     beaker_spec = beaker_load(data, where)
     return data, beaker_spec
+
+
+@dataclass(frozen=True)
+class ValidSpec:
+    """A spec parsed and validated once: its YAML ``text``, the mapping (``data``) and
+    beaker-py's ``BeakerExperimentSpec`` (``beaker``). Whoever holds one need not parse,
+    check or load it again."""
+
+    text: str
+    data: dict[str, Any]
+    beaker: Any
+
+    @classmethod
+    def from_text(cls, text: str, where: str = "spec") -> ValidSpec:
+        """Parse and validate spec text (see :func:`validate_spec`)."""
+        data, beaker_spec = validate_spec(text, where)
+        return cls(text, data, beaker_spec)
 
 
 def beaker_load(data: Mapping[str, Any], where: str = "spec"):
@@ -558,7 +500,11 @@ def render_spec(
     template: str | os.PathLike, context: Mapping[str, Any], *, validate: bool = True
 ) -> str:
     """Render a template and validate the result; errors name the template."""
-    text = render_template(template, context)
     if validate:
-        validate_spec(text, where=f"{template} (rendered)")
-    return text
+        return render_valid_spec(template, context).text
+    return render_template(template, context)
+
+
+def render_valid_spec(template: str | os.PathLike, context: Mapping[str, Any]) -> ValidSpec:
+    """Render a template and validate the result once; errors name the template."""
+    return ValidSpec.from_text(render_template(template, context), where=f"{template} (rendered)")

@@ -66,3 +66,16 @@ def store_root(request, tmp_path) -> str:
         root.mkdir()
         return str(root)
     return request.getfixturevalue("gcs_bucket") + "/store"
+
+
+def _own_code_for_children() -> None:
+    """Every process the tests start (``python -m rmeval`` in another directory, workers,
+    report kernels) imports this checkout's rmeval, however pytest itself was started."""
+    from rmeval.procutil import child_env
+
+    path = child_env().get("PYTHONPATH")
+    if path:
+        os.environ["PYTHONPATH"] = path
+
+
+_own_code_for_children()

@@ -16,6 +16,7 @@ from rmeval import launch, naming, plan, specs, storage
 from rmeval.backends import beaker as beaker_backend
 from rmeval.backends import local
 from rmeval.errors import BackendError, UsageError
+from tests.call_counter import CallCounter
 from tests.fake_beaker import fake_beaker  # noqa: F401
 from tests.run_fixtures import HEADS, make_material
 
@@ -135,7 +136,7 @@ def test_launch_rejects_invalid_spec_and_bad_arguments(tmp_path):
 def test_local_end_to_end_and_resume(tmp_path):
     m = make_material(tmp_path / "m")
     store = tmp_path / "store"
-    p, text = _make_plan(
+    p, spec = _make_plan(
         str(tmp_path / "m" / "ckpts"),
         store=str(store),
         prefix="e2e",
@@ -147,7 +148,7 @@ def test_local_end_to_end_and_resume(tmp_path):
         },
     )
     spec_file = tmp_path / "spec.yml"
-    spec_file.write_text(text)
+    spec_file.write_text(spec.text)
     cmd = [
         sys.executable, "-m", "rmeval", "launch", str(spec_file), "--backend", "local",
         "--max-parallel", "2", "--log-dir", str(tmp_path / "logs"),
@@ -171,8 +172,8 @@ def test_local_end_to_end_and_resume(tmp_path):
 def _planned_spec(tmp_path: Path) -> tuple[plan.Plan, dict]:
     for d in ("x--1", "x_more--2", "weird:name #{{ a }}--3"):
         storage.write_bytes(str(tmp_path / "src" / d / "streaming_params_1"), b"c")
-    p, text = _make_plan(str(tmp_path / "src"), prefix="hs", store=str(tmp_path / "st"))
-    data, _ = specs.validate_spec(text)
+    p, spec = _make_plan(str(tmp_path / "src"), prefix="hs", store=str(tmp_path / "st"))
+    data, _ = specs.validate_spec(spec.text)
     return p, data
 
 
@@ -228,9 +229,9 @@ def test_plan_counts_existing_experiments_as_done_by_exact_name(fake_beaker, tmp
     }
     for d in ("x--1", "x_more--2"):
         storage.write_bytes(str(tmp_path / "src" / d / "streaming_params_1"), b"c")
-    p, text = _make_plan(str(tmp_path / "src"), prefix="hs", store=str(tmp_path), workspace=WS)
+    p, spec = _make_plan(str(tmp_path / "src"), prefix="hs", store=str(tmp_path), workspace=WS)
     assert [r.run for r in p.done] == ["hs-x"]
-    assert [t["name"] for t in yaml.safe_load(text)["tasks"]] == ["hs-x_more"]
+    assert [t["name"] for t in yaml.safe_load(spec.text)["tasks"]] == ["hs-x_more"]
 
 
 def test_cli_launch_beaker(fake_beaker, tmp_path):  # noqa: F811
@@ -258,3 +259,69 @@ def test_cli_launch_beaker(fake_beaker, tmp_path):  # noqa: F811
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "beaker: 3 run(s): 3 created, 0 failed"
     assert len(fake_beaker.created_experiments()) == 3
+
+
+# --------------------------------------------------------------------------- parsed once
+
+
+def _spec_counter() -> CallCounter:
+    """Counts, over the real code: YAML loads of a spec (any PyYAML loader, however it is
+    reached), our strict check, and beaker-py's load of a whole experiment spec."""
+    from beaker import BeakerExperimentSpec
+
+    loaders = tuple(
+        cls.__init__
+        for cls in vars(yaml).values()
+        if isinstance(cls, type) and cls.__name__.endswith("Loader") and "__init__" in vars(cls)
+    )
+    return CallCounter(
+        when={
+            "yaml": lambda args: isinstance(args.get("stream"), str) and "run-one" in args["stream"]
+        },
+        yaml=loaders,
+        check=specs.check_spec,
+        beaker=BeakerExperimentSpec.from_json,
+    )
+
+
+@pytest.mark.parametrize("backend", ["local", "beaker"])
+def test_launch_source_dry_run_parses_checks_and_loads_the_spec_once(tmp_path, backend):
+    from rmeval import cli
+
+    for d in ("x--1", "y--2"):
+        storage.write_bytes(str(tmp_path / "src" / d / "streaming_params_1"), b"c")
+    argv = ["launch", "--source", str(tmp_path / "src"), "--store", str(tmp_path / "st")]
+    argv += ["--prefix", "hs", "--backend", backend, "--dry-run", "--log-dir", str(tmp_path / "l")]
+    with _spec_counter() as calls:
+        assert cli.main(argv) == 0
+    assert dict(calls) == {"yaml": 1, "check": 1, "beaker": 1}
+
+
+def test_launch_of_a_spec_file_and_plan_parse_it_once(tmp_path):
+    from rmeval import cli
+
+    storage.write_bytes(str(tmp_path / "src" / "x--1" / "streaming_params_1"), b"c")
+    spec_file = tmp_path / "spec.yml"
+    plan_argv = ["plan", "--source", str(tmp_path / "src"), "--store", str(tmp_path / "st")]
+    with _spec_counter() as calls:
+        assert cli.main([*plan_argv, "--output", str(spec_file)]) == 0
+    assert dict(calls) == {"yaml": 1, "check": 1, "beaker": 1}
+    with _spec_counter() as calls:
+        assert cli.main(["launch", str(spec_file), "--dry-run", "--log-dir", str(tmp_path)]) == 0
+    assert dict(calls) == {"yaml": 1, "check": 1, "beaker": 1}
+
+
+def test_pipeline_parses_its_planned_spec_once(tmp_path, monkeypatch):
+    """One run to launch, whose worker fails at once (an empty checkpoint): the pipeline
+    plans, launches and reports it, and parses the planned spec only once on the way."""
+    from rmeval import cli
+
+    storage.write_bytes(str(tmp_path / "ckpts" / "exp_a--h1" / "streaming_params_10"), b"")
+    (tmp_path / "p.yml").write_text(
+        "source: ckpts\nstore: store\nprefix: hs2\nresults_dir: results\ndataset: hs2\n"
+        "table: runs\nfit: false\nreport: false\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    with _spec_counter() as calls:
+        cli.main(["pipeline", "p.yml"])
+    assert dict(calls) == {"yaml": 1, "check": 1, "beaker": 1}

@@ -117,8 +117,8 @@ def test_existing_beaker_experiments_count_as_done_by_exact_name(source):
 
 def test_render_plan_is_valid_and_one_task_per_run(source, store_root):
     store = storage.join(store_root, "results")
-    p, text = _make_plan(source, template=TEMPLATE, prefix="hs", store=store)
-    data, beaker_spec = specs.validate_spec(text)
+    p, spec = _make_plan(source, template=TEMPLATE, prefix="hs", store=store)
+    data, beaker_spec = specs.validate_spec(spec.text)
     assert [t["name"] for t in data["tasks"]] == [r.run for r in p.to_run]
     for task, run in zip(data["tasks"], p.to_run, strict=True):
         args = task["arguments"]
@@ -129,22 +129,22 @@ def test_render_plan_is_valid_and_one_task_per_run(source, store_root):
 
 
 def test_scoring_reaches_the_run_one_command_line(source, tmp_path):
-    _, text = _make_plan(
+    _, spec = _make_plan(
         source, template=TEMPLATE, store=str(tmp_path / "s"), values={"scoring": "run_rm"}
     )
-    for task in yaml.safe_load(text)["tasks"]:
+    for task in yaml.safe_load(spec.text)["tasks"]:
         args = task["arguments"]
         assert args[args.index("--scoring") + 1] == "run_rm"
-    _, text = _make_plan(source, template=TEMPLATE, store=str(tmp_path / "s"))
-    assert all("--scoring" not in t["arguments"] for t in yaml.safe_load(text)["tasks"])
+    _, spec = _make_plan(source, template=TEMPLATE, store=str(tmp_path / "s"))
+    assert all("--scoring" not in t["arguments"] for t in yaml.safe_load(spec.text)["tasks"])
 
 
 def test_preset_supplies_prefix_and_experiment_prefix(tmp_path):
     _layout(str(tmp_path / "src"))
-    p, text = _make_plan(str(tmp_path / "src"), preset="multipref", store=str(tmp_path / "s"))
+    p, spec = _make_plan(str(tmp_path / "src"), preset="multipref", store=str(tmp_path / "s"))
     assert p.prefix == "multipref-counts"
     assert {r.run for r in p.to_run} >= {"multipref-counts-x"}
-    data = yaml.safe_load(text)
+    data = yaml.safe_load(spec.text)
     assert data["tasks"][0]["constraints"]["cluster"] == specs.load_preset("multipref")["clusters"]
     p2, _ = _make_plan(str(tmp_path / "src"), preset="multipref", prefix="mine", render=False)
     assert {r.run for r in p2.to_run} >= {"mine-x"}
@@ -280,7 +280,7 @@ def test_dotted_and_dashed_directories_are_two_runs(store_root):
     dotted = by_dir["rm.v2--1"]
     assert dotted.run.startswith("t-rm-v2-") and dotted.explicit_name
     # the spec passes the renamed run's name to run-one; the others need none
-    text = plan.render_plan(p, TEMPLATE, values=TOKENIZER)
+    text = plan.render_plan(p, TEMPLATE, values=TOKENIZER).text
     tasks = {t["name"]: t["arguments"] for t in yaml.safe_load(text)["tasks"]}
     assert tasks[dotted.run][tasks[dotted.run].index("--run-name") + 1] == dotted.run
     assert "--run-name" not in tasks["t-rm-v2"]

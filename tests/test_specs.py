@@ -259,7 +259,7 @@ def test_parse_set():
         specs.parse_set(["novalue"])
 
 
-# --------------------------------------------------------------------------- fast loader
+# --------------------------------------------------------------------------- spec loader
 
 _YAML_CASES = [
     "",
@@ -275,9 +275,13 @@ _YAML_CASES = [
 ]
 
 
+def _spec_load_all(text: str) -> list:
+    return list(yaml.load_all(text, Loader=specs._spec_loader()))
+
+
 @pytest.mark.parametrize("text", _YAML_CASES)
-def test_fast_loader_matches_pyyaml(text):
-    assert specs._load_all(text) == list(yaml.safe_load_all(text))
+def test_spec_loader_matches_pyyaml(text):
+    assert _spec_load_all(text) == list(yaml.safe_load_all(text))
 
 
 @settings(max_examples=150, deadline=None)
@@ -289,11 +293,18 @@ def test_fast_loader_matches_pyyaml(text):
     ),
     st.sampled_from([None, True, False]),
 )
-def test_fast_loader_matches_pyyaml_on_dumped_data(value, flow):
+def test_spec_loader_matches_pyyaml_on_dumped_data(value, flow):
     text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True)
-    assert specs._load_all(text) == list(yaml.safe_load_all(text))
+    assert _spec_load_all(text) == list(yaml.safe_load_all(text))
 
 
 def test_duplicate_key_is_an_error():
     with pytest.raises(SpecError, match="duplicate key 'a' at line 2"):
         specs.parse_spec("a: 1\na: 2\n")
+
+
+def test_duplicate_key_in_a_nested_mapping_is_an_error():
+    with pytest.raises(SpecError, match="duplicate key 'name' at line 3"):
+        specs.parse_spec("tasks:\n- name: a\n  name: b\n")
+    with pytest.raises(SpecError, match="duplicate key 'k' at line 1"):
+        specs.parse_spec("a: {k: 1, k: 2}\n")

@@ -1,7 +1,8 @@
 """The local backend: a pool of worker processes, each running one task's ``rmeval`` command.
 
 A spec's task is run as ``python -m rmeval <command[1:]> <arguments>`` (the same command a
-Beaker task runs; only ``rmeval`` commands are accepted). Beaker's result directory is
+Beaker task runs; only ``rmeval`` commands are accepted), with this interpreter and this
+rmeval (:func:`rmeval.procutil.child_env`). Beaker's result directory is
 emulated: any argument equal to or under the task's ``result.path`` (``/output``) is moved
 under ``<log_dir>/<task>/output``. Each task writes one log file ``<log_dir>/<task>.log``
 (appended across attempts). A failing task does not stop the others. Launching again is
@@ -28,6 +29,7 @@ from typing import Any
 
 from rmeval import storage
 from rmeval.errors import BackendError
+from rmeval.procutil import child_env
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def _run_task(task: LocalTask, log_dir: Path, env: Mapping[str, str] | None) -> 
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
+                env=child_env(env),
                 check=False,
             )
         except OSError as exc:
