@@ -285,13 +285,22 @@ def _spec_counter() -> CallCounter:
 
 
 @pytest.mark.parametrize("backend", ["local", "beaker"])
-def test_launch_source_dry_run_parses_checks_and_loads_the_spec_once(tmp_path, backend):
+def test_launch_source_dry_run_parses_checks_and_loads_the_spec_once(
+    tmp_path,
+    backend,
+    request,
+):
     from rmeval import cli
+
+    if backend == "beaker":  # a Beaker dry run reads the workspace's experiments
+        request.getfixturevalue("fake_beaker").add_workspace(WS)
 
     for d in ("x--1", "y--2"):
         storage.write_bytes(str(tmp_path / "src" / d / "streaming_params_1"), b"c")
     argv = ["launch", "--source", str(tmp_path / "src"), "--store", str(tmp_path / "st")]
+    argv += ["--tokenizer", TOKENIZER["tokenizer"]]
     argv += ["--prefix", "hs", "--backend", backend, "--dry-run", "--log-dir", str(tmp_path / "l")]
+    argv += ["--workspace", WS] if backend == "beaker" else []
     with _spec_counter() as calls:
         assert cli.main(argv) == 0
     assert dict(calls) == {"yaml": 1, "check": 1, "beaker": 1}
@@ -303,6 +312,7 @@ def test_launch_of_a_spec_file_and_plan_parse_it_once(tmp_path):
     storage.write_bytes(str(tmp_path / "src" / "x--1" / "streaming_params_1"), b"c")
     spec_file = tmp_path / "spec.yml"
     plan_argv = ["plan", "--source", str(tmp_path / "src"), "--store", str(tmp_path / "st")]
+    plan_argv += ["--tokenizer", TOKENIZER["tokenizer"]]
     with _spec_counter() as calls:
         assert cli.main([*plan_argv, "--output", str(spec_file)]) == 0
     assert dict(calls) == {"yaml": 1, "check": 1, "beaker": 1}

@@ -84,9 +84,9 @@ def test_the_template_passes_every_run_one_variable_as_its_flag(tmp_path):
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
     wanted = _every_template_value()
-    _, text = plan.make_plan(str(tmp_path / "src"), store=str(tmp_path / "s"), options=wanted)
+    _, spec = plan.make_plan(str(tmp_path / "src"), store=str(tmp_path / "s"), options=wanted)
     header = specs.DEFAULT_TEMPLATE.read_text().split("-#}")[0]
-    (task,) = yaml.safe_load(text)["tasks"]
+    (task,) = yaml.safe_load(spec.text)["tasks"]
     ns = options.parser("run-one").parse_args(task["arguments"])
     for dest, value in wanted.items():
         assert getattr(ns, dest) == value, dest

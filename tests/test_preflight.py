@@ -276,10 +276,10 @@ def test_plan_refuses_a_preset_that_renders_tasks_without_a_tokenizer(tmp_path):
     source = _listing(tmp_path)
     with pytest.raises(UsageError, match=r"task helpsteer2-counts-.*: no --tokenizer"):
         plan.make_plan(source, preset="helpsteer2", store=str(tmp_path / "s"))
-    _, text = plan.make_plan(
+    _, spec = plan.make_plan(
         source, preset="helpsteer2", store=str(tmp_path / "s"), options={"tokenizer": "t.model"}
     )
-    (task,) = yaml.safe_load(text)["tasks"]
+    (task,) = yaml.safe_load(spec.text)["tasks"]
     assert task["arguments"][task["arguments"].index("--tokenizer") + 1] == "t.model"
 
 
@@ -293,8 +293,8 @@ def test_plan_accepts_a_template_that_names_the_tokenizer_itself(tmp_path):
     )
     template = tmp_path / "own.yml.j2"
     template.write_text(body)
-    _, text = plan.make_plan(source, template=template, store=str(tmp_path / "s"))
-    assert "/models/tok" in text
+    _, spec = plan.make_plan(source, template=template, store=str(tmp_path / "s"))
+    assert "/models/tok" in spec.text
     bad = tmp_path / "bad.yml.j2"
     bad.write_text(specs.DEFAULT_TEMPLATE.read_text().replace('"--model-size"', '"--model-sise"'))
     with pytest.raises(UsageError, match=r"task .*: rmeval run-one: unrecognized arguments"):
