@@ -93,6 +93,7 @@ HEAD_TENSORS = {
     "causal": ("lm_head/kernel", "lm_head.weight", TRANSPOSE),
 }
 ARCHITECTURES = {"reward": "LlamaForSequenceClassification", "causal": "LlamaForCausalLM"}
+CONFIG_FILE = "config.json"  # hf_config's file: written last, a model folder's completion marker
 _LAYER_RE = re.compile(r"^transformer/h/(\d+)/")
 
 
