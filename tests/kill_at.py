@@ -31,6 +31,7 @@ import argparse
 import os
 import re
 import signal
+import subprocess
 import sys
 
 MARKER = "config.json"
@@ -146,10 +147,15 @@ def main(argv: list[str]) -> int:
     return run(rest)
 
 
-def command(event: str, pattern: str, *args: str, nth: int = 1, no_exchange: bool = False):
-    """The argv of a killed run, for :mod:`subprocess`."""
+def run_killed(event: str, pattern: str, *args: str, nth: int = 1, no_exchange: bool = False):
+    """Run ``python -m tests.kill_at EVENT PATTERN -- ARGS`` and check that it was killed
+    there (a run that ends on its own means the kill point was never reached)."""
     extra = [f"--nth={nth}"] + (["--no-exchange"] if no_exchange else [])
-    return [sys.executable, "-m", "tests.kill_at", event, pattern, *extra, "--", *args]
+    cmd = [sys.executable, "-m", "tests.kill_at", event, pattern, *extra, "--", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"not killed at {event} {pattern} #{nth} (rc {proc.returncode}):\n{proc.stderr}"
+    )
 
 
 if __name__ == "__main__":

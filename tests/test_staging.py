@@ -12,14 +12,12 @@ from its backup) and leaves no staging or backup copy behind."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 
 import pytest
 
 from rmeval import storage
 from rmeval.errors import AlreadyExistsError, StoreError
-from tests.kill_at import MARKER, command, file_text, tree
+from tests.kill_at import MARKER, file_text, run_killed, tree
 
 INCOMPLETE = "incomplete"
 
@@ -77,13 +75,6 @@ def together(version: str, uris: list[str], overwrite: bool = False) -> None:
     storage.write_together([(u, file_text(version, u), overwrite) for u in uris])
 
 
-def killed(*cmd: str, env: dict | None = None) -> None:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == -signal.SIGKILL, (
-        f"not killed there (rc {proc.returncode}):\n{proc.stderr}"
-    )
-
-
 @pytest.fixture
 def root(request, tmp_path) -> str:
     if request.param == "local":
@@ -126,7 +117,7 @@ def test_kill_9_while_publishing_a_tree(
     if before:
         publish(dest, "v1")
     argv = ("staged", dest, "v2", "--overwrite")
-    killed(*command(event, pattern, *argv, nth=nth, no_exchange=no_exchange))
+    run_killed(event, pattern, *argv, nth=nth, no_exchange=no_exchange)
     assert seen(dest) == after_kill
     if after_kill == INCOMPLETE:  # readers refuse it
         with pytest.raises(StoreError, match=f"incomplete: no {MARKER}"):
@@ -166,7 +157,7 @@ PAIR_KILLS = [
 def test_kill_9_while_writing_files_together(case, root, event, pattern, after_kill):
     pair = [storage.join(root, "run", "scores.jsonl"), storage.join(root, "run", "metrics.json")]
     together("v1", pair)
-    killed(*command(event, pattern, "together", "v2", "--overwrite", *pair))
+    run_killed(event, pattern, "together", "v2", "--overwrite", *pair)
     assert seen_pair(*pair) == after_kill
     storage.recover_together(pair)
     assert seen_pair(*pair) == ("v1" if after_kill == INCOMPLETE else after_kill)
@@ -182,20 +173,20 @@ def test_a_repair_cut_short_is_done_again(root):
     if storage.is_gcs(root):
         dest = storage.join(root, "rm")
         publish(dest, "v1")
-        killed(*command("http", r"/copyTo/b/[^/]+/o/store%2Frm%2F", "staged", dest, "v2",
-                        "--overwrite", nth=2))  # fmt: skip
+        run_killed("http", r"/copyTo/b/[^/]+/o/store%2Frm%2F", "staged", dest, "v2",
+                        "--overwrite", nth=2)  # fmt: skip
         assert seen(dest) == INCOMPLETE
         # the repairing run dies after restoring one file of two, before the marker
-        killed(*command("http", r"/o/store%2Frm\.old-\S+/copyTo/", "staged", dest, "v3", nth=2))
+        run_killed("http", r"/o/store%2Frm\.old-\S+/copyTo/", "staged", dest, "v3", nth=2)
         assert seen(dest) == INCOMPLETE
         assert storage.dir_state(dest, marker=MARKER) == storage.COMPLETE
         assert seen(dest) == "v1" and leftovers(dest) == []
         return
     pair = [storage.join(root, "run", "scores.jsonl"), storage.join(root, "run", "metrics.json")]
     together("v1", pair)
-    killed(*command("link", r"/metrics\.json$", "together", "v2", "--overwrite", *pair))
+    run_killed("link", r"/metrics\.json$", "together", "v2", "--overwrite", *pair)
     # the repairing run dies after putting the old scores back, before the old metrics
-    killed(*command("rename", r"/metrics\.json$", "together", "v3", *pair))
+    run_killed("rename", r"/metrics\.json$", "together", "v3", *pair)
     assert seen_pair(*pair) == INCOMPLETE
     storage.recover_together(pair)
     assert seen_pair(*pair) == "v1" and leftovers(*pair) == []
