@@ -167,21 +167,6 @@ def _pwrite_all(fd: int, data: memoryview | np.ndarray | bytes, offset: int) -> 
         done += os.pwrite(fd, data[done : done + (1 << 30)], offset + done)
 
 
-def _row_segments(p: llama.TensorPlan) -> list[tuple[int, int, int, int]]:
-    """``(dst_row, src_col, count, step)`` runs: dst row dst_row+j is source column
-    src_col + j*step. Rotary: each half of each head is a stride-2 run of the source."""
-    rows = p.out_shape[0]
-    if p.transform in (llama.ROTARY_Q, llama.ROTARY_K):
-        head_dim = rows // p.heads
-        half = head_dim // 2
-        return [
-            (h * head_dim + a * half, h * head_dim + a, half, 2)
-            for h in range(p.heads)
-            for a in range(2)
-        ]
-    return [(0, 0, rows, 1)]
-
-
 def _same_width_uint(dt: np.dtype) -> np.dtype:
     return np.dtype(f"u{dt.itemsize}")
 
@@ -258,7 +243,7 @@ class _Writer:
         if same:  # move raw bits: integer copies are faster than ml_dtypes' bf16 loops
             src_dt = dst_dt = _same_width_uint(dst_dt)
         src = src_bytes.view(src_dt)
-        if p.transform == llama.NONE:
+        if not p.transform.transposes:
             if same:
                 _write_checked(fd, placed, src_bytes, placed.offset)
                 return
@@ -281,7 +266,7 @@ class _Writer:
         row_bytes = n_in * dst_dt.itemsize
         rows_per_block = max(TILE, (BLOCK_BYTES // row_bytes) // TILE * TILE)
         jobs = []
-        for dst0, col0, count, step in _row_segments(p):
+        for dst0, col0, count, step in p.row_segments():
             for r in range(0, count, rows_per_block):
                 n = min(rows_per_block, count - r)
                 jobs.append(
@@ -422,7 +407,7 @@ def _build(
     """Write the model (shards, index, tokenizer, config.json) into ``build``."""
     notes: list[str] = []
     written = _write_model(reader, plans, out_dtype, max_shard, build, progress)
-    pad_id = bos = eos = None
+    pad_id = None
     if tokenizer:
         from rmeval.tokenizer import prepare_tokenizer
 
@@ -442,7 +427,7 @@ def _build(
             "no --tokenizer: model only; pass --tokenizer to save one with the chat "
             "template and pad token"
         )
-    config = llama.hf_config(spec, out_dtype, pad_id, bos, eos)
+    config = llama.hf_config(spec, out_dtype, pad_id)
     (build / llama.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     written += (build / llama.CONFIG_FILE).stat().st_size
     return ConvertResult(
@@ -467,7 +452,7 @@ def _allocate(fd: int, size: int) -> None:
 
 
 def _is_plain_copy(t: _Placed) -> bool:
-    return t.plan.transform == llama.NONE and t.plan.src.np_dtype == t.out_dtype
+    return not t.plan.transform.transposes and t.plan.src.np_dtype == t.out_dtype
 
 
 def _prefetched(reader: CheckpointReader, placed: list[_Placed]):
