@@ -7,6 +7,11 @@ permanent failures into :class:`StoreError` lines that say what to do next.
 Writes are atomic: a local file is written to a temporary name in the same directory and
 renamed; a GCS object is uploaded in one request with ``if_generation_match=0`` unless
 ``overwrite`` is asked for, so a reader never sees half an object and nothing is clobbered.
+
+Outputs of several files (a model folder, a fit, figures, scores + metrics) are published
+by the one staged-output helper at the end (:func:`staged_dir`, :func:`publish_dir`,
+:func:`write_together`): the old copy survives any failure, and nothing half-built is ever
+visible under the final name, locally or on gs://.
 """
 
 from __future__ import annotations
@@ -896,7 +901,7 @@ _RENAME_EXCHANGE = 2
 
 
 @functools.cache
-def _renameat2_fn():
+def _renameat2():
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):  # not Linux, or a libc without it
@@ -906,17 +911,18 @@ def _renameat2_fn():
     return fn
 
 
-def _renameat2(src: Path, dst: Path, flags: int) -> bool:
-    """renameat2(2) with ``flags``; False where the system or the file system lacks them."""
-    fn = _renameat2_fn()
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (renameat2 with RENAME_EXCHANGE); False where the
+    system or the file system cannot."""
+    fn = _renameat2()
     if fn is None:
         return False
-    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
         return False
-    raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
 def _rename_dir(src: Path, dst: Path) -> None:
@@ -1054,7 +1060,7 @@ class _Output:
         if not self.present():  # absent, or an empty directory: free
             _rename_dir(stage, final)
             return True
-        return _renameat2(stage, final, _RENAME_EXCHANGE)
+        return _exchange(stage, final)
 
     def save(self, token: str) -> None:
         """Keep the old copy at its backup name (a local tree is moved there)."""

@@ -220,7 +220,7 @@ def test_a_failing_build_or_publish_keeps_the_old_copy(root):
         if storage.is_gcs(root):
             patch.setattr(storage, "copy_object", failing_copy)
         else:  # without RENAME_EXCHANGE: the two-rename path, whose second rename fails
-            patch.setattr(storage, "_renameat2", lambda *a: False)
+            patch.setattr(storage, "_exchange", lambda a, b: False)
             patch.setattr(storage, "_rename_dir", failing_rename)
         with pytest.raises(StoreError):
             publish(dest, "v2", overwrite=True)
@@ -228,13 +228,19 @@ def test_a_failing_build_or_publish_keeps_the_old_copy(root):
 
 
 def test_local_swap_is_one_exchange_and_an_empty_dir_is_free(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "name").write_text(d.name)
+    # the file system here exchanges directories: the cases above test that path
+    assert storage._exchange(a, b) and (a / "name").read_text() == "b"
     dest = tmp_path / "rm"
     dest.mkdir()  # empty: free, as if absent
     publish(str(dest), "v1")
     inode = dest.stat().st_ino
     publish(str(dest), "v2", overwrite=True)
     assert seen(str(dest)) == "v2" and dest.stat().st_ino != inode
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "rm"]
 
 
 def test_publish_dir_moves_a_finished_tree(store_root, tmp_path):
