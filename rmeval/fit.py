@@ -43,18 +43,14 @@ scikit-learn and joblib come from the optional extra ``[fit]``, LightGBM from ``
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rmeval import storage
@@ -468,7 +464,7 @@ def fit(
     if model not in MODELS:
         raise FitError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     estimator = _estimator(model, seed)  # a missing lightgbm fails before any work
-    if not overwrite and next(iter(storage.list_objects_if_any(out)), None) is not None:
+    if storage.dir_state(out, marker=METRICS_FILE) == storage.COMPLETE and not overwrite:
         raise FitError(f"{out}: already exists; pass --overwrite to replace it")
     if model == "quadratic" and "quadratic" not in out:
         log.warning(
@@ -554,7 +550,7 @@ def fit(
         }
     )
 
-    with _staged_dir(out, overwrite) as tmp:
+    with storage.staged_dir(out, marker=METRICS_FILE, overwrite=overwrite) as tmp:
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
         terms_file = IMPORTANCE_FILE if model == "lightgbm" else COEF_FILE
         with open(tmp / terms_file, "w", encoding="utf-8") as f:
@@ -597,51 +593,6 @@ def fit(
         underdetermined=underdetermined,
         rows_needed=metrics["rows_needed"],
     )
-
-
-@contextlib.contextmanager
-def _staged_dir(out: str, overwrite: bool):
-    """A temporary directory that becomes ``out`` when the block succeeds: renamed into
-    place for a local ``out`` (the old one swapped out only then), uploaded with
-    ``metrics.json`` last for gs://."""
-    if storage.is_gcs(out):
-        tmp = Path(tempfile.mkdtemp(prefix="rmeval-fit-"))
-        try:
-            yield tmp
-            storage.upload_tree(tmp, out, overwrite=overwrite, last=(METRICS_FILE,))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return
-    final = storage.local_path(out)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        _swap_in(tmp, final, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_in(tmp: Path, final: Path, overwrite: bool) -> None:
-    if final.exists() and not (final.is_dir() and not any(final.iterdir())):
-        if not overwrite:
-            raise FitError(f"{final}: already exists; pass --overwrite to replace it")
-        old = final.with_name(f".{final.name}.old-{storage.unique_suffix()}")
-        os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            os.replace(old, final)
-            raise
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-        return
-    if final.exists():
-        final.rmdir()
-    os.replace(tmp, final)
 
 
 def load_model(fit_dir: str | os.PathLike) -> dict[str, Any]:

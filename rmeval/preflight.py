@@ -213,7 +213,7 @@ def _check_checkpoint(checkpoint: str, opts: dict[str, Any]) -> int:
 
 
 def _tokenizer_ids(tokenizer: str) -> int:
-    from rmeval.procutil import owned_tempdir
+    from rmeval.storage import owned_tempdir
     from rmeval.tokenizer import load_tokenizer
 
     with owned_tempdir(CHECK_PREFIX) as work:

@@ -1,8 +1,9 @@
 """Small process helpers shared by the stages: the git commit of a directory, the
 environment of a child Python process that must run this same rmeval, SIGTERM turned into
-a clean exit so ``finally`` clauses (temporary files, key files) run, temporary names
-that say which process owns them, so that what a ``kill -9`` left behind is removed by the
-next run, and a bounded thread map for concurrent reads.
+a clean exit so ``finally`` clauses (temporary files, key files) run, names that say which
+process owns them, so that what a ``kill -9`` left behind is removed by the next run
+(:func:`rmeval.storage.owned_tempdir` and the staged outputs of :mod:`rmeval.storage` build
+on them), and a bounded thread map for concurrent reads.
 
 Owned names: ``<prefix><owner>-<pid>-<random>``, where ``<owner>`` is the host name and
 the pid namespace (two containers on one host do not mistake each other's processes). A
@@ -22,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -147,25 +147,6 @@ def remove_stale(parent: str | os.PathLike, prefix: str) -> list[Path]:
             log.debug("removed %s, left by an interrupted run (its process is gone)", path)
             removed.append(path)
     return removed
-
-
-@contextlib.contextmanager
-def owned_tempdir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator[Path]:
-    """Like :class:`tempfile.TemporaryDirectory`, with an owned name; first removes the
-    directories of the same prefix that dead processes of this host left in ``dir``."""
-    from rmeval import storage
-
-    parent = Path(dir) if dir is not None else Path(tempfile.gettempdir())
-    for stale in remove_stale(parent, prefix):
-        log.info("removed %s, left by an interrupted run (its process is gone)", stale)
-    try:
-        path = Path(tempfile.mkdtemp(prefix=f"{prefix}{_owner()}-{os.getpid()}-", dir=parent))
-    except OSError as exc:
-        raise storage.write_error(exc, parent, "create a temporary directory") from None
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- threads

@@ -23,11 +23,9 @@ path relative to itself.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import timezone
@@ -419,34 +417,12 @@ def report(
     figures = _figures(nb)
     text = nbformat.writes(nb) + "\n"
 
-    with _staged_figures(fig_dir, overwrite) as tmp:
+    # the figures first, the notebook (what a reader opens) last; each swapped in whole
+    with storage.staged_dir(fig_dir, overwrite=overwrite) as tmp:
         for name, data in sorted(figures.items()):
             (tmp / name).write_bytes(data)
-        with storage.atomic_local_file(nb_path, overwrite=overwrite) as tmp_nb:
-            tmp_nb.write_text(text, encoding="utf-8")
-            os.chmod(tmp_nb, 0o644)
+    storage.write_bytes(nb_path, text.encode("utf-8"), overwrite=overwrite)
     return ReportResult(notebook=nb_path, figures=[fig_dir / n for n in sorted(figures)])
-
-
-@contextlib.contextmanager
-def _staged_figures(final: Path, overwrite: bool):
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        for p in tmp.iterdir():
-            os.chmod(p, 0o644)
-        if final.exists():
-            if not overwrite:
-                raise FitError(f"{final}: already exists; pass --overwrite to replace it")
-            old = final.with_name(f".{final.name}.old-{storage.unique_suffix()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def figure_names(nb_path: str | os.PathLike) -> list[str]:

@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -40,14 +39,7 @@ from typing import Any
 from rmeval import preflight, source_root, storage, version
 from rmeval import store as store_layout
 from rmeval.errors import StoreError
-from rmeval.procutil import (
-    git_head,
-    is_stale,
-    owned_name,
-    owned_tempdir,
-    remove_stale,
-    sigterm_as_exit,
-)
+from rmeval.procutil import git_head, is_stale, owned_name, sigterm_as_exit
 from rmeval.rewardbench import formats
 from rmeval.store import CLAIM_FILE, METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
 
@@ -177,7 +169,7 @@ def run_one(
             Path(work_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage.write_error(exc, work_dir, "create the work directory") from None
-    with sigterm_as_exit(), owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
+    with sigterm_as_exit(), storage.owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
         model_dir = tmpdir / run
         metrics_path = tmpdir / METRICS_FILE
         scores_path = tmpdir / SCORES_FILE
@@ -331,41 +323,19 @@ def _claim_state(uri: str) -> str:
 
 
 def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:
-    """Keep the converted model at ``keep_model``: a rename for a local path (a Beaker
-    task's /output/model costs no copy), an upload (config.json last) for gs://."""
+    """Keep the converted model at ``keep_model`` (local or gs://) with
+    :func:`rmeval.storage.publish_dir`: moved there (a Beaker task's /output/model costs
+    no copy) or uploaded, config.json last; a model already there survives any failure.
+    A gs:// folder without config.json is a preempted attempt's upload: replaced."""
+    from rmeval.checkpoints.llama import CONFIG_FILE
+
     try:
-        if storage.is_gcs(keep_model):
-            # upload_tree writes config.json last: without it, what is there is the partial
-            # upload of an interrupted attempt (a preempted task), replaced, not refused.
-            complete = storage.exists(storage.join(keep_model, "config.json"))
-            if complete and not overwrite:
-                raise StoreError(f"{keep_model}: already holds a model; pass --force to replace it")
-            storage.upload_tree(model_dir, keep_model, overwrite=True)
-            return
-        dest = storage.local_path(keep_model)
-        if dest.exists() and (dest.is_file() or any(dest.iterdir())):
-            if not overwrite:
-                raise StoreError(f"{keep_model}: already exists; pass --force to replace it")
-            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # Moved (a rename on one filesystem) to a hidden sibling first, then renamed into
-        # place: a copy across filesystems that fails leaves no half model at dest. One
-        # that a kill -9 left (its process gone) is removed first.
-        prefix = f".{dest.name}.partial-"
-        remove_stale(dest.parent, prefix)
-        partial = dest.parent / owned_name(prefix)
-        try:
-            shutil.move(str(model_dir), str(partial))
-            if dest.exists():
-                dest.rmdir()
-            os.rename(partial, dest)
-        finally:
-            if partial.exists():
-                shutil.rmtree(partial, ignore_errors=True)
+        if storage.dir_state(keep_model, marker=CONFIG_FILE) == storage.COMPLETE and not overwrite:
+            what = "holds a model" if storage.is_gcs(keep_model) else "exists"
+            raise StoreError(f"{keep_model}: already {what}; pass --force to replace it")
+        storage.publish_dir(model_dir, keep_model, marker=CONFIG_FILE, overwrite=True)
     except StoreError as exc:
         raise StoreError(f"--keep-model: {exc}") from None
-    except OSError as exc:
-        raise StoreError(f"--keep-model: {keep_model}: {exc.strerror or exc}") from None
 
 
 def write_result_json(result: RunOneResult, path: str | os.PathLike) -> None:

@@ -7,12 +7,20 @@ permanent failures into :class:`StoreError` lines that say what to do next.
 Writes are atomic: a local file is written to a temporary name in the same directory and
 renamed; a GCS object is uploaded in one request with ``if_generation_match=0`` unless
 ``overwrite`` is asked for, so a reader never sees half an object and nothing is clobbered.
+
+Outputs of several files (a model folder, a fit, figures, scores + metrics) are published
+by the one staged-output helper at the end (:func:`staged_dir`, :func:`publish_dir`,
+:func:`write_together`): the old copy survives any failure, and nothing half-built is ever
+visible under the final name, locally or on gs://.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
+import glob
 import io
 import logging
 import os
@@ -20,15 +28,17 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, BinaryIO
 
 from rmeval.errors import AlreadyExistsError, StoreError
+from rmeval.procutil import is_stale, owned_name, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +245,6 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
 
     try:
         yield
-    except StoreError:
-        raise
     except gexc.NotFound as exc:
         raise StoreError(f"{uri}: not found (check the bucket and prefix)") from exc
     except (gexc.Unauthorized, gexc.Forbidden) as exc:
@@ -627,9 +635,17 @@ def download_file(uri: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
-def download_tree(uri: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Copy every object under ``uri`` into the local directory ``dest``."""
-    dest = Path(dest)
+def download_tree(
+    uri: str | os.PathLike, dest: str | os.PathLike, marker: str | None = None
+) -> Path:
+    """Copy every object under ``uri`` into the local directory ``dest``. With ``marker``
+    (a staged output's completion marker, e.g. a model's config.json), a tree without it
+    is refused before anything is downloaded: it is incomplete (see :func:`staged_dir`)."""
+    uri, dest = os.fspath(uri), Path(dest)
+    if marker is not None and is_gcs(uri) and _gcs_any(uri) and not exists(join(uri, marker)):
+        raise StoreError(
+            f"{uri}: incomplete: no {marker} (an interrupted publish); publish it again"
+        )
     n = 0
     for obj in list_objects(uri):
         target = dest / safe_relative(obj.name, what=obj.uri)
@@ -749,40 +765,6 @@ def write_text(uri: str | os.PathLike, text: str, overwrite: bool = False) -> No
     write_bytes(uri, text.encode("utf-8"), overwrite=overwrite)
 
 
-def write_together(files: list[tuple[str, bytes, bool]]) -> None:
-    """Write ``(uri, data, overwrite)`` files as one unit whose **last** file is the commit
-    mark (a reader that sees it may read the others). Local files are all staged next to
-    their destinations first, so a full or read-only disk fails before any of them is
-    visible, then moved into place in order; gs:// objects are uploaded in order (each
-    atomically), the last one last."""
-    staged: list[tuple[Path, Path, bool]] = []
-    try:
-        for uri, data, overwrite in files:
-            if is_gcs(uri):
-                continue
-            path = local_path(uri)
-            tmp = _make_temp(path, overwrite)
-            staged.append((tmp, path, overwrite))
-            try:
-                tmp.write_bytes(data)
-            except OSError as exc:
-                raise _local_write_error(exc, path, tmp) from None
-        local = iter(staged)
-        for uri, data, overwrite in files:
-            if is_gcs(uri):
-                write_bytes(uri, data, overwrite=overwrite)
-                continue
-            tmp, path, overwrite = next(local)
-            try:
-                _commit_local(tmp, path, overwrite)
-            except OSError as exc:
-                raise _local_write_error(exc, path, tmp) from None
-    finally:
-        for tmp, _, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-
 def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:
     """Create ``uri`` with ``data`` unless it exists (atomically: one of several concurrent
     creators wins). True when this call created it."""
@@ -844,21 +826,15 @@ def upload_file(src: str | os.PathLike, uri: str | os.PathLike, overwrite: bool 
         _blob(uri).upload_from_filename(str(src), retry=_retry(), **kwargs)
 
 
-def upload_tree(
-    src_dir: str | os.PathLike,
-    uri: str | os.PathLike,
-    overwrite: bool = False,
-    last: tuple[str, ...] = ("config.json",),
-) -> int:
-    """Copy a local directory under ``uri``. Files named in ``last`` are written after
-    everything else, so a reader that waits for them never sees a partial tree. Refuses
-    to write into a non-empty destination unless ``overwrite``. Returns the file count."""
+def upload_tree(src_dir: str | os.PathLike, uri: str | os.PathLike, overwrite: bool = False) -> int:
+    """Copy a local directory under ``uri``, file by file (not atomic as a whole: the
+    staged outputs below build on it). Refuses to write into a non-empty destination
+    unless ``overwrite``. Returns the file count."""
     uri = os.fspath(uri)
     src_dir = Path(src_dir)
     if not overwrite and next(iter(list_objects_if_any(uri)), None) is not None:
-        raise StoreError(f"{uri}: already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(f"{uri}: already exists; pass --overwrite to replace it")
     files = sorted(p for p in src_dir.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name in last)
     for p in files:
         upload_file(p, join(uri, p.relative_to(src_dir).as_posix()), overwrite=overwrite)
     return len(files)
@@ -874,3 +850,526 @@ def list_objects_if_any(uri: str | os.PathLike) -> Iterator[ObjectInfo]:
 
 def unique_suffix() -> str:
     return uuid.uuid4().hex[:12]
+
+
+@contextlib.contextmanager
+def owned_tempdir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Like :class:`tempfile.TemporaryDirectory`, with an owned name
+    (:func:`rmeval.procutil.owned_name`); first removes the directories of the same prefix
+    that dead processes of this host left in ``dir``."""
+    where = Path(dir) if dir is not None else Path(tempfile.gettempdir())
+    for stale in remove_stale(where, prefix):
+        log.info("removed %s, left by an interrupted run (its process is gone)", stale)
+    try:
+        path = Path(tempfile.mkdtemp(prefix=owned_name(prefix) + "-", dir=where))
+    except OSError as exc:
+        raise write_error(exc, where, "create a temporary directory") from None
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- staged outputs
+#
+# Every output that is built beside its destination and swapped in (a converted or kept
+# model, a fit directory, report figures, files written as one unit) is published here,
+# with one guarantee: the old copy survives any failure (an exception, a full disk, a
+# kill -9 at any instant), and nothing half-built is ever visible under the final name.
+#
+# - The new copy is built or staged at ``<name>.partial-<token>`` (the token is an owned
+#   name: host, pid namespace, pid, random). Local: next to the destination, so that it
+#   moves in by a rename. gs://: uploaded under that prefix, then copied in server-side.
+# - One local directory is swapped in by one atomic renameat2(RENAME_EXCHANGE); the old
+#   copy then lies at the staging name until it is deleted.
+# - Otherwise (gs://, several files, a file system without RENAME_EXCHANGE): when the
+#   destination is complete, its old copy is first kept at ``<name>.old-<token>`` (the
+#   completion marker's copy last, so a backup with its marker is whole), the marker is
+#   removed, the new copy moves in and its marker comes last. A destination without its
+#   marker is incomplete, and readers refuse it (:func:`download_tree` with ``marker``).
+# - The next run that publishes to the same destination first repairs what a dead run
+#   left (:func:`_recover`): an incomplete destination whose whole backup lies beside it
+#   is restored from it; the other staging and backup copies of dead runs are deleted.
+
+STAGING = ".partial-"  # <name>.partial-<token>: the new copy, being built or staged
+BACKUP = ".old-"  # <name>.old-<token>: the old copy, kept until the new one is complete
+REMOTE_STALE_S = 24 * 3600  # another host's gs:// staging or backup idle this long is dead
+COMPLETE, INCOMPLETE, ABSENT = "complete", "incomplete", "absent"  # what dir_state says
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+@functools.cache
+def _renameat2():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or a libc without it
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (renameat2 with RENAME_EXCHANGE); False where the
+    system or the file system cannot."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+
+def _rename_dir(src: Path, dst: Path) -> None:
+    """rename(2) the directory ``src`` onto a free name: absent, or an empty directory
+    (which rename replaces atomically). A taken name (a non-empty directory, a file) is
+    refused by rename itself, so there is no window for a clobber."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise AlreadyExistsError(
+                f"{dst}: already exists; pass --overwrite to replace it"
+            ) from None
+        raise
+
+
+def _remove_local(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A second name for the file ``src`` (a copy where the file system has no links)."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise
+        shutil.copy2(src, dst)
+
+
+def _gcs_any(uri: str) -> bool:
+    """Whether any object lies under the gs:// prefix ``uri``."""
+    bucket, key = split_gcs(uri)
+    with _gcs_errors(uri):
+        blobs = gcs_client(uri).list_blobs(
+            bucket, prefix=key.rstrip("/") + "/", max_results=1, retry=_retry()
+        )
+        return any(True for _ in blobs)
+
+
+@contextlib.contextmanager
+def _os_errors_as(where: str | os.PathLike, what: str = "write") -> Iterator[None]:
+    """An OSError inside the block is one line naming ``where``."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(exc, where, what) from None
+
+
+@dataclass(eq=False)  # outputs are told apart by identity
+class _Output:
+    """One output of a unit published together: a file or a directory tree, local or
+    gs://. The unit's ``last`` output holds its completion marker: ``marker`` inside it
+    for a gs:// tree, else the output itself."""
+
+    uri: str
+    tree: bool
+    overwrite: bool = False
+    marker: str | None = None
+    last: bool = True
+    remote: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.uri = os.fspath(self.uri).rstrip("/")
+        self.remote = is_gcs(self.uri)
+        if self.remote and self.tree and self.last and not self.marker:
+            raise ValueError(f"{self.uri}: a gs:// tree needs a completion marker")
+
+    def at(self, kind: str, token: str) -> str:
+        """This output's staging (:data:`STAGING`) or backup (:data:`BACKUP`) name."""
+        return self.uri + kind + token
+
+    def errors(self):
+        """A local step's OS errors as one line naming the destination (gs:// steps
+        raise StoreErrors already)."""
+        return contextlib.nullcontext() if self.remote else _os_errors_as(self.uri)
+
+    # ---------------------------------------------------------------- what is there
+
+    def present(self, uri: str | None = None) -> bool:
+        uri = uri or self.uri
+        if self.remote:
+            return _gcs_any(uri) if self.tree else exists(uri)
+        p = local_path(uri)
+        return p.is_file() or p.is_symlink() or (p.is_dir() and any(p.iterdir()))
+
+    def complete(self, uri: str | None = None) -> bool:
+        """Whether ``uri`` (default: the destination) holds a whole copy: its marker is
+        there. A local tree is swapped in whole, so any content is a whole copy."""
+        uri = uri or self.uri
+        if self.remote and self.tree and self.marker:
+            return exists(join(uri, self.marker))
+        return self.present(uri)
+
+    def taken(self) -> bool:
+        """Whether a no-clobber publish must refuse the destination (an incomplete gs://
+        tree is what an interrupted publish left: it is replaced)."""
+        return self.complete() if self.remote and self.tree else self.present()
+
+    def _names(self, uri: str) -> list[str]:
+        """The objects of a gs:// copy, relative to it ('' for a file), marker last."""
+        if not self.tree:
+            return [""] if exists(uri) else []
+        bucket, key = split_gcs(uri)
+        with _gcs_errors(uri):
+            found = _list_gcs_prefix(gcs_client(uri), bucket, key + "/", key + "/", None)
+            names = [o.name for o in found if o is not None]
+        return sorted(names, key=lambda n: (n == self.marker, n))
+
+    def _obj(self, uri: str, name: str) -> str:
+        return join(uri, name) if name else uri
+
+    def _copy_over(self, src: str, *, guard_marker: bool) -> None:
+        """Make this gs:// output a copy of ``src``: its objects that ``src`` lacks
+        deleted first, then ``src``'s copied, the marker last (no-clobber with
+        ``guard_marker``: a publisher never replaces a marker it did not remove)."""
+        names = self._names(src)
+        mark = (self.marker if self.tree else "") if self.last and guard_marker else None
+        for name in sorted(set(self._names(self.uri)) - set(names)):
+            delete(self._obj(self.uri, name))
+        for name in names:
+            copy_object(self._obj(src, name), self._obj(self.uri, name), overwrite=name != mark)
+
+    # ---------------------------------------------------------------- the steps
+
+    def swap(self, token: str) -> bool:
+        """Move a staged local tree in by one atomic rename; False where the file system
+        cannot exchange two directories. An exchanged old copy is then at the staging
+        name, deleted with it."""
+        stage, final = local_path(self.at(STAGING, token)), local_path(self.uri)
+        if not self.present():  # absent, or an empty directory: free
+            _rename_dir(stage, final)
+            return True
+        return _exchange(stage, final)
+
+    def save(self, token: str) -> None:
+        """Keep the old copy at its backup name (a local tree is moved there)."""
+        backup = self.at(BACKUP, token)
+        if self.remote:
+            for name in self._names(self.uri):
+                copy_object(self._obj(self.uri, name), self._obj(backup, name))
+        elif self.tree:
+            os.rename(local_path(self.uri), local_path(backup))
+        else:
+            _link_or_copy(local_path(self.uri), local_path(backup))
+
+    def unmark(self) -> None:
+        """Remove the completion marker (a local tree's left with :meth:`save`)."""
+        if self.remote:
+            delete(join(self.uri, self.marker) if self.tree and self.marker else self.uri)
+        elif not self.tree:
+            local_path(self.uri).unlink()
+
+    def put(self, token: str) -> None:
+        """Move the staged copy in; the last output's marker never clobbers."""
+        stage = self.at(STAGING, token)
+        if self.remote:
+            self._copy_over(stage, guard_marker=True)
+        elif self.tree:
+            _rename_dir(local_path(stage), local_path(self.uri))
+        else:
+            _commit_local(local_path(stage), local_path(self.uri), overwrite=not self.last)
+
+    def restore(self, token: str) -> None:
+        """Put the backup ``token`` back in place of whatever is at the destination. The
+        backup stays until the whole unit is back (a restore cut short is done again); a
+        local tree is the unit's only output, and moves back in one rename."""
+        backup = self.at(BACKUP, token)
+        if self.remote:
+            self._copy_over(backup, guard_marker=False)
+            return
+        final = local_path(self.uri)
+        if self.tree:
+            _remove_local(final)
+            os.rename(local_path(backup), final)
+            return
+        if final.exists() and os.path.samefile(final, local_path(backup)):
+            return  # put back already (rename would do nothing, and keep both names)
+        via = local_path(self.at(STAGING, token))  # a dead run's name: removed if left
+        _remove_local(via)
+        _link_or_copy(local_path(backup), via)
+        os.replace(via, final)
+
+    def drop(self, uri: str) -> None:
+        """Delete a copy of this output (missing: nothing to do)."""
+        if not self.remote:
+            _remove_local(local_path(uri))
+        elif self.tree:
+            delete_prefix(uri)
+        else:
+            delete(uri)
+
+    # ---------------------------------------------------------------- leftovers
+
+    def leftovers(self) -> Iterator[tuple[str, str, str, bool]]:
+        """``(kind, token, uri, stale)`` of every staging and backup copy beside the
+        destination. Stale: made by a dead process of this host, or (gs://) untouched
+        for :data:`REMOTE_STALE_S`."""
+        name = basename(self.uri)
+        if not self.remote:
+            where = local_path(self.uri).parent
+            heads = (
+                [(p.name, 0.0) for p in sorted(where.glob(glob.escape(name) + ".*"))]
+                if where.is_dir()
+                else []
+            )
+        else:
+            bucket, key = split_gcs(self.uri)
+            folder = key[: len(key) - len(name)]
+            newest: dict[str, float] = {}
+            with _gcs_errors(self.uri):
+                pages = (
+                    gcs_client(self.uri)
+                    .list_blobs(bucket, prefix=key + ".", page_size=1000, retry=_retry())
+                    .pages
+                )
+                for page in pages:
+                    for blob in page:
+                        head = blob.name[len(folder) :].split("/", 1)[0]
+                        t = blob.updated.timestamp() if blob.updated else 0.0
+                        newest[head] = max(newest.get(head, 0.0), t)
+            heads = sorted(newest.items())
+        now = time.time()
+        for head, t in heads:
+            for kind in (STAGING, BACKUP):
+                prefix = name + kind
+                if head.startswith(prefix):
+                    idle = self.remote and now - t > REMOTE_STALE_S
+                    stale = is_stale(head, prefix) or idle
+                    yield kind, head[len(prefix) :], join(parent(self.uri), head), stale
+
+
+def _note(notes: list[str] | None, text: str) -> None:
+    log.info("%s", text)
+    if notes is not None:
+        notes.append(text)
+
+
+def _recover(outputs: list[_Output], notes: list[str] | None) -> None:
+    """Repair what dead runs left beside the unit ``outputs``: an incomplete unit whose
+    whole backup lies beside it is restored from it (outputs the backup lacks did not
+    exist then, and are removed); every other staging or backup copy of a dead run is
+    deleted. Copies of live runs are left alone, and named."""
+    found: dict[tuple[str, str], dict[int, str]] = {}
+    for i, o in enumerate(outputs):
+        for kind, token, uri, stale in o.leftovers():
+            if stale:
+                found.setdefault((kind, token), {})[i] = uri
+            else:
+                _note(notes, f"{uri}: another run's copy (still running, or of another host)")
+    last = outputs[-1]
+    if any(kind == BACKUP for kind, _ in found) and not last.complete():
+        for kind, token in sorted(found):
+            if kind == BACKUP and last.complete(last.at(BACKUP, token)):
+                copies = found[kind, token]
+                _restore(outputs, token, copies)
+                where = copies[len(outputs) - 1]
+                _note(notes, f"restored {last.uri} from {where}, left by an interrupted run")
+                break
+    for copies in found.values():
+        for i, uri in copies.items():
+            with outputs[i].errors():
+                outputs[i].drop(uri)
+            _note(notes, f"removed {uri}, left by an interrupted run")
+
+
+def _restore(outputs: list[_Output], token: str, backed_up: Collection[int]) -> None:
+    """Put the unit's backup ``token`` back: the outputs with a copy in it (``backed_up``:
+    their indices) restored, the others removed (they did not exist then), the last one
+    (its marker) last. The backups themselves are dropped afterwards by the caller."""
+    for i, o in enumerate(outputs):
+        with o.errors():
+            if i in backed_up:
+                o.restore(token)
+            elif o.present():
+                o.drop(o.uri)
+
+
+def _prepare(outputs: list[_Output], notes: list[str] | None) -> str:
+    """Repair the unit, refuse a taken destination that may not be overwritten (before
+    anything is built), and return a fresh token for its staging and backup names."""
+    _recover(outputs, notes)
+    for o in outputs:
+        if not o.overwrite and o.taken():
+            raise AlreadyExistsError(f"{o.uri}: already exists; pass --overwrite to replace it")
+    return owned_name("")
+
+
+def _commit(outputs: list[_Output], token: str) -> None:
+    """Move every staged output of the unit in (see the section comment)."""
+    last = outputs[-1]
+    saved: list[_Output] = []
+    try:
+        if len(outputs) == 1 and last.tree and not last.remote:
+            with last.errors():
+                if last.swap(token):
+                    return
+        if last.complete():
+            for o in outputs:  # the last one's backup last: it makes the backup whole
+                if o.present():
+                    with o.errors():
+                        o.save(token)
+                    saved.append(o)
+            with last.errors():
+                last.unmark()
+        for o in outputs:
+            with o.errors():
+                o.put(token)
+    except BaseException:
+        if saved:  # put the old unit back; if that fails too, the next run does
+            try:
+                _restore(outputs, token, {i for i, o in enumerate(outputs) if o in saved})
+            except Exception as exc:
+                log.warning("%s: the old copy is not back yet (%s)", last.uri, exc)
+            else:
+                _drop_all(saved, BACKUP, token)
+        raise
+    finally:
+        _drop_all(outputs, STAGING, token)
+    _drop_all(saved, BACKUP, token)
+
+
+def _drop_all(outputs: list[_Output], kind: str, token: str) -> None:
+    for o in outputs:
+        with contextlib.suppress(OSError, StoreError):
+            o.drop(o.at(kind, token))
+
+
+def dir_state(
+    uri: str | os.PathLike, *, marker: str | None = None, notes: list[str] | None = None
+) -> str:
+    """What the destination of a staged directory holds, after repairing what interrupted
+    publishes left: :data:`COMPLETE`, :data:`INCOMPLETE` (gs:// only: objects without
+    ``marker``) or :data:`ABSENT` (an empty local directory too)."""
+    o = _Output(os.fspath(uri), tree=True, marker=marker)
+    _recover([o], notes)
+    return COMPLETE if o.complete() else INCOMPLETE if o.present() else ABSENT
+
+
+@contextlib.contextmanager
+def staged_dir(
+    uri: str | os.PathLike,
+    *,
+    marker: str | None = None,
+    overwrite: bool = False,
+    notes: list[str] | None = None,
+) -> Iterator[Path]:
+    """Yield an empty local directory to build an output in; when the block ends without
+    error it becomes ``uri`` (local or gs://), with the guarantee of this section.
+    ``marker``: the file whose presence means complete (required for gs://). A complete
+    destination is refused unless ``overwrite``. An OS error is one line naming ``uri``
+    (or, for gs://, the local directory the output is staged in)."""
+    o = _Output(os.fspath(uri), tree=True, overwrite=overwrite, marker=marker)
+    token = _prepare([o], notes)
+    if o.remote:
+        with owned_tempdir("rmeval-stage-") as tmp:
+            build = tmp / basename(o.uri)
+            with _os_errors_as(tmp, f"stage {o.uri}"):
+                build.mkdir()
+                yield build
+            _stage_remote(o, build, token)
+        return
+    build = local_path(o.at(STAGING, token))
+    try:
+        with _os_errors_as(o.uri):
+            build.parent.mkdir(parents=True, exist_ok=True)
+            build.mkdir()
+            yield build
+        _commit([o], token)
+    finally:
+        with contextlib.suppress(OSError):
+            _remove_local(build)
+
+
+def publish_dir(
+    src: str | os.PathLike,
+    uri: str | os.PathLike,
+    *,
+    marker: str | None = None,
+    overwrite: bool = False,
+    notes: list[str] | None = None,
+) -> None:
+    """Publish the finished local directory ``src`` at ``uri`` as :func:`staged_dir`
+    does; to a local ``uri`` it is moved (a rename on one file system), not copied."""
+    o = _Output(os.fspath(uri), tree=True, overwrite=overwrite, marker=marker)
+    token = _prepare([o], notes)
+    if o.remote:
+        _stage_remote(o, Path(src), token)
+        return
+    stage = local_path(o.at(STAGING, token))
+    try:
+        with _os_errors_as(o.uri):
+            stage.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(os.fspath(src), stage)
+        _commit([o], token)
+    finally:
+        with contextlib.suppress(OSError):
+            _remove_local(stage)
+
+
+def _stage_remote(o: _Output, build: Path, token: str) -> None:
+    """Upload ``build`` under the gs:// staging prefix of ``o``, then commit it."""
+    try:
+        upload_tree(build, o.at(STAGING, token), overwrite=True)
+    except BaseException:
+        _drop_all([o], STAGING, token)
+        raise
+    _commit([o], token)
+
+
+def write_together(files: list[tuple[str, bytes, bool]], notes: list[str] | None = None) -> None:
+    """Write ``(uri, data, overwrite)`` files (local or gs://) as one unit whose **last**
+    file is the commit mark: a reader that sees it may read the others, and they belong
+    with it. Everything is staged first (a full or read-only disk fails before any final
+    name changes), then committed with the guarantee of this section."""
+    n = len(files)
+    outputs = [
+        _Output(u, tree=False, overwrite=ow, last=i == n - 1) for i, (u, _, ow) in enumerate(files)
+    ]
+    if not outputs:
+        return
+    token = _prepare(outputs, notes)
+    if n == 1:  # one file or object is replaced atomically by itself
+        write_bytes(outputs[0].uri, files[0][1], overwrite=outputs[0].overwrite)
+        return
+    try:
+        for o, (_, data, _) in zip(outputs, files, strict=True):
+            if o.remote:
+                write_bytes(o.at(STAGING, token), data, overwrite=True)
+                continue
+            with o.errors():
+                local_path(o.uri).parent.mkdir(parents=True, exist_ok=True)
+                with open(local_path(o.at(STAGING, token)), "xb") as f:
+                    f.write(data)
+    except BaseException:
+        _drop_all(outputs, STAGING, token)
+        raise
+    _commit(outputs, token)
+
+
+def recover_together(uris: list[str], notes: list[str] | None = None) -> None:
+    """Repair what an interrupted :func:`write_together` of ``uris`` left (for a command
+    that checks its outputs before it does the work)."""
+    if uris:
+        n = len(uris)
+        _recover([_Output(u, tree=False, last=i == n - 1) for i, u in enumerate(uris)], notes)

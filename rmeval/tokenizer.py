@@ -37,7 +37,6 @@ from pathlib import Path
 
 from rmeval import storage
 from rmeval.errors import CheckpointError, StoreError
-from rmeval.procutil import owned_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +309,7 @@ def prepare_tokenizer(
     """
     from rmeval.rewardbench.formats import TOKENIZER_LABEL, TRAINED_CHAT_TEMPLATE, TRAINED_LABEL
 
-    with owned_tempdir("rmeval-tok-") as work:
+    with storage.owned_tempdir("rmeval-tok-") as work:
         tok, kind, sp_file = _load(os.fspath(src), Path(work))
         n = len(tok)
         if vocab_size is not None and n > vocab_size:

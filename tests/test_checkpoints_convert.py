@@ -514,3 +514,36 @@ def test_finite_check_agrees_with_numpy_on_every_16_bit_pattern(dtype):
     for v, ok in zip(values, finite, strict=True):
         assert conv._all_finite(np.array([v], dt).view(np.uint8), dt) == bool(ok), v
     assert conv._all_finite(values[finite].view(np.uint8), dt)
+
+
+def test_kill_9_while_replacing_a_gcs_model_keeps_the_old_one(tmp_path, gcs_bucket, capsys):
+    """--overwrite of a gs:// model, killed while the new files are copied in: OUT is never
+    a mix of two models beside a config.json, and the next conversion to OUT puts the old
+    model back first (then, without --overwrite, refuses to replace it)."""
+    from tests.kill_at import run_killed
+
+    shards = ("--num-heads", "4", "--max-shard-size", "20KB")  # several shards per model
+    models = {}
+    for seed in (1, 2):
+        fx = make_checkpoint(tmp_path / f"s{seed}" / "streaming_params", seed=seed)
+        assert cli.main(["convert", fx.path, str(tmp_path / f"hf{seed}"), *shards]) == 0
+        files = {p.name: p.read_bytes() for p in (tmp_path / f"hf{seed}").iterdir()}
+        models[seed] = (fx.path, files)
+    out = f"{gcs_bucket}/models/rm"
+
+    def there() -> dict[str, bytes]:
+        return {o.name: storage.read_bytes(o.uri) for o in storage.list_objects_if_any(out)}
+
+    assert cli.main(["convert", models[1][0], out, *shards]) == 0 and there() == models[1][1]
+    copy_in = r"/copyTo/b/[^/]+/o/models%2Frm%2F"  # a file copied into OUT
+    run_killed("http", copy_in, "rmeval", "convert", models[2][0], out, *shards, "--overwrite",
+               nth=3)  # fmt: skip
+    now = there()
+    assert "config.json" not in now or now in (models[1][1], models[2][1]), "a mixed model"
+    capsys.readouterr()
+    rc, err = _run_cli(capsys, models[2][0], out, *shards)
+    assert rc == 1 and "already exists; pass --overwrite" in err
+    assert there() == models[1][1]
+    assert [o.name for o in storage.list_objects(f"{gcs_bucket}/models")] == [
+        f"rm/{n}" for n in sorted(models[1][1])
+    ]

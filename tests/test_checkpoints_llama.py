@@ -88,7 +88,7 @@ def test_presets_config_loads_in_transformers(preset):
 def _expected(kernel: np.ndarray, transform: str, heads: int) -> np.ndarray:
     """The facts' formulas, written plainly: transpose; rotary = view rows as
     (H, D/2, 2, in), swap the middle axes, reshape back."""
-    if transform == llama.NONE:
+    if transform == llama.COPY:
         return kernel
     w = kernel.T
     if transform in (llama.ROTARY_Q, llama.ROTARY_K):
@@ -103,7 +103,7 @@ def _expected(kernel: np.ndarray, transform: str, heads: int) -> np.ndarray:
         (llama.TRANSPOSE, (300, 517), 0),  # not multiples of the tile
         (llama.ROTARY_Q, (130, 8 * 40), 8),
         (llama.ROTARY_K, (130, 2 * 40), 2),
-        (llama.NONE, (77, 33), 0),
+        (llama.COPY, (77, 33), 0),
     ],
 )
 @pytest.mark.parametrize("src_dtype, out_dtype", [("bfloat16", None), ("float32", "bfloat16")])
@@ -116,7 +116,7 @@ def test_writer_tiles_and_permutes(
         ml_dtypes.bfloat16 if src_dtype == "bfloat16" else np.float32
     )
     info = TensorInfo(("t",), src_dtype, shape, ((0, src_np.nbytes),), 0)
-    out_shape = shape if transform == llama.NONE else shape[::-1]
+    out_shape = shape if transform == llama.COPY else shape[::-1]
     plan = llama.TensorPlan(info, "t.weight", transform, out_shape, heads)
     dst_dt = (
         np.dtype(ml_dtypes.bfloat16)

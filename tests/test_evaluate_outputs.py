@@ -118,3 +118,27 @@ def test_model_without_tokenizer_config_names_the_file(model_dir, sample, tmp_pa
         _go(bare, sample, tmp_path / "m.json")
     assert str(e.value).startswith(f"{bare}: no tokenizer_config.json")
     assert "eos_token" not in str(e.value)
+
+
+def test_a_gcs_model_without_config_is_refused_as_incomplete(
+    model_dir, sample, gcs_bucket, tmp_path, capsys
+):
+    """What an interrupted publish leaves (the weights, no config.json, which comes last)
+    is refused before anything is downloaded, naming what is missing."""
+    from rmeval import storage
+
+    model = f"{gcs_bucket}/models/m"
+    for p in model_dir.iterdir():
+        if p.name != "config.json":
+            storage.upload_file(p, f"{model}/{p.name}")
+    out = tmp_path / "metrics.json"
+    rc = cli.main(
+        ["evaluate", model, "--dataset", str(sample), "--out", str(out), "--device", "cpu"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert err[0] == (
+        f"rmeval: error: cannot fetch the model: {model}: incomplete: no config.json "
+        "(an interrupted publish); publish it again"
+    )
+    assert not out.exists()

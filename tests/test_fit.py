@@ -373,3 +373,28 @@ def test_cli_says_underdetermined_instead_of_r2(tmp_path, capsys):
     assert "at least 7 runs" in printed
     assert f"{r2:.4f}" not in printed and f"{r2:.4g}" not in printed
     assert "mean baseline" in printed
+
+
+def test_kill_9_while_replacing_a_gcs_fit_keeps_the_old_one(tmp_path, gcs_bucket):
+    """fit --overwrite to gs://, killed while uploading: the old fit stays whole (the new
+    one is staged beside it, not written over it)."""
+    from rmeval import cli, storage
+    from tests.kill_at import run_killed
+
+    out = f"{gcs_bucket}/fits/linear"
+    csvs = [write_table(synthetic_table(seed=s), tmp_path / f"runs{s}.csv") for s in (1, 2)]
+
+    def there() -> dict[str, bytes]:
+        return {o.name: storage.read_bytes(o.uri) for o in storage.list_objects_if_any(out)}
+
+    assert cli.main(["fit", str(csvs[0]), "--out", out]) == 0
+    before = there()
+    run_killed("http", r"^POST /upload/", "rmeval", "fit", str(csvs[1]), "--out", out,
+               "--overwrite", nth=2)  # fmt: skip
+    assert there() == before
+    assert cli.main(["fit", str(csvs[1]), "--out", out, "--overwrite"]) == 0
+    after = there()
+    assert sorted(after) == sorted(before) and after != before
+    assert [o.name.split("/")[0] for o in storage.list_objects(f"{gcs_bucket}/fits")] == [
+        "linear"
+    ] * len(after)

@@ -330,3 +330,24 @@ def test_kill_9_leaves_temp_dirs_that_the_next_run_removes(material, tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert list(tmpdir.iterdir()) == []
     assert "left by an interrupted run" in rerun.stderr
+
+
+@pytest.mark.slow  # a run-one killed as it keeps the model, in its own interpreter
+def test_kill_9_while_replacing_a_kept_model_keeps_the_old_one(material, tmp_path):
+    """--keep-model with --force onto a kept model, killed as the new model moves in: the
+    old one stays whole (the old run-one deleted it first); a rerun replaces it cleanly."""
+    from tests.kill_at import run_killed
+
+    keep, store = tmp_path / "keep", str(tmp_path / "store")
+    assert _go(material, store, keep_model=str(keep)).status == "ok"
+    before = {p.relative_to(keep): p.read_bytes() for p in keep.rglob("*") if p.is_file()}
+    run_killed(
+        "rename", r"/\.?keep\.partial-",  # the new model moving next to the old one
+        "rmeval", "run-one", material.checkpoints[0], "--store", store, "--prefix", "t",
+        "--tokenizer", material.tokenizer, "--dataset", material.dataset,
+        "--num-heads", str(HEADS), "--keep-model", str(keep), "--force",
+        "--work-dir", str(tmp_path / "w"),
+    )  # fmt: skip
+    assert {p.relative_to(keep): p.read_bytes() for p in keep.rglob("*") if p.is_file()} == before
+    assert _go(material, store, keep_model=str(keep), force=True).status == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "store", "w"]

@@ -8,25 +8,23 @@ with ``os.pwrite`` at its precomputed offset in its shard. Peak memory is about 
 tensor plus a few tile buffers. Every block is checked for NaN/Inf right where it is
 written, still in cache: a broken checkpoint fails naming the tensor, with no second pass.
 
-The output is built in ``OUT.partial-<owner>-<pid>-<id>`` (for gs:// outputs: a local
-temporary directory, uploaded under ``OUT.partial-…/`` and copied into OUT with config.json
-last) and moved into place only when complete and, with ``verify=True``, verified. Nothing
-is left at OUT on failure; what a ``kill -9`` leaves is removed by the next conversion to
-OUT once its process is gone (:mod:`rmeval.procutil`). This module never imports jax or
-flax; verification lives in :mod:`rmeval.checkpoints.reference`.
+The output is built by :func:`rmeval.storage.staged_dir` (in ``OUT.partial-<owner>-<pid>-<id>``;
+for gs:// outputs a local temporary directory, uploaded under ``OUT.partial-…/`` and copied
+into OUT with config.json last) and swapped in only when complete and, with
+``verify=True``, verified: an existing OUT survives any failure, and what a ``kill -9``
+leaves is repaired by the next conversion to OUT. This module never imports jax or flax;
+verification lives in :mod:`rmeval.checkpoints.reference`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import math
 import os
 import re
 import resource
-import shutil
 import sys
 import tempfile
 import threading
@@ -42,7 +40,6 @@ from rmeval import naming, storage
 from rmeval.checkpoints import llama
 from rmeval.checkpoints.easylm import CheckpointReader, numpy_dtype
 from rmeval.errors import CheckpointError, ConvertError, UsageError
-from rmeval.procutil import is_stale, owned_name, owned_tempdir, remove_stale
 
 if TYPE_CHECKING:
     from rmeval.checkpoints.reference import VerifyResult
@@ -57,9 +54,6 @@ PREFETCH_BYTES = 256 * 1024 * 1024  # the read-ahead buffer (tensors above it ar
 COPY_BYTES = 4 * 1024 * 1024  # buffer of tensors copied as stored (local sources)
 SINGLE_SHARD = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-CONFIG_NAME = "config.json"
-PARTIAL = ".partial-"  # OUT.partial-<owner>-<pid>-<id>: a build in progress
-GCS_PARTIAL_STALE_S = 24 * 3600  # a gs:// staging prefix idle this long is abandoned
 
 
 @dataclass
@@ -173,21 +167,6 @@ def _pwrite_all(fd: int, data: memoryview | np.ndarray | bytes, offset: int) -> 
         done += os.pwrite(fd, data[done : done + (1 << 30)], offset + done)
 
 
-def _row_segments(p: llama.TensorPlan) -> list[tuple[int, int, int, int]]:
-    """``(dst_row, src_col, count, step)`` runs: dst row dst_row+j is source column
-    src_col + j*step. Rotary: each half of each head is a stride-2 run of the source."""
-    rows = p.out_shape[0]
-    if p.transform in (llama.ROTARY_Q, llama.ROTARY_K):
-        head_dim = rows // p.heads
-        half = head_dim // 2
-        return [
-            (h * head_dim + a * half, h * head_dim + a, half, 2)
-            for h in range(p.heads)
-            for a in range(2)
-        ]
-    return [(0, 0, rows, 1)]
-
-
 def _same_width_uint(dt: np.dtype) -> np.dtype:
     return np.dtype(f"u{dt.itemsize}")
 
@@ -264,7 +243,7 @@ class _Writer:
         if same:  # move raw bits: integer copies are faster than ml_dtypes' bf16 loops
             src_dt = dst_dt = _same_width_uint(dst_dt)
         src = src_bytes.view(src_dt)
-        if p.transform == llama.NONE:
+        if not p.transform.transposes:
             if same:
                 _write_checked(fd, placed, src_bytes, placed.offset)
                 return
@@ -287,7 +266,7 @@ class _Writer:
         row_bytes = n_in * dst_dt.itemsize
         rows_per_block = max(TILE, (BLOCK_BYTES // row_bytes) // TILE * TILE)
         jobs = []
-        for dst0, col0, count, step in _row_segments(p):
+        for dst0, col0, count, step in p.row_segments():
             for r in range(0, count, rows_per_block):
                 n = min(rows_per_block, count - r)
                 jobs.append(
@@ -335,102 +314,18 @@ def _copy_plain(reader: CheckpointReader, placed: _Placed, fd: int, buf: np.ndar
         _write_checked(fd, placed, view, placed.offset + start)
 
 
-# --------------------------------------------------------------------------- output dirs
+# --------------------------------------------------------------------------- output dir
 
 
 def _check_out_free(out: str, overwrite: bool, notes: list[str]) -> None:
-    """Refuse an existing OUT unless ``overwrite``. A gs:// OUT without config.json (which
-    is copied into place last) is what an interrupted publish left: it is replaced."""
-    if storage.is_gcs(out):
-        if next(iter(storage.list_objects_if_any(out)), None) is None:
-            return
-        if not storage.exists(storage.join(out, CONFIG_NAME)):
-            notes.append(f"replacing {out}: incomplete (no {CONFIG_NAME}; an interrupted run)")
-            return
-        if not overwrite:
-            raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
-    elif not overwrite and storage.local_path(out).exists():
+    """Refuse an existing OUT unless ``overwrite``, after repairing what an interrupted
+    conversion to OUT left (:func:`rmeval.storage.dir_state`). A gs:// OUT without
+    config.json (copied into place last) is what an interrupted publish left: replaced."""
+    state = storage.dir_state(out, marker=llama.CONFIG_FILE, notes=notes)
+    if state == storage.INCOMPLETE:
+        notes.append(f"replacing {out}: incomplete (no {llama.CONFIG_FILE}; an interrupted run)")
+    elif state == storage.COMPLETE and not overwrite:
         raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
-
-
-def _local_build_dir(out_path: Path, notes: list[str]) -> Path:
-    """``OUT.partial-<owner>-<pid>-<id>`` next to OUT, after removing the partials of OUT
-    whose process is gone (a kill -9 leaves them; nothing else could)."""
-    prefix = f"{out_path.name}{PARTIAL}"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale(out_path.parent, prefix):
-        notes.append(f"removed {stale}, left by an interrupted run")
-    for other in out_path.parent.glob(glob.escape(prefix) + "*"):
-        notes.append(f"{other}: another run's partial build (still running, or of another host)")
-    build = out_path.with_name(owned_name(prefix))
-    build.mkdir()
-    return build
-
-
-def _publish_local(build: Path, out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
-    old = None
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{storage.unique_suffix()}")
-        os.rename(out, old)
-    try:
-        os.rename(build, out)
-    except OSError as exc:
-        if old is not None:
-            os.rename(old, out)
-        raise storage.write_error(
-            exc, out, "move the finished build into place", ConvertError
-        ) from None
-    if old is not None and old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old is not None:
-        old.unlink()
-
-
-def _publish_gcs(build: Path, out: str, notes: list[str]) -> None:
-    """Upload under a staging prefix ``OUT.partial-<owner>-<pid>-<id>/``, then copy into
-    OUT inside the bucket with config.json last, and drop files of a replaced model. A
-    kill during the upload leaves OUT as it was; during the copies, OUT without
-    config.json, which the next run replaces. Staging prefixes of dead processes of this
-    host are removed first."""
-    prefix = storage.basename(out) + PARTIAL
-    for stale in _stale_gcs_partials(storage.parent(out), prefix):
-        notes.append(f"removed {stale}, left by an interrupted run")
-    staging = storage.join(storage.parent(out), owned_name(prefix))
-    try:
-        storage.upload_tree(build, staging, overwrite=True, last=())
-        new = sorted(
-            (p.relative_to(build).as_posix() for p in build.rglob("*") if p.is_file()),
-            key=lambda name: (name == CONFIG_NAME, name),
-        )
-        old = {o.name for o in storage.list_objects_if_any(out)}
-        for name in old - set(new):  # a replaced model's files, before config.json lands
-            storage.delete(storage.join(out, name))
-        for name in new:
-            storage.copy_object(storage.join(staging, name), storage.join(out, name))
-    finally:
-        storage.delete_prefix(staging)
-
-
-def _stale_gcs_partials(parent: str, prefix: str) -> list[str]:
-    """Remove the staging prefixes of OUT that no live upload owns: made by a dead process
-    of this host, or (another host's: a preempted task retried elsewhere) untouched for
-    :data:`GCS_PARTIAL_STALE_S`."""
-    newest: dict[str, float] = {}
-    for o in storage.list_objects(storage.join(parent, prefix), name_prefix=True):
-        head = o.name.split("/", 1)[0]
-        t = o.updated.timestamp() if o.updated else 0.0
-        newest[head] = max(newest.get(head, 0.0), t)
-    now = time.time()
-    stale = sorted(
-        storage.join(parent, head)
-        for head, t in newest.items()
-        if head.startswith(prefix) and (is_stale(head, prefix) or now - t > GCS_PARTIAL_STALE_S)
-    )
-    for uri in stale:
-        storage.delete_prefix(uri)
-    return stale
 
 
 # --------------------------------------------------------------------------- convert
@@ -476,14 +371,8 @@ def convert(
         if not dtype and len(stored) > 1:
             notes.append(f"mixed stored dtypes {sorted(stored)}; writing float32")
 
-        with contextlib.ExitStack() as stack:
+        with storage.staged_dir(out, marker=llama.CONFIG_FILE, overwrite=overwrite) as build:
             try:
-                if storage.is_gcs(out):
-                    build = stack.enter_context(owned_tempdir("rmeval-convert-")) / "model"
-                    build.mkdir()
-                else:
-                    build = _local_build_dir(storage.local_path(out), notes)
-                    stack.callback(shutil.rmtree, build, ignore_errors=True)
                 result = _build(
                     reader, plans, spec, out_dtype, max_shard, build, tokenizer, progress
                 )
@@ -498,10 +387,6 @@ def convert(
                 from rmeval.checkpoints.reference import verify as run_verify
 
                 result.verify = run_verify(src, str(build), raise_on_fail=True)
-            if storage.is_gcs(out):
-                _publish_gcs(build, out, result.notes)
-            else:
-                _publish_local(build, storage.local_path(out), overwrite)
     result.seconds = time.perf_counter() - t0
     result.peak_rss_bytes = peak_rss_bytes()
     for n in result.notes:
@@ -522,7 +407,7 @@ def _build(
     """Write the model (shards, index, tokenizer, config.json) into ``build``."""
     notes: list[str] = []
     written = _write_model(reader, plans, out_dtype, max_shard, build, progress)
-    pad_id = bos = eos = None
+    pad_id = None
     if tokenizer:
         from rmeval.tokenizer import prepare_tokenizer
 
@@ -542,9 +427,9 @@ def _build(
             "no --tokenizer: model only; pass --tokenizer to save one with the chat "
             "template and pad token"
         )
-    config = llama.hf_config(spec, out_dtype, pad_id, bos, eos)
-    (build / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    written += (build / CONFIG_NAME).stat().st_size
+    config = llama.hf_config(spec, out_dtype, pad_id)
+    (build / llama.CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    written += (build / llama.CONFIG_FILE).stat().st_size
     return ConvertResult(
         out=str(build),
         kind=spec.kind,
@@ -567,7 +452,7 @@ def _allocate(fd: int, size: int) -> None:
 
 
 def _is_plain_copy(t: _Placed) -> bool:
-    return t.plan.transform == llama.NONE and t.plan.src.np_dtype == t.out_dtype
+    return not t.plan.transform.transposes and t.plan.src.np_dtype == t.out_dtype
 
 
 def _prefetched(reader: CheckpointReader, placed: list[_Placed]):

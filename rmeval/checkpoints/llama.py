@@ -1,12 +1,14 @@
 """EasyLM LLaMA parameter tree -> Hugging Face Llama: name table, transforms, config.
 
 The mapping is declarative (:data:`GLOBAL_TENSORS`, :data:`LAYER_TENSORS`,
-:data:`HEAD_TENSORS`): EasyLM key, HF key, transform. Transforms:
+:data:`HEAD_TENSORS`): EasyLM key, HF key, transform. A transform is one small object that
+knows its output shape and, for the converter's tiled writer, the runs of source columns
+that become its output rows (:class:`Transform`, :class:`Transpose`, :class:`Rotary`):
 
-- ``none``: copy;
-- ``transpose``: flax Dense kernels are (in, out), torch Linear weights are (out, in);
-- ``rotary_q`` / ``rotary_k``: transpose, then reorder the output rows of each head from
-  EasyLM's adjacent-pair rotary layout to HF's half-split layout (rows viewed as
+- :data:`COPY`: the tensor as stored (embedding, norms);
+- :data:`TRANSPOSE`: flax Dense kernels are (in, out), torch Linear weights are (out, in);
+- :data:`ROTARY_Q` / :data:`ROTARY_K`: transpose, then reorder the output rows of each
+  head from EasyLM's adjacent-pair rotary layout to HF's half-split layout (rows viewed as
   (heads, head_dim/2, 2) -> (heads, 2, head_dim/2)), with n_heads for q, n_kv_heads for k.
 
 :func:`plan` checks the checkpoint against the configuration (missing tensors, unexpected
@@ -16,7 +18,8 @@ tensors, contradicting shapes) before anything is written.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from rmeval.checkpoints.easylm import _FLOAT_DTYPES, CheckpointIndex, TensorInfo
 from rmeval.errors import CheckpointError, UsageError
@@ -71,11 +74,68 @@ PRESETS: dict[str, LlamaSpec] = {
 }
 LLAMA3_BOS, LLAMA3_EOS = 128000, 128001
 
-NONE, TRANSPOSE, ROTARY_Q, ROTARY_K = "none", "transpose", "rotary_q", "rotary_k"
+# (dst_row, src_col, count, step): output rows dst_row + j are source columns src_col + j*step
+Segment = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How a stored tensor becomes its HF tensor. This base copies it as stored."""
+
+    name: str = "copy"
+    transposes: ClassVar[bool] = False  # False: written as stored (cast at most)
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def heads(self, spec: LlamaSpec) -> int:
+        """The attention heads whose rows it reorders (0: none)."""
+        return 0
+
+
+@dataclass(frozen=True)
+class Transpose(Transform):
+    """A flax Dense kernel (in, out) as a torch Linear weight (out, in)."""
+
+    name: str = "transpose"
+    transposes: ClassVar[bool] = True
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(reversed(shape))
+
+    def row_segments(self, rows: int, heads: int) -> list[Segment]:
+        """The output rows, each a column of the kernel: one run of all of them."""
+        return [(0, 0, rows, 1)]
+
+
+@dataclass(frozen=True)
+class Rotary(Transpose):
+    """Transpose, then each head's rows from adjacent pairs (EasyLM) to halves (HF): the
+    first half of a head is its even source columns, the second half its odd ones."""
+
+    name: str = "rotary"
+    heads_of: str = "num_attention_heads"  # the LlamaSpec field that counts its heads
+
+    def heads(self, spec: LlamaSpec) -> int:
+        return getattr(spec, self.heads_of)
+
+    def row_segments(self, rows: int, heads: int) -> list[Segment]:
+        head_dim = rows // heads
+        half = head_dim // 2
+        return [
+            (h * head_dim + a * half, h * head_dim + a, half, 2)
+            for h in range(heads)
+            for a in range(2)
+        ]
+
+
+COPY, TRANSPOSE = Transform(), Transpose()
+ROTARY_Q = Rotary("rotary_q", "num_attention_heads")
+ROTARY_K = Rotary("rotary_k", "num_key_value_heads")
 
 GLOBAL_TENSORS = [
-    ("transformer/wte/embedding", "model.embed_tokens.weight", NONE),
-    ("transformer/ln_f/kernel", "model.norm.weight", NONE),
+    ("transformer/wte/embedding", "model.embed_tokens.weight", COPY),
+    ("transformer/ln_f/kernel", "model.norm.weight", COPY),
 ]
 LAYER_TENSORS = [
     ("attention/wq/kernel", "self_attn.q_proj.weight", ROTARY_Q),
@@ -85,14 +145,15 @@ LAYER_TENSORS = [
     ("feed_forward/w1/kernel", "mlp.gate_proj.weight", TRANSPOSE),
     ("feed_forward/w2/kernel", "mlp.down_proj.weight", TRANSPOSE),
     ("feed_forward/w3/kernel", "mlp.up_proj.weight", TRANSPOSE),
-    ("attention_norm/kernel", "input_layernorm.weight", NONE),
-    ("ffn_norm/kernel", "post_attention_layernorm.weight", NONE),
+    ("attention_norm/kernel", "input_layernorm.weight", COPY),
+    ("ffn_norm/kernel", "post_attention_layernorm.weight", COPY),
 ]
 HEAD_TENSORS = {
     "reward": ("score/kernel", "score.weight", TRANSPOSE),
     "causal": ("lm_head/kernel", "lm_head.weight", TRANSPOSE),
 }
 ARCHITECTURES = {"reward": "LlamaForSequenceClassification", "causal": "LlamaForCausalLM"}
+CONFIG_FILE = "config.json"  # hf_config's file: written last, a model folder's completion marker
 _LAYER_RE = re.compile(r"^transformer/h/(\d+)/")
 
 
@@ -102,16 +163,14 @@ class TensorPlan:
 
     src: TensorInfo
     hf_name: str
-    transform: str
+    transform: Transform
     out_shape: tuple[int, ...]
-    heads: int = 0  # for rotary_q / rotary_k
+    heads: int = 0  # the heads a rotary transform reorders
 
-
-@dataclass
-class ModelPlan:
-    spec: LlamaSpec
-    tensors: list[TensorPlan]
-    notes: list[str] = field(default_factory=list)
+    def row_segments(self) -> list[Segment]:
+        """The transposing writer's runs (see :class:`Transpose`)."""
+        assert isinstance(self.transform, Transpose), self.transform
+        return self.transform.row_segments(self.out_shape[0], self.heads)
 
 
 def easylm_shapes(spec: LlamaSpec) -> dict[str, tuple[int, ...]]:
@@ -343,24 +402,13 @@ def plan(index: CheckpointIndex, spec: LlamaSpec) -> list[TensorPlan]:
             (f"transformer/h/{i}/{s}", f"model.layers.{i}.{h}", t) for s, h, t in LAYER_TENSORS
         ]
     table.append(HEAD_TENSORS[spec.kind])
-    out = []
-    for src, hf, transform in table:
-        info = index.tensors[src]
-        shape = info.shape if transform == NONE else tuple(reversed(info.shape))
-        heads = {ROTARY_Q: spec.num_attention_heads, ROTARY_K: spec.num_key_value_heads}.get(
-            transform, 0
-        )
-        out.append(TensorPlan(info, hf, transform, shape, heads))
-    return out
+    return [
+        TensorPlan(index.tensors[src], hf, t, t.out_shape(index.tensors[src].shape), t.heads(spec))
+        for src, hf, t in table
+    ]
 
 
-def hf_config(
-    spec: LlamaSpec,
-    torch_dtype: str,
-    pad_token_id: int | None = None,
-    bos_token_id: int | None = None,
-    eos_token_id: int | list[int] | None = None,
-) -> dict:
+def hf_config(spec: LlamaSpec, torch_dtype: str, pad_token_id: int | None = None) -> dict:
     """config.json for transformers. Writes the rope settings both as ``rope_parameters``
     (transformers >= 5) and as ``rope_theta``/``rope_scaling`` (transformers 4.x)."""
     if pad_token_id is None:
@@ -390,8 +438,8 @@ def hf_config(
         "initializer_range": 0.02,
         "use_cache": True,
         "pretraining_tp": 1,
-        "bos_token_id": spec.bos_token_id if bos_token_id is None else bos_token_id,
-        "eos_token_id": spec.eos_token_id if eos_token_id is None else eos_token_id,
+        "bos_token_id": spec.bos_token_id,
+        "eos_token_id": spec.eos_token_id,
         "pad_token_id": pad_token_id,
         "torch_dtype": torch_dtype,
         "dtype": torch_dtype,

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rmeval import storage
-from rmeval.checkpoints import easylm
+from rmeval.checkpoints import easylm, llama
 from rmeval.errors import CheckpointError, VerifyError
 
 log = logging.getLogger(__name__)
@@ -198,20 +198,18 @@ def verify(
 
     ``hf_dir`` may be gs:// (downloaded to a temporary directory first). Raises
     :class:`VerifyError` above tolerance when ``raise_on_fail``."""
-    from rmeval.procutil import owned_tempdir
-
     checkpoint, hf_dir = os.fspath(checkpoint), os.fspath(hf_dir)
-    with owned_tempdir("rmeval-verify-") as tmp:
+    with storage.owned_tempdir("rmeval-verify-") as tmp:
         local = hf_dir
         if storage.is_gcs(hf_dir):
-            local = str(storage.download_tree(hf_dir, tmp))
-        cfg_path = os.path.join(local, "config.json")
+            local = str(storage.download_tree(hf_dir, tmp, marker=llama.CONFIG_FILE))
+        cfg_path = os.path.join(local, llama.CONFIG_FILE)
         try:
             with open(cfg_path) as f:
                 config = json.load(f)
         except FileNotFoundError:
             raise VerifyError(
-                f"{hf_dir}: no config.json; not a converted model directory"
+                f"{hf_dir}: no {llama.CONFIG_FILE}; not a converted model directory"
             ) from None
         params = easylm.load_params(checkpoint)
         _check_finite(checkpoint, params)

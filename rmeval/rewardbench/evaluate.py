@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rmeval import storage
+from rmeval.checkpoints.llama import CONFIG_FILE
 from rmeval.errors import CheckpointError, EvalError, StoreError, UsageError
-from rmeval.procutil import owned_tempdir
 from rmeval.rewardbench import formats, scoring
 from rmeval.rewardbench.data import Pair, load_pairs
 from rmeval.tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, declared_class, load_tokenizer
@@ -129,9 +129,9 @@ def resolve_dtype(dtype: str, device: str):
 
 def _local_model_dir(model_dir: str, stack: contextlib.ExitStack) -> Path:
     if storage.is_gcs(model_dir):
-        work = stack.enter_context(owned_tempdir("rmeval-model-"))
+        work = stack.enter_context(storage.owned_tempdir("rmeval-model-"))
         try:
-            return storage.download_tree(model_dir, work / "model")
+            return storage.download_tree(model_dir, work / "model", marker=CONFIG_FILE)
         except StoreError as exc:
             raise EvalError(f"cannot fetch the model: {exc}") from None
     path = storage.local_path(model_dir)
@@ -140,8 +140,8 @@ def _local_model_dir(model_dir: str, stack: contextlib.ExitStack) -> Path:
             f"{model_dir}: no such model directory; pass a Hugging Face model directory "
             "(config.json, weights, tokenizer), e.g. the converter's output"
         )
-    if not (path / "config.json").is_file():
-        raise EvalError(f"{model_dir}: no config.json; not a Hugging Face model directory")
+    if not (path / CONFIG_FILE).is_file():
+        raise EvalError(f"{model_dir}: no {CONFIG_FILE}; not a Hugging Face model directory")
     return path
 
 
@@ -158,7 +158,7 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
         config = AutoConfig.from_pretrained(model_dir)
     except Exception as exc:
         raise EvalError(
-            f"{model_dir}/config.json: cannot read the model config: {_first(exc)}"
+            f"{model_dir}/{CONFIG_FILE}: cannot read the model config: {_first(exc)}"
         ) from None
     if config.num_labels != 1:
         raise EvalError(
@@ -391,12 +391,15 @@ def score_batches(
 
 
 def _check_outputs(out: str | None, save_scores: str | None, overwrite: bool) -> bool:
-    """Before any scoring: refuse outputs that exist (unless ``overwrite``) and probe that
-    both can be written. The scores and the metrics are one unit whose metrics file is
-    written last, so scores without their metrics are what an interrupted run left: they
-    are replaced, not refused. Returns whether the scores file may be replaced."""
+    """Before any scoring: repair what an interrupted write of the outputs left, refuse
+    outputs that exist (unless ``overwrite``) and probe that both can be written. The
+    scores and the metrics are one unit (:func:`rmeval.storage.write_together`) whose
+    metrics file is written last, so scores without their metrics are what an interrupted
+    run left: they are replaced, not refused. Returns whether the scores file may be
+    replaced."""
     if out == save_scores and out:
         raise UsageError(f"--out and --save-scores are the same file: {out}")
+    storage.recover_together([uri for uri in (save_scores, out) if uri])  # a killed write
     if out and not overwrite and storage.exists(out):
         raise EvalError(f"{out}: metrics file already exists; pass --overwrite to replace it")
     replace_scores = overwrite
