@@ -133,7 +133,7 @@ def test_a_gcs_model_without_config_is_refused_as_incomplete(
             storage.upload_file(p, f"{model}/{p.name}")
     out = tmp_path / "metrics.json"
     rc = cli.main(
-        ["evaluate", model, "--dataset", str(sample), "--out", str(out), "--device", "cpu"]
+        ["evaluate", model, "--eval-data", str(sample), "--output", str(out), "--device", "cpu"]
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1, err

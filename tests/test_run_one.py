@@ -344,7 +344,7 @@ def test_kill_9_while_replacing_a_kept_model_keeps_the_old_one(material, tmp_pat
     run_killed(
         "rename", r"/\.?keep\.partial-",  # the new model moving next to the old one
         "rmeval", "run-one", material.checkpoints[0], "--store", store, "--prefix", "t",
-        "--tokenizer", material.tokenizer, "--dataset", material.dataset,
+        "--tokenizer", material.tokenizer, "--eval-data", material.dataset,
         "--num-heads", str(HEADS), "--keep-model", str(keep), "--force",
         "--work-dir", str(tmp_path / "w"),
     )  # fmt: skip
