@@ -196,12 +196,13 @@ def main() -> int:
         _bulk_insert(server, host, "ljm-dev", [f"{root}/{c}" for c in ckpts + others] + store_objs)
         setup_s = time.perf_counter() - t
         source, store = f"gs://ljm-dev/{root}", "gs://ljm-dev/results"
+        TOKENIZER = "gs://ljm-dev/tokenizers/llama2/tokenizer.model"  # plan checks it is given
 
         # ---- ours, in process: the split
         t0 = time.perf_counter()
         p = plan.plan(source, prefix=prefix, store=store)
         t1 = time.perf_counter()
-        text = plan.render_plan(p, specs.DEFAULT_TEMPLATE).text
+        text = plan.render_plan(p, specs.DEFAULT_TEMPLATE, values={"tokenizer": TOKENIZER}).text
         t2 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             plan.write_spec(text, str(Path(d) / "spec.yml"))
@@ -212,6 +213,7 @@ def main() -> int:
         # ---- ours, end to end: the CLI as a user runs it
         with tempfile.TemporaryDirectory() as d:
             common = ["--source", source, "--store", store, "--prefix", prefix]
+            common += ["--tokenizer", TOKENIZER]
             e2e, stderr = _timed_cli("plan", *common, "--output", str(Path(d) / "spec.yml"))
             summary = [ln for ln in stderr.splitlines() if ln.startswith("found ")]
             # launch plans on the spot and uses the validated spec (one parse, one check)

@@ -106,16 +106,15 @@ def check_local_tasks(tasks, *, environment: bool = True) -> None:
     not published yet (a store, dataset, device or tokenizer that tasks share is checked
     once)."""
     checked = preflight.Checked()
-    for task in tasks:
-        where = f"task {task.name}"
-        ns = preflight.parse_run_one(list(task.argv), where)
-        if ns is None:
-            continue
+    argvs = [(task.name, list(task.argv)) for task in tasks]
+    for name, ns in preflight.parse_tasks(argvs, ""):
         kwargs = preflight.run_options(ns)
         try:
             run = preflight.check_values(ns.checkpoint, ns.store, **kwargs)
+            if not environment:
+                continue
             done = storage.exists(storage.join(ns.store, run, METRICS_FILE))
-            if environment and (ns.force or not done):  # a done run is only skipped
+            if ns.force or not done:  # a done run is only skipped
                 preflight.check_run(ns.checkpoint, ns.store, checked=checked, **kwargs)
         except RmevalError as exc:
-            raise type(exc)(f"{where}: {exc}") from None
+            raise type(exc)(f"task {name}: {exc}") from None

@@ -236,14 +236,60 @@ def check_tasks(tasks: list[tuple[str, list[str]]], where: str) -> None:
     """:func:`check_values` on each ``(name, argv after 'rmeval')`` of a spec whose command
     is run-one (plan: at plan time; launch: before anything starts). Other commands are
     left to themselves."""
-    for name, argv in tasks:
-        ns = parse_run_one(argv, f"{where}: task {name}")
-        if ns is None:
-            continue
+    for name, ns in parse_tasks(tasks, where):
         try:
             check_values(ns.checkpoint, ns.store, **run_options(ns))
         except (UsageError, CheckpointError, naming.NamingError) as exc:
             raise type(exc)(f"{where}: task {name}: {exc}") from None
+
+
+# Per-run values of a planned run-one task: the checkpoint (first positional) and these
+# options' values. The rest of a task's arguments is the same for every run of one plan.
+_PER_RUN_FLAGS = ("--run-name", "--keep-model")
+_MASK = "\0per-run"
+
+
+def parse_tasks(tasks: list[tuple[str, list[str]]], where: str):
+    """``(name, namespace)`` of each run-one task among ``(name, argv after 'rmeval')``.
+    argparse runs once per distinct argument list with the per-run values masked (a plan of
+    10,000 runs has one or two), and each task gets a copy with its own values put back."""
+    import copy
+
+    parsed: dict[tuple[str, ...], Any] = {}
+    for name, argv in tasks:
+        masked, own = _masked(argv)
+        ns = parsed.get(masked) if own is not None else None
+        if ns is None:
+            label = f"{where}: task {name}" if where else f"task {name}"
+            ns = parse_run_one(list(masked if own is not None else argv), label)
+            if ns is None:
+                continue
+            if own is not None:
+                parsed[masked] = ns
+        if own is not None:
+            ns = copy.copy(ns)
+            for dest, value in own.items():
+                setattr(ns, dest, value)
+        yield name, ns
+
+
+def _masked(argv: list[str]) -> tuple[tuple[str, ...], dict[str, str] | None]:
+    """``argv`` with its per-run values replaced by a mask, and those values by dest; None
+    when the list is not ``run-one CHECKPOINT …`` or a value could parse as an option."""
+    from rmeval import options
+
+    if len(argv) < 2 or argv[0] != options.RUN_ONE or argv[1].startswith("-"):
+        return tuple(argv), None
+    words, own = list(argv), {"checkpoint": argv[1]}
+    words[1] = _MASK
+    for i, word in enumerate(words[:-1]):
+        if word in _PER_RUN_FLAGS:
+            value = words[i + 1]
+            if value.startswith("-"):
+                return tuple(argv), None
+            own[word.lstrip("-").replace("-", "_")] = value
+            words[i + 1] = _MASK
+    return tuple(words), own
 
 
 def parse_run_one(argv: list[str], where: str):
