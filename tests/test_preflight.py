@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rmeval import launch, plan, run, storage
-from rmeval.errors import CheckpointError, EvalError, StoreError, UsageError
+from rmeval import launch, plan, preflight, run, storage
+from rmeval.errors import CheckpointError, EvalError, RmevalError, StoreError, UsageError
 from tests.checkpoint_fixtures import make_checkpoint
 from tests.run_fixtures import DIM, HEADS, INTER, KV_HEADS, LAYERS, RUN_DIRS, make_material
 
@@ -318,3 +318,34 @@ def test_launch_spec_file_refuses_planning_options(tmp_path):
     spec.write_text("version: v2\n")
     proc = _cli("launch", str(spec), "--tokenizer", "t.model")
     assert proc.returncode == 2 and "only with --source" in _one_error_line(proc)
+
+
+def test_parse_tasks_gives_each_task_its_own_per_run_values():
+    """Tasks that differ only in their per-run values are parsed once, but every task keeps
+    its own checkpoint, run name and kept-model path (and a bad one is named as its own)."""
+    common = ["--store", "s", "--tokenizer", "t.model", "--scoring", "run_rm"]
+    tasks = [
+        (
+            f"t{i}",
+            [
+                "run-one",
+                f"gs://b/r{i}--x/streaming_params_{i}",
+                *common,
+                "--run-name",
+                f"run{i}",
+                "--keep-model",
+                f"/keep/run{i}",
+            ],
+        )
+        for i in range(3)
+    ]
+    tasks.append(("other", ["run-one", "gs://b/o--y/streaming_params", *common, "--force"]))
+    got = {name: ns for name, ns in preflight.parse_tasks(tasks, "spec")}
+    assert [got[f"t{i}"].checkpoint for i in range(3)] == [t[1][1] for t in tasks[:3]]
+    assert [got[f"t{i}"].run_name for i in range(3)] == ["run0", "run1", "run2"]
+    assert [got[f"t{i}"].keep_model for i in range(3)] == ["/keep/run0", "/keep/run1", "/keep/run2"]
+    assert all(got[n].scoring == "run_rm" and not got[n].force for n in ("t0", "t1", "t2"))
+    assert got["other"].force and got["other"].run_name is None
+    bad = [*tasks[:2], ("t9", ["run-one", "gs://b/r9--x/streaming_train_state_9", *common])]
+    with pytest.raises(RmevalError, match=r"spec: task t9: gs://b/r9--x/streaming_train_state_9"):
+        preflight.check_tasks(bad, "spec")
