@@ -121,7 +121,7 @@ def run_one(
 
     ``run_name`` overrides the name derived from the checkpoint (plan gives one when two
     run directories would otherwise share a name; see :func:`rmeval.naming.run_names`)."""
-    opts = {
+    opts: dict[str, Any] = {  # the options check_values and check_run take by keyword
         "prefix": prefix,
         "run_name": run_name,
         "tokenizer": tokenizer,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from rmeval.errors import AlreadyExistsError, StoreError
 from rmeval.procutil import is_stale, owned_name, remove_stale
@@ -171,7 +171,8 @@ def parent(uri: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- GCS client
 
 _client_lock = threading.Lock()
-_clients: dict[tuple[str | None, str | None], object] = {}
+# one client per (emulator, project, service-account email): google.cloud.storage.Client
+_clients: dict[tuple[str | None, str | None, str | None], Any] = {}
 
 
 def _retry():
@@ -190,7 +191,12 @@ def gcs_client(uri: str = "gs://"):
     """The shared google-cloud-storage client: the emulator named by
     ``STORAGE_EMULATOR_HOST`` with anonymous credentials; else the in-memory key of
     ``GOOGLE_SERVICE_ACCOUNT`` (:func:`rmeval.credentials.google_credentials`, never a
-    file); else Application Default Credentials."""
+    file); else Application Default Credentials.
+
+    This is the credential bridge, for every command and every process alike: the first
+    GCS client a process asks for checks ``GOOGLE_SERVICE_ACCOUNT`` (a malformed value is a
+    one-line :class:`~rmeval.errors.CredentialsError` before any GCS request), and a process
+    that never touches gs:// never reads it."""
     from rmeval import credentials
 
     emulator = os.environ.get("STORAGE_EMULATOR_HOST") or None
@@ -316,7 +322,7 @@ def list_objects(
 def _walk_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    paths = []
+    paths: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         paths.extend(Path(dirpath) / f for f in sorted(filenames))
@@ -615,7 +621,7 @@ def open_reader(uri: str | os.PathLike, block_size: int = DEFAULT_BLOCK_SIZE) ->
             raise StoreError(f"{uri}: no such file") from None
         except IsADirectoryError:
             raise StoreError(f"{uri}: is a directory, expected a file") from None
-    return io.BufferedReader(RangeReader(uri), buffer_size=block_size)  # type: ignore[return-value]
+    return io.BufferedReader(RangeReader(uri), buffer_size=block_size)
 
 
 def download_file(uri: str | os.PathLike, dest: str | os.PathLike) -> Path:

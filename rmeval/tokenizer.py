@@ -125,7 +125,7 @@ def _load_sentencepiece(model_file: Path, config: dict | None = None):
     )
     # Spaces become "▁" and, when the model adds a dummy prefix, one "▁" is prepended even
     # if the text already starts with a space (a Metaspace pre-tokenizer would not).
-    steps = [normalizers.Replace(" ", "▁")]
+    steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", "▁")]
     first_piece = sp.EncodeAsPieces("a")[:1]
     if first_piece and first_piece[0].startswith("▁"):
         steps.insert(0, normalizers.Prepend("▁"))

@@ -156,7 +156,7 @@ def _client_class() -> Any:
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code in no_answer:
-                    cause = f"{code.name}: {_one_line(exc.details())}"  # type: ignore[union-attr]
+                    cause = f"{code.name}: {_one_line(exc.details())}"
                     self._deadline.failed(started, self._address, cause)
                 else:
                     self._deadline.answered()

@@ -76,7 +76,7 @@ class LaunchSummary:
             where = f"  (log: {o.log})" if o.log else ""
             detail = f": {o.detail}" if o.detail else ""
             out.append(f"{o.status:<8} {o.name}{detail}{where}")
-        counts = {}
+        counts: dict[str, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         order = ["ok", "created", "skipped", "exists", "planned", "failed"]

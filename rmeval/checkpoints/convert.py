@@ -160,7 +160,7 @@ def _layout(plans: list[llama.TensorPlan], out_dtype: str | None, max_shard: int
 
 def _pwrite_all(fd: int, data: memoryview | np.ndarray | bytes, offset: int) -> None:
     if isinstance(data, np.ndarray):
-        data = data.reshape(-1).view(np.uint8)
+        data = data.reshape(-1).view(np.uint8).data
     data = memoryview(data).cast("B")
     done = 0
     while done < len(data):
