@@ -369,13 +369,6 @@ OPTIONS: tuple[Option, ...] = (
         type=None,
         switch=True,
     ),
-    Option(
-        "result_json",
-        ("--result-json",),
-        "(the local backend's status file)",
-        _cmds(RUN_ONE),
-        hidden=True,
-    ),
 )
 
 BY_DEST: dict[str, Option] = {}

@@ -189,7 +189,7 @@ def plan(
     try:
         objects = list(list_checkpoints(source))
     except StoreError as exc:
-        raise StoreError(f"cannot list checkpoints: {exc}") from None
+        raise StoreError(f"cannot list checkpoints: {exc}") from exc
     parsed_objects = []
     plain: dict[str, str] = {}  # uri -> the name run-one derives by itself
     for obj in objects:

@@ -258,7 +258,7 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
             f"{uri}: permission denied ({exc.code}): {_AUTH_HINT}, and check the bucket's IAM"
         ) from exc
     except gexc.PreconditionFailed as exc:
-        raise AlreadyExistsError(f"{uri}: already exists; pass --overwrite to replace it") from exc
+        raise AlreadyExistsError(uri) from exc
     except aexc.DefaultCredentialsError as exc:
         raise _credentials_error(uri, exc) from None
     except aexc.RefreshError as exc:  # the key was read but Google refused it
@@ -275,9 +275,7 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
     except Exception as exc:  # InvalidResponse from resumable-media, transport errors
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 412 and writing:
-            raise AlreadyExistsError(
-                f"{uri}: already exists; pass --overwrite to replace it"
-            ) from exc
+            raise AlreadyExistsError(uri) from exc
         if status in (401, 403):
             raise StoreError(f"{uri}: permission denied ({status}): {_AUTH_HINT}") from exc
         if status == 404:
@@ -557,9 +555,7 @@ def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     try:
         return read_bytes(uri).decode(encoding)
     except UnicodeDecodeError as exc:
-        raise StoreError(
-            f"{os.fspath(uri)}: not valid {encoding} text (byte {exc.start})"
-        ) from None
+        raise StoreError(f"{os.fspath(uri)}: not valid {encoding} text (byte {exc.start})") from exc
 
 
 class RangeReader(io.RawIOBase):
@@ -683,7 +679,7 @@ def atomic_local_file(path: str | os.PathLike, overwrite: bool = False) -> Itera
         yield tmp
         _commit_local(tmp, path, overwrite)
     except OSError as exc:
-        raise _local_write_error(exc, path, tmp) from None
+        raise _local_write_error(exc, path, tmp) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -695,13 +691,13 @@ def _make_temp(path: Path, overwrite: bool) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise write_error(exc, exc.filename or path.parent, "create the directory") from None
+        raise write_error(exc, exc.filename or path.parent, "create the directory") from exc
     if not overwrite and path.exists():
-        raise AlreadyExistsError(f"{path}: already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _local_write_error(exc, path) from None
+        raise _local_write_error(exc, path) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
@@ -725,14 +721,10 @@ def _commit_local(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # atomic and fails if path exists
     except FileExistsError:
-        raise AlreadyExistsError(
-            f"{path}: already exists; pass --overwrite to replace it"
-        ) from None
+        raise AlreadyExistsError(path) from None
     except OSError:  # filesystem without hard links
         if path.exists():
-            raise AlreadyExistsError(
-                f"{path}: already exists; pass --overwrite to replace it"
-            ) from None
+            raise AlreadyExistsError(path) from None
         os.replace(tmp, path)
 
 
@@ -749,13 +741,13 @@ def open_writer(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[
         with tempfile.NamedTemporaryFile(prefix="rmeval-upload-", delete=False) as f:
             tmp = Path(f.name)
     except OSError as exc:
-        raise write_error(exc, tempfile.gettempdir(), f"stage the upload of {uri}") from None
+        raise write_error(exc, tempfile.gettempdir(), f"stage the upload of {uri}") from exc
     try:
         try:
             with open(tmp, "wb") as f:
                 yield f
         except OSError as exc:
-            raise write_error(exc, tmp.parent, f"stage the upload of {uri}") from None
+            raise write_error(exc, tmp.parent, f"stage the upload of {uri}") from exc
         upload_file(tmp, uri, overwrite=overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -807,12 +799,12 @@ def check_writable(uri: str | os.PathLike) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=where)
     except OSError as exc:
-        raise write_error(exc, uri) from None
+        raise write_error(exc, uri) from exc
     try:
         os.write(fd, b"\0" * 4096)  # a whole block: a full disk refuses it
         os.fsync(fd)
     except OSError as exc:
-        raise write_error(exc, uri) from None
+        raise write_error(exc, uri) from exc
     finally:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -839,7 +831,7 @@ def upload_tree(src_dir: str | os.PathLike, uri: str | os.PathLike, overwrite: b
     uri = os.fspath(uri)
     src_dir = Path(src_dir)
     if not overwrite and next(iter(list_objects_if_any(uri)), None) is not None:
-        raise AlreadyExistsError(f"{uri}: already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(uri)
     files = sorted(p for p in src_dir.rglob("*") if p.is_file())
     for p in files:
         upload_file(p, join(uri, p.relative_to(src_dir).as_posix()), overwrite=overwrite)
@@ -869,7 +861,7 @@ def owned_tempdir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator
     try:
         path = Path(tempfile.mkdtemp(prefix=owned_name(prefix) + "-", dir=where))
     except OSError as exc:
-        raise write_error(exc, where, "create a temporary directory") from None
+        raise write_error(exc, where, "create a temporary directory") from exc
     try:
         yield path
     finally:
@@ -939,9 +931,7 @@ def _rename_dir(src: Path, dst: Path) -> None:
         os.rename(src, dst)
     except OSError as exc:
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-            raise AlreadyExistsError(
-                f"{dst}: already exists; pass --overwrite to replace it"
-            ) from None
+            raise AlreadyExistsError(dst) from exc
         raise
 
 
@@ -979,7 +969,7 @@ def _os_errors_as(where: str | os.PathLike, what: str = "write") -> Iterator[Non
     try:
         yield
     except OSError as exc:
-        raise write_error(exc, where, what) from None
+        raise write_error(exc, where, what) from exc
 
 
 @dataclass(eq=False)  # outputs are told apart by identity
@@ -1217,7 +1207,7 @@ def _prepare(outputs: list[_Output], notes: list[str] | None) -> str:
     _recover(outputs, notes)
     for o in outputs:
         if not o.overwrite and o.taken():
-            raise AlreadyExistsError(f"{o.uri}: already exists; pass --overwrite to replace it")
+            raise AlreadyExistsError(o.uri)
     return owned_name("")
 
 

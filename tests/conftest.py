@@ -8,6 +8,9 @@ import uuid
 
 import pytest
 
+# the fake Beaker service's fixture (`fake_beaker`) for every test module
+pytest_plugins = ["tests.fake_beaker"]
+
 # Never let google-auth probe a metadata server, and never reach a model hub.
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -17,7 +17,6 @@ from rmeval.backends import beaker as beaker_backend
 from rmeval.backends import local
 from rmeval.errors import BackendError, UsageError
 from tests.call_counter import CallCounter
-from tests.fake_beaker import fake_beaker  # noqa: F401
 from tests.run_fixtures import HEADS, make_material
 
 WS = "ai2/rm-evals"
@@ -177,7 +176,7 @@ def _planned_spec(tmp_path: Path) -> tuple[plan.Plan, dict]:
     return p, data
 
 
-def test_beaker_creates_one_experiment_per_run_then_reports_existing(fake_beaker, tmp_path):  # noqa: F811
+def test_beaker_creates_one_experiment_per_run_then_reports_existing(fake_beaker, tmp_path):
     fake_beaker.add_workspace(WS)
     p, spec = _planned_spec(tmp_path)
     summary = launch.launch(spec, backend="beaker", workspace=WS)
@@ -202,7 +201,7 @@ def test_beaker_creates_one_experiment_per_run_then_reports_existing(fake_beaker
     assert len(fake_beaker.created_experiments()) == 3
 
 
-def test_beaker_dry_run_creates_nothing(fake_beaker, tmp_path):  # noqa: F811
+def test_beaker_dry_run_creates_nothing(fake_beaker, tmp_path):
     fake_beaker.add_workspace(WS)
     p, spec = _planned_spec(tmp_path)
     summary = launch.launch(spec, backend="beaker", workspace=WS, dry_run=True)
@@ -211,7 +210,7 @@ def test_beaker_dry_run_creates_nothing(fake_beaker, tmp_path):  # noqa: F811
     assert fake_beaker.created_experiments() == []
 
 
-def test_beaker_workspace_errors(fake_beaker, tmp_path):  # noqa: F811
+def test_beaker_workspace_errors(fake_beaker, tmp_path):
     _, spec = _planned_spec(tmp_path)
     with pytest.raises(UsageError, match="--backend beaker needs --workspace ORG/NAME"):
         launch.launch(spec, backend="beaker", workspace=None)
@@ -219,7 +218,7 @@ def test_beaker_workspace_errors(fake_beaker, tmp_path):  # noqa: F811
         launch.launch(spec, backend="beaker", workspace="ai2/nope")
 
 
-def test_plan_counts_existing_experiments_as_done_by_exact_name(fake_beaker, tmp_path):  # noqa: F811
+def test_plan_counts_existing_experiments_as_done_by_exact_name(fake_beaker, tmp_path):
     fake_beaker.add_workspace(WS)
     fake_beaker.add_experiment(WS, "rm-eval-hs-x")
     fake_beaker.add_experiment(WS, "rm-eval-hs-x_more-older")  # not an exact match
@@ -234,7 +233,7 @@ def test_plan_counts_existing_experiments_as_done_by_exact_name(fake_beaker, tmp
     assert [t["name"] for t in yaml.safe_load(spec.text)["tasks"]] == ["hs-x_more"]
 
 
-def test_cli_launch_beaker(fake_beaker, tmp_path):  # noqa: F811
+def test_cli_launch_beaker(fake_beaker, tmp_path):
     fake_beaker.add_workspace(WS)
     _, spec = _planned_spec(tmp_path)
     spec_file = tmp_path / "spec.yml"

@@ -158,7 +158,7 @@ class _Source:
             try:
                 data = os.pread(self.fd, n, offset)
             except OSError as exc:
-                raise self._read_error(exc, offset) from None
+                raise self._read_error(exc, offset) from exc
         self.bytes_read += len(data)
         return data
 
@@ -176,7 +176,7 @@ class _Source:
                 try:
                     got = os.preadv(self.fd, [out[done:]], offset + done)
                 except OSError as exc:
-                    raise self._read_error(exc, offset + done) from None
+                    raise self._read_error(exc, offset + done) from exc
                 if got <= 0:
                     raise CheckpointError(
                         f"{self.uri}: short read at byte {offset + done}; the file changed "
@@ -527,7 +527,7 @@ class CheckpointReader:
         try:
             self._src = _Source(self.uri)
         except StoreError as exc:
-            raise CheckpointError(str(exc)) from None
+            raise CheckpointError(str(exc)) from exc
         try:
             tensors: dict[str, TensorInfo] = {}
             for info in iter_entries(self._src):
