@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
-# the fake Beaker service's fixture (`fake_beaker`) for every test module
-pytest_plugins = ["tests.fake_beaker"]
+# fixtures for every test module: the fake Beaker service (`fake_beaker`) and the one CLI
+# runner (`rmeval_cli`)
+pytest_plugins = ["tests.fake_beaker", "tests.cli_runner"]
 
 # Never let google-auth probe a metadata server, and never reach a model hub.
 os.environ.setdefault("NO_GCE_CHECK", "true")

@@ -6,19 +6,14 @@ import importlib
 import json
 import logging
 import pkgutil
-import subprocess
-import sys
 
 import pytest
 
 import rmeval
 from rmeval import cli
+from tests.cli_runner import run_rmeval
 
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rmeval", *args], capture_output=True, text=True, timeout=120
-    )
+_run = run_rmeval  # the shared runner (tests/cli_runner.py); tests take the rmeval_cli fixture
 
 
 def _subcommands() -> list[str]:
@@ -27,8 +22,8 @@ def _subcommands() -> list[str]:
     return sorted(sub.choices)
 
 
-def test_help_lists_every_subcommand():
-    proc = _run("--help")
+def test_help_lists_every_subcommand(rmeval_cli):
+    proc = rmeval_cli("--help")
     assert proc.returncode == 0
     for name in _subcommands():
         assert name in proc.stdout
@@ -43,8 +38,8 @@ def test_every_subcommand_has_help(name, capsys):
 
 
 @pytest.mark.parametrize("argv", [[], ["no-such-command"], ["ls"], ["ls", "a", "--bogus"]])
-def test_usage_errors_exit_2(argv):
-    proc = _run(*argv)
+def test_usage_errors_exit_2(rmeval_cli, argv):
+    proc = rmeval_cli(*argv)
     assert proc.returncode == 2
     assert "usage:" in proc.stderr
 
@@ -65,14 +60,14 @@ def _debug_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("DEBUG rmeval")]
 
 
-def test_verbose_flag_turns_on_debug(tmp_path):
+def test_verbose_flag_turns_on_debug(rmeval_cli, tmp_path):
     (tmp_path / "f.txt").write_text("x")
-    proc = _run("-v", "ls", str(tmp_path))
+    proc = rmeval_cli("-v", "ls", str(tmp_path))
     assert proc.returncode == 0
     assert "f.txt" in proc.stdout
     debug = _debug_lines(proc.stderr)
     assert debug and f"rmeval {rmeval.version()} from " in debug[0], proc.stderr
-    quiet = _run("ls", str(tmp_path))  # the same command without -v: no debug line
+    quiet = rmeval_cli("ls", str(tmp_path))  # the same command without -v: no debug line
     assert quiet.returncode == 0 and _debug_lines(quiet.stderr) == []
     assert "DEBUG" not in quiet.stderr
 
@@ -119,12 +114,12 @@ def test_an_existing_output_gets_each_commands_own_hint(tmp_path, capsys):
     assert "--" not in exists_hint(cfg, str(tmp_path / "results" / "t.csv"), config)
 
 
-def test_failures_are_recorded_in_the_status_file(tmp_path):
+def test_failures_are_recorded_in_the_status_file(rmeval_cli, tmp_path):
     """``--result-json`` (every command): ok, or the failure's type and message, the line
     the CLI printed; what the local backend and the plan-runs action read."""
     status_file = tmp_path / "status.json"
     missing = tmp_path / "missing"
-    proc = _run("ls", str(missing), "--result-json", str(status_file))
+    proc = rmeval_cli("ls", str(missing), "--result-json", str(status_file))
     assert proc.returncode == 1
     record = json.loads(status_file.read_text())
     assert record == {
@@ -134,6 +129,6 @@ def test_failures_are_recorded_in_the_status_file(tmp_path):
         "exit_code": 1,
     }
     assert proc.stderr.strip() == f"rmeval: error: {record['message']}"
-    proc = _run("ls", str(tmp_path), "--result-json", str(status_file))
+    proc = rmeval_cli("ls", str(tmp_path), "--result-json", str(status_file))
     assert proc.returncode == 0
     assert json.loads(status_file.read_text()) == {"status": "ok", "exit_code": 0}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -79,6 +80,11 @@ def test_local_pool_reports_ok_skipped_failed_and_keeps_going(tmp_path):
     failed = summary.failed[0]
     assert "no such file or directory" in failed.detail
     assert failed.log == str(logs / "a-fails.log")
+    # the outcome is what the worker's status file says, not a line parsed from its log
+    record = json.loads((logs / "a-fails.result.json").read_text())
+    assert record["status"] == "failed" and record["error_type"] == "StoreError"
+    assert failed.detail == f"exit 1: {record['message']}"
+    assert json.loads((logs / "b-ok.result.json").read_text())["status"] == "ok"
     assert "f.txt" in (logs / "b-ok.log").read_text()
     assert "already done" in (logs / "c-skipped.log").read_text()
     lines = summary.lines()
