@@ -83,11 +83,12 @@ $(REF_RUNRM)/.ok:
 
 ref-envs: $(REF_TF443)/.ok $(REF_RUNRM)/.ok ## build the transformers 4.43 and RewardBench 0.1.4 reference environments
 
-lint: env ## ruff check and ruff format --check (the pinned ruff)
+lint: env ## ruff check, ruff format --check (the pinned ruff) and mypy rmeval
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy rmeval
 
-typecheck: env ## mypy rmeval (not yet part of lint: it is not clean yet)
+typecheck: env ## mypy rmeval alone (also part of lint)
 	$(BIN)/mypy rmeval
 
 format: env ## ruff format, then ruff check --fix

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from rmeval import options
-from rmeval.errors import RmevalError, UsageError
+from rmeval import options, status
+from rmeval.errors import AlreadyExistsError, RmevalError, UsageError
 
 log = logging.getLogger("rmeval")
 
 Handler = Callable[[argparse.Namespace], int]
+
+# What an AlreadyExistsError of the library (which names the path only) ends with: each
+# command's own way to replace the output (`exists_hint` of its parser; pipeline and demo
+# name the config key, see rmeval.pipeline.exists_hint).
+OVERWRITE_HINT = "pass --overwrite to replace it"
+FORCE_HINT = "pass --force to replace it"
 
 
 def _setup_logging(verbose: int) -> None:
@@ -170,7 +177,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
         help="Beaker ORG/NAME: experiments that exist there count as done",
     )
     _add_beaker_timeout(p)
-    p.set_defaults(handler=_run_plan)
+    p.set_defaults(handler=_run_plan, exists_hint=OVERWRITE_HINT)
 
 
 def _run_plan(args: argparse.Namespace) -> int:
@@ -244,7 +251,7 @@ def _add_run_one(sub: argparse._SubParsersAction) -> None:
         "Skips a run whose metrics.json exists unless --force.",
     )
     options.add_arguments(p, options.RUN_ONE)
-    p.set_defaults(handler=_run_run_one)
+    p.set_defaults(handler=_run_run_one, exists_hint=FORCE_HINT)
 
 
 def _run_run_one(args: argparse.Namespace) -> int:
@@ -252,8 +259,7 @@ def _run_run_one(args: argparse.Namespace) -> int:
     from rmeval.preflight import run_options
 
     result = run.run_one(args.checkpoint, args.store, **run_options(args))
-    if args.result_json:
-        run.write_result_json(result, args.result_json)
+    args.result_record = result.record()  # the status file's fields (--result-json)
     _print(f"{result.status} {result.run} {result.result_uri}")
     return 0
 
@@ -270,7 +276,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         "OUT.partial-<id> and renamed at the end; gs:// outputs are uploaded after the build.",
     )
     options.add_arguments(p, options.CONVERT)
-    p.set_defaults(handler=_run_convert)
+    p.set_defaults(handler=_run_convert, exists_hint=OVERWRITE_HINT)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -377,7 +383,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="collect and print the summary; write nothing"
     )
     _add_beaker_timeout(p)
-    p.set_defaults(handler=_run_collect)
+    p.set_defaults(handler=_run_collect, exists_hint=OVERWRITE_HINT)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -461,7 +467,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", nargs="+", default=None, metavar="COLUMN", help="feature columns")
     p.add_argument("--seed", type=int, default=42, help="train/dev split seed (default 42)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.set_defaults(handler=_run_fit)
+    p.set_defaults(handler=_run_fit, exists_hint=OVERWRITE_HINT)
 
 
 def _run_fit(args: argparse.Namespace) -> int:
@@ -503,7 +509,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit", default=None, metavar="DIR", help="output directory of `rmeval fit`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing notebook")
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
-    p.set_defaults(handler=_run_report)
+    p.set_defaults(handler=_run_report, exists_hint=OVERWRITE_HINT)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -533,12 +539,23 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from rmeval.pipeline import load_config, run_pipeline
+    from rmeval.pipeline import load_config
 
-    result = run_pipeline(load_config(args.config))
+    result = _pipeline(load_config(args.config), args.config)
     for line in result.lines():
         _print(line)
     return result.exit_code
+
+
+def _pipeline(cfg: dict, config: str | os.PathLike):
+    """run_pipeline, with an existing output's hint naming the config key that placed it."""
+    from rmeval.pipeline import exists_hint, run_pipeline
+
+    try:
+        return run_pipeline(cfg)
+    except AlreadyExistsError as exc:
+        exc.hint = exc.hint or exists_hint(cfg, exc.path, config)
+        raise
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -558,14 +575,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from rmeval.demo import build
-    from rmeval.pipeline import load_config, run_pipeline
+    from rmeval.pipeline import load_config
 
     if args.runs < 1:
         raise UsageError("--runs must be at least 1")
     lay = build(args.workdir, runs=args.runs, seed=args.seed, results_dir=args.results_dir)
     _print(f"bucket:  {lay.checkpoints} ({len(lay.runs)} checkpoints)")
     _print(f"config:  {lay.config}")
-    result = run_pipeline(load_config(lay.config))
+    result = _pipeline(load_config(lay.config), lay.config)
     for line in result.lines():
         _print(line)
     return result.exit_code
@@ -588,7 +605,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "easylm-trained, tulu or tokenizer), atomically; prints the section scores and Overall.",
     )
     options.add_arguments(p, options.EVALUATE)
-    p.set_defaults(handler=_run_evaluate)
+    p.set_defaults(handler=_run_evaluate, exists_hint=OVERWRITE_HINT)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -624,7 +641,7 @@ def _add_rewardbench_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-subset", type=int, default=10, help="pairs per subset (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    p.set_defaults(handler=_run_rewardbench_sample)
+    p.set_defaults(handler=_run_rewardbench_sample, exists_hint=OVERWRITE_HINT)
 
 
 def _run_rewardbench_sample(args: argparse.Namespace) -> int:
@@ -687,14 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "-v", "--verbose", dest="sub_verbose", action="count", default=0, help="debug logging"
         )
+        # the status file of the process that runs this command for someone (rmeval/status.py)
+        command.add_argument(status.FLAG, dest="result_json", default=None, help=argparse.SUPPRESS)
     return parser
-
-
-# Commands that reach GCS / Beaker from a task or a CI job: for them a GOOGLE_SERVICE_ACCOUNT
-# secret is checked before any work (rmeval/credentials.py; storage uses it in memory, for
-# every command). `plan` lists a gs:// source (the convert-and-eval workflow's plan job runs
-# it with only that secret); `pipeline` plans, launches and collects.
-CREDENTIAL_COMMANDS = frozenset({"plan", "run-one", "launch", "collect", "pipeline"})
 
 
 # Options that name what a command writes: what an OSError without a file name is about.
@@ -711,30 +723,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits 2 on usage errors
     args.verbose += args.sub_verbose
     _setup_logging(args.verbose)
-    try:
-        if args.command in CREDENTIAL_COMMANDS:
-            from rmeval import credentials
+    if args.verbose:  # which code runs: what a bug report needs first
+        from rmeval import version
 
-            credentials.check_google_env()
-        return int(args.handler(args) or 0)
+        log.debug("rmeval %s from %s: %s", version(), os.path.dirname(__file__), args.command)
+    # Google credentials (GOOGLE_SERVICE_ACCOUNT) are checked by the first GCS client a
+    # command asks for (rmeval.storage.gcs_client), whichever the command.
+    try:
+        code = int(args.handler(args) or 0)
+        if args.result_json:
+            record = status.success(code, getattr(args, "result_record", None))
+            status.write(args.result_json, record)
     except RmevalError as exc:
-        print(f"rmeval: error: {exc}", file=sys.stderr, flush=True)
-        if args.verbose:
-            log.debug("traceback", exc_info=True)
-        return exc.exit_code
+        if isinstance(exc, AlreadyExistsError) and exc.hint is None:
+            exc.hint = getattr(args, "exists_hint", None)
+        return _fail(args, exc, str(exc), exc.exit_code)
     except OSError as exc:
         # The last resort for a write no stage translated (read-only or full disk,
         # permissions): still one line that names the path and what the errno means.
         from rmeval.storage import os_error_line
 
-        line = os_error_line(exc, fallback=_output_paths(args))
-        print(f"rmeval: error: {line}", file=sys.stderr, flush=True)
-        if args.verbose:
-            log.debug("traceback", exc_info=True)
-        return 1
-    except KeyboardInterrupt:
+        return _fail(args, exc, os_error_line(exc, fallback=_output_paths(args)), 1)
+    except KeyboardInterrupt as exc:
         print("rmeval: interrupted", file=sys.stderr)
+        status.write_failure(args.result_json, status.failure(exc, "interrupted", 130))
         return 130
+    except Exception as exc:  # a bug: its traceback follows, and the status file says so
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        status.write_failure(args.result_json, status.failure(exc, message, 1))
+        raise
+    return code
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, line: str, code: int) -> int:
+    """One line on stderr (and, with -v, the traceback with its causes: the Google or
+    Beaker error a wrapper kept with ``raise … from``); the failure in the status file."""
+    print(f"rmeval: error: {line}", file=sys.stderr, flush=True)
+    if args.verbose:
+        log.debug("traceback", exc_info=exc)
+    status.write_failure(args.result_json, status.failure(exc, line, code))
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -319,7 +319,7 @@ def load_feature_counts(
     try:
         objs = list(storage.list_objects(directory, match="*.json"))
     except StoreError as exc:
-        raise CollectError(f"feature counts dir {directory}: {exc}") from None
+        raise CollectError(f"feature counts dir {directory}: {exc}") from exc
     for obj in objs:
         if "/" in obj.name:
             continue  # only the directory's own files
@@ -374,7 +374,7 @@ def load_experiments_file(path: str) -> tuple[dict[str, tuple[str, list[str], in
     try:
         text = storage.read_text(path)
     except (StoreError, UnicodeDecodeError) as exc:
-        raise CollectError(f"experiments file {path}: {exc}") from None
+        raise CollectError(f"experiments file {path}: {exc}") from exc
     out: dict[str, tuple[str, list[str], int]] = {}
     issues: list[Issue] = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -833,7 +833,7 @@ def collect(
                 source, experiment_prefix=prefix, names=names, max_concurrency=max_concurrency
             )
         except StoreError as exc:
-            raise CollectError(f"results store: {exc}") from None
+            raise CollectError(f"results store: {exc}") from exc
     table = build_table(runs, join=join, gpt4_threshold=gpt4_threshold)
     table.issues = sorted_issues(table.issues + issues)
     table.source = source

@@ -6,6 +6,8 @@ must therefore name the file / tensor / field at fault and say what to do next.
 
 from __future__ import annotations
 
+import os
+
 
 class RmevalError(Exception):
     """Base class of every expected failure."""
@@ -28,8 +30,25 @@ class StoreError(RmevalError):
 
 
 class AlreadyExistsError(StoreError):
-    """A no-clobber write found its destination taken (the store family's one case that
-    callers tell apart: a lost race to create a file)."""
+    """An output is there already and the call was not asked to replace it (also: a
+    no-clobber write lost a race to create a file).
+
+    The library names the path only (``<path>: already exists``): how to replace it is the
+    command's to say, with its own flag or config key (convert ``--overwrite``, run-one
+    ``--force``, a pipeline's config). The CLI sets :attr:`hint`, which the message then
+    ends with."""
+
+    def __init__(
+        self, path: str | os.PathLike, what: str = "already exists", hint: str | None = None
+    ):
+        self.path = os.fspath(path)
+        self.what = what
+        self.hint = hint
+        super().__init__(self.path, what)
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.what}"
+        return f"{text}; {self.hint}" if self.hint else text
 
 
 class NamingError(RmevalError):

@@ -132,9 +132,9 @@ def run_labels(names: Sequence[str], width: int = 40) -> list[str]:
     part of the names after their common prefix."""
     names = [str(n) for n in names]
     for chars in (8, 12, 32):
-        labels = [naming.run_label(n, uuid_chars=chars) for n in names]
-        if all(labels) and len(set(labels)) == len(labels):
-            return labels  # type: ignore[return-value]
+        labels = [label for n in names if (label := naming.run_label(n, uuid_chars=chars))]
+        if len(labels) == len(names) and len(set(labels)) == len(labels):
+            return labels
     common = os.path.commonprefix(names) if len(names) > 1 else ""  # noqa: RUF071 (characters)
     common = common[: max(common.rfind("-"), common.rfind("_")) + 1]  # whole name parts only
     out = []
@@ -228,7 +228,7 @@ def overall_vs_budget(df, labels: Sequence[str], meta: Mapping[str, Any]):
     keep = df[OVERALL].notna() & df["budget"].notna()
     x = df.loc[keep, "budget"].to_numpy(dtype=float)
     y = df.loc[keep, OVERALL].to_numpy(dtype=float)
-    names = [labels[i] for i in np.flatnonzero(keep.to_numpy())]
+    names = [labels[int(i)] for i in np.flatnonzero(keep.to_numpy())]
     fig = _figure(7, 4.2)
     ax = fig.add_subplot()
     ax.scatter(x, y, s=22, alpha=0.7, color="tab:blue", label="run", zorder=2)

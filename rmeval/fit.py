@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rmeval import storage
-from rmeval.errors import FitError
+from rmeval.errors import AlreadyExistsError, FitError
 from rmeval.rewardbench.scoring import META_KEYS, OVERALL, SECTION_NAMES, SUBSETS
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def read_table(csv: str | os.PathLike):
         frame = pd.read_csv(io.BytesIO(data))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FitError(f"{csv}: not a readable CSV table ({reason})") from None
+        raise FitError(f"{csv}: not a readable CSV table ({reason})") from exc
     return frame
 
 
@@ -183,7 +183,7 @@ def recorded_features(csv: str | os.PathLike) -> list[str] | None:
     try:
         data = json.loads(storage.read_text(sidecar))
     except json.JSONDecodeError as exc:
-        raise FitError(f"{sidecar}: not valid JSON ({exc.msg}); collect the table again") from None
+        raise FitError(f"{sidecar}: not valid JSON ({exc.msg}); collect the table again") from exc
     feats = data.get("features") if isinstance(data, dict) else None
     if not isinstance(feats, list) or not all(isinstance(c, str) for c in feats):
         raise FitError(
@@ -465,7 +465,7 @@ def fit(
         raise FitError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     estimator = _estimator(model, seed)  # a missing lightgbm fails before any work
     if storage.dir_state(out, marker=METRICS_FILE) == storage.COMPLETE and not overwrite:
-        raise FitError(f"{out}: already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(out)
     if model == "quadratic" and "quadratic" not in out:
         log.warning(
             "%s: upstream's sample_best_subset.py loads poly.pkl only when the model path "
@@ -637,7 +637,7 @@ def read_fit(fit_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str,
         except json.JSONDecodeError as exc:
             raise FitError(
                 f"{uri}: corrupt fit output ({exc.msg}); run `rmeval fit` again"
-            ) from None
+            ) from exc
 
     metrics = (json_values(METRICS_FILE, lines=False) or [None])[0]
     if not isinstance(metrics, dict):

@@ -117,4 +117,4 @@ def check_local_tasks(tasks, *, environment: bool = True) -> None:
             if ns.force or not done:  # a done run is only skipped
                 preflight.check_run(ns.checkpoint, ns.store, checked=checked, **kwargs)
         except RmevalError as exc:
-            raise type(exc)(f"task {name}: {exc}") from None
+            raise type(exc)(f"task {name}: {exc}") from exc

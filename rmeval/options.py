@@ -369,13 +369,6 @@ OPTIONS: tuple[Option, ...] = (
         type=None,
         switch=True,
     ),
-    Option(
-        "result_json",
-        ("--result-json",),
-        "(the local backend's status file)",
-        _cmds(RUN_ONE),
-        hidden=True,
-    ),
 )
 
 BY_DEST: dict[str, Option] = {}
@@ -493,13 +486,14 @@ class Key:
     kind: type | tuple[type, ...]
     contexts: frozenset[str]
     help: str
-    choices: Mapping[str, tuple] | tuple | None = None
+    # per context, or one tuple, or a callable giving it (an option's lazy choices)
+    choices: Mapping[str, tuple] | tuple | Callable[[], tuple] | None = None
     old: tuple[str, ...] = ()
     required: frozenset[str] = frozenset()
     list_of: type | None = None  # kind list: the type of its items
     positive: bool = False  # a number that must be > 0
 
-    def choices_in(self, context: str) -> tuple | None:
+    def choices_in(self, context: str) -> tuple | Callable[[], tuple] | None:
         if isinstance(self.choices, Mapping):
             return self.choices.get(context)
         return self.choices
@@ -507,7 +501,13 @@ class Key:
 
 _BOTH = frozenset({PIPELINE, SCHEDULE})
 _PIPE = frozenset({PIPELINE})
-_PY_TYPES = {str: str, positive_int: int, positive_float: (int, float), None: bool}
+# an option's argparse type -> the Python type(s) a config value of it has
+_PY_TYPES: dict[Callable[[str], Any] | None, type | tuple[type, ...]] = {
+    str: str,
+    positive_int: int,
+    positive_float: (int, float),
+    None: bool,
+}
 
 
 def _option_keys() -> list[Key]:

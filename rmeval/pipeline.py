@@ -108,7 +108,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such pipeline config") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of pipeline settings")
     cfg = options.check_config(raw, str(path), options.PIPELINE, ConfigError)
@@ -229,6 +229,22 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
             report(table, nb, fit_dir=res.fit_dir, overwrite=True)
         res.report = nb
     return res
+
+
+# The config keys that name where the pipeline writes, most specific first.
+_OUTPUT_KEYS = ("log_dir", "results_dir", "store")
+
+
+def exists_hint(cfg: dict[str, Any], path: str, config: str | os.PathLike) -> str:
+    """How a pipeline user deals with an output that is there already (an
+    :class:`~rmeval.errors.AlreadyExistsError` at ``path``): a pipeline has no overwrite
+    flag, so name the key of ``config`` whose location holds it."""
+    target = path.rstrip("/")
+    for key in _OUTPUT_KEYS:
+        root = str(cfg.get(key) or "").rstrip("/")
+        if root and (target == root or target.startswith(root + "/")):
+            return f"move it away, or set {key} in {config} to another location"
+    return f"move it away, or change where {config} writes"
 
 
 def _newer(a: Path, b: Path) -> bool:

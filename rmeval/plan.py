@@ -189,7 +189,7 @@ def plan(
     try:
         objects = list(list_checkpoints(source))
     except StoreError as exc:
-        raise StoreError(f"cannot list checkpoints: {exc}") from None
+        raise StoreError(f"cannot list checkpoints: {exc}") from exc
     parsed_objects = []
     plain: dict[str, str] = {}  # uri -> the name run-one derives by itself
     for obj in objects:
@@ -343,10 +343,11 @@ def make_plan(
     src = _source_uri(source, gcs_bucket, gcs_dir_path)
     merged: dict[str, Any] = dict(specs.load_preset(preset)) if preset else {}
     merged.update({k: v for k, v in (values or {}).items() if v is not None})
+    given = values or {}
     for key, value in (options or {}).items():
         if value is None:
             continue
-        if key in (values or {}) and values[key] != value:  # type: ignore[index]
+        if key in given and given[key] != value:
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"{flag} and --set {key}=… disagree; give one of them")
         merged[key] = value

@@ -158,7 +158,7 @@ def check_run(
         try:
             storage.check_writable(uri)
         except StoreError as exc:
-            raise StoreError(f"{flag}: {exc}") from None
+            raise StoreError(f"{flag}: {exc}") from exc
         checked.writable.add(key)
 
     wanted = (data, tuple(subsets or ()))
@@ -168,7 +168,7 @@ def check_run(
         try:
             load_pairs(data, subsets)
         except EvalError as exc:
-            raise EvalError(f"--eval-data: {exc}") from None
+            raise EvalError(f"--eval-data: {exc}") from exc
         checked.datasets.add(wanted)
 
     vocab = _check_checkpoint(checkpoint, opts)
@@ -240,7 +240,7 @@ def check_tasks(tasks: list[tuple[str, list[str]]], where: str) -> None:
         try:
             check_values(ns.checkpoint, ns.store, **run_options(ns))
         except (UsageError, CheckpointError, naming.NamingError) as exc:
-            raise type(exc)(f"{where}: task {name}: {exc}") from None
+            raise type(exc)(f"{where}: task {name}: {exc}") from exc
 
 
 # Per-run values of a planned run-one task: the checkpoint (first positional) and these
@@ -301,7 +301,7 @@ def parse_run_one(argv: list[str], where: str):
     try:
         return options.parser(options.RUN_ONE).parse_args(argv[1:])
     except UsageError as exc:
-        raise UsageError(f"{where}: {exc}") from None
+        raise UsageError(f"{where}: {exc}") from exc
 
 
 def run_options(ns) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rmeval import storage
-from rmeval.errors import FitError
+from rmeval.errors import AlreadyExistsError, FitError
 from rmeval.procutil import child_env
 from rmeval.rewardbench.scoring import OVERALL, SECTION_NAMES, SUBSETS
 from rmeval.table import figures_dir  # where a notebook's PNGs go: <stem>_figures/
@@ -385,7 +385,7 @@ def report(
     if not overwrite:
         for p in (nb_path, fig_dir):
             if p.exists():
-                raise FitError(f"{p}: already exists; pass --overwrite to replace it")
+                raise AlreadyExistsError(p)
 
     frame = read_table(csv)
     if OVERALL not in frame.columns:

@@ -214,7 +214,7 @@ def table_path(results_dir: str | os.PathLike, dataset: str, name: str) -> Path:
         naming.safe_component(dataset, what="--dataset")
         naming.safe_component(name, what="--table")
     except NamingError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(str(exc)) from exc
     stem = name[:-4] if name.endswith(".csv") else name
     return storage.local_path(results_dir) / dataset / f"{stem}.csv"
 
@@ -280,7 +280,7 @@ def read_history(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise ResultsError(
                 f"{path}:{lineno}: not JSON ({exc}); fix or remove the line"
-            ) from None
+            ) from exc
         if not isinstance(rec, dict):
             raise ResultsError(f"{path}:{lineno}: expected a JSON object")
         records.append(rec)
@@ -312,7 +312,7 @@ def dataset_lock(directory: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[Non
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise storage.write_error(exc, path, "create the lock file", ResultsError) from None
+            raise storage.write_error(exc, path, "create the lock file", ResultsError) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -443,7 +443,7 @@ def update(
     except OSError as exc:
         raise storage.write_error(
             exc, path.parent, "create the results directory", ResultsError
-        ) from None
+        ) from exc
     with dataset_lock(path.parent):
         repair(path.parent)
         old = _current(files)

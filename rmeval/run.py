@@ -38,7 +38,7 @@ from typing import Any
 
 from rmeval import preflight, source_root, storage, version
 from rmeval import store as store_layout
-from rmeval.errors import StoreError
+from rmeval.errors import AlreadyExistsError, StoreError
 from rmeval.procutil import git_head, is_stale, owned_name, sigterm_as_exit
 from rmeval.rewardbench import formats
 from rmeval.store import CLAIM_FILE, METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
@@ -61,7 +61,11 @@ class RunOneResult:
     detail: str = ""  # why nothing was published (status "skipped")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=str)
+        return json.dumps(self.record(), indent=2, default=str)
+
+    def record(self) -> dict[str, Any]:
+        """The fields of run-one's status file (:mod:`rmeval.status`)."""
+        return asdict(self)
 
 
 def git_sha() -> str | None:
@@ -121,7 +125,7 @@ def run_one(
 
     ``run_name`` overrides the name derived from the checkpoint (plan gives one when two
     run directories would otherwise share a name; see :func:`rmeval.naming.run_names`)."""
-    opts = {
+    opts: dict[str, Any] = {  # the options check_values and check_run take by keyword
         "prefix": prefix,
         "run_name": run_name,
         "tokenizer": tokenizer,
@@ -168,7 +172,7 @@ def run_one(
         try:
             Path(work_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise storage.write_error(exc, work_dir, "create the work directory") from None
+            raise storage.write_error(exc, work_dir, "create the work directory") from exc
     with sigterm_as_exit(), storage.owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
         model_dir = tmpdir / run
         metrics_path = tmpdir / METRICS_FILE
@@ -329,15 +333,10 @@ def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:
     A gs:// folder without config.json is a preempted attempt's upload: replaced."""
     from rmeval.checkpoints.llama import CONFIG_FILE
 
+    if storage.dir_state(keep_model, marker=CONFIG_FILE) == storage.COMPLETE and not overwrite:
+        what = "holds a model" if storage.is_gcs(keep_model) else "exists"
+        raise AlreadyExistsError(keep_model, f"already {what}")  # the CLI says how to replace it
     try:
-        if storage.dir_state(keep_model, marker=CONFIG_FILE) == storage.COMPLETE and not overwrite:
-            what = "holds a model" if storage.is_gcs(keep_model) else "exists"
-            raise StoreError(f"{keep_model}: already {what}; pass --force to replace it")
         storage.publish_dir(model_dir, keep_model, marker=CONFIG_FILE, overwrite=True)
     except StoreError as exc:
-        raise StoreError(f"--keep-model: {exc}") from None
-
-
-def write_result_json(result: RunOneResult, path: str | os.PathLike) -> None:
-    """The small status file the local backend reads (ok / skipped)."""
-    storage.write_text(os.fspath(path), result.to_json() + "\n", overwrite=True)
+        raise StoreError(f"--keep-model: {exc}") from exc

@@ -164,23 +164,23 @@ def render_template(template: str | os.PathLike, context: Mapping[str, Any]) -> 
         tmpl = env.get_template(path.name)
     except jinja2.TemplateSyntaxError as exc:
         where = exc.filename or str(path)
-        raise SpecError(f"{where}:{exc.lineno}: template syntax error: {exc.message}") from None
+        raise SpecError(f"{where}:{exc.lineno}: template syntax error: {exc.message}") from exc
     try:
         return tmpl.render(**context)
     except jinja2.UndefinedError as exc:
         line = _template_line(exc, str(path))
         raise SpecError(
             f"{path}:{line}: {exc.message} (give it with --set NAME=VALUE, a preset, or a default in the template)"
-        ) from None
+        ) from exc
     except SpecError as exc:
         line = _template_line(exc, str(path))
-        raise SpecError(f"{path}:{line}: {exc}") from None
+        raise SpecError(f"{path}:{line}: {exc}") from exc
     except jinja2.TemplateError as exc:
         line = _template_line(exc, str(path))
-        raise SpecError(f"{path}:{line}: {exc}") from None
+        raise SpecError(f"{path}:{line}: {exc}") from exc
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         line = _template_line(exc, str(path))
-        raise SpecError(f"{path}:{line}: {type(exc).__name__}: {exc}") from None
+        raise SpecError(f"{path}:{line}: {type(exc).__name__}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- presets
@@ -213,7 +213,7 @@ def load_preset(name: str | os.PathLike) -> dict[str, Any]:
         line = f":{mark.line + 1}" if mark is not None else ""
         raise SpecError(
             f"{path}{line}: preset is not valid YAML: {getattr(exc, 'problem', exc)}"
-        ) from None
+        ) from exc
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise SpecError(f"{path}: a preset must be a mapping of variable names to values")
     for forbidden in ("bucket", "workspace"):
@@ -413,7 +413,7 @@ def parse_spec(text: str, where: str = "spec") -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{where}: rendered spec is not valid YAML{line}: {problem}") from None
+        raise SpecError(f"{where}: rendered spec is not valid YAML{line}: {problem}") from exc
     if len(docs) != 1:
         raise SpecError(f"{where}: expected one YAML document, got {len(docs)}")
     if not isinstance(docs[0], dict):
@@ -428,7 +428,7 @@ def validate_spec(spec: str | Mapping[str, Any], where: str = "spec"):
     try:
         check_spec(data)
     except SpecError as exc:
-        raise SpecError(f"{where}: {exc}") from None
+        raise SpecError(f"{where}: {exc}") from exc
     beaker_spec = beaker_load(data, where)
     return data, beaker_spec
 
@@ -467,7 +467,7 @@ def beaker_load(data: Mapping[str, Any], where: str = "spec"):
         msg = re.sub(r"\s+", " ", str(exc)).strip()
         raise SpecError(
             f"{where}: beaker-py rejects the spec: {type(exc).__name__}: {msg}"
-        ) from None
+        ) from exc
 
 
 # --------------------------------------------------------------------------- values

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from rmeval.errors import AlreadyExistsError, StoreError
 from rmeval.procutil import is_stale, owned_name, remove_stale
@@ -171,7 +171,8 @@ def parent(uri: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- GCS client
 
 _client_lock = threading.Lock()
-_clients: dict[tuple[str | None, str | None], object] = {}
+# one client per (emulator, project, service-account email): google.cloud.storage.Client
+_clients: dict[tuple[str | None, str | None, str | None], Any] = {}
 
 
 def _retry():
@@ -190,7 +191,12 @@ def gcs_client(uri: str = "gs://"):
     """The shared google-cloud-storage client: the emulator named by
     ``STORAGE_EMULATOR_HOST`` with anonymous credentials; else the in-memory key of
     ``GOOGLE_SERVICE_ACCOUNT`` (:func:`rmeval.credentials.google_credentials`, never a
-    file); else Application Default Credentials."""
+    file); else Application Default Credentials.
+
+    This is the credential bridge, for every command and every process alike: the first
+    GCS client a process asks for checks ``GOOGLE_SERVICE_ACCOUNT`` (a malformed value is a
+    one-line :class:`~rmeval.errors.CredentialsError` before any GCS request), and a process
+    that never touches gs:// never reads it."""
     from rmeval import credentials
 
     emulator = os.environ.get("STORAGE_EMULATOR_HOST") or None
@@ -252,7 +258,7 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
             f"{uri}: permission denied ({exc.code}): {_AUTH_HINT}, and check the bucket's IAM"
         ) from exc
     except gexc.PreconditionFailed as exc:
-        raise AlreadyExistsError(f"{uri}: already exists; pass --overwrite to replace it") from exc
+        raise AlreadyExistsError(uri) from exc
     except aexc.DefaultCredentialsError as exc:
         raise _credentials_error(uri, exc) from None
     except aexc.RefreshError as exc:  # the key was read but Google refused it
@@ -269,9 +275,7 @@ def _gcs_errors(uri: str, *, writing: bool = False) -> Iterator[None]:
     except Exception as exc:  # InvalidResponse from resumable-media, transport errors
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 412 and writing:
-            raise AlreadyExistsError(
-                f"{uri}: already exists; pass --overwrite to replace it"
-            ) from exc
+            raise AlreadyExistsError(uri) from exc
         if status in (401, 403):
             raise StoreError(f"{uri}: permission denied ({status}): {_AUTH_HINT}") from exc
         if status == 404:
@@ -316,7 +320,7 @@ def list_objects(
 def _walk_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    paths = []
+    paths: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         paths.extend(Path(dirpath) / f for f in sorted(filenames))
@@ -551,9 +555,7 @@ def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
     try:
         return read_bytes(uri).decode(encoding)
     except UnicodeDecodeError as exc:
-        raise StoreError(
-            f"{os.fspath(uri)}: not valid {encoding} text (byte {exc.start})"
-        ) from None
+        raise StoreError(f"{os.fspath(uri)}: not valid {encoding} text (byte {exc.start})") from exc
 
 
 class RangeReader(io.RawIOBase):
@@ -615,7 +617,7 @@ def open_reader(uri: str | os.PathLike, block_size: int = DEFAULT_BLOCK_SIZE) ->
             raise StoreError(f"{uri}: no such file") from None
         except IsADirectoryError:
             raise StoreError(f"{uri}: is a directory, expected a file") from None
-    return io.BufferedReader(RangeReader(uri), buffer_size=block_size)  # type: ignore[return-value]
+    return io.BufferedReader(RangeReader(uri), buffer_size=block_size)
 
 
 def download_file(uri: str | os.PathLike, dest: str | os.PathLike) -> Path:
@@ -677,7 +679,7 @@ def atomic_local_file(path: str | os.PathLike, overwrite: bool = False) -> Itera
         yield tmp
         _commit_local(tmp, path, overwrite)
     except OSError as exc:
-        raise _local_write_error(exc, path, tmp) from None
+        raise _local_write_error(exc, path, tmp) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -689,13 +691,13 @@ def _make_temp(path: Path, overwrite: bool) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise write_error(exc, exc.filename or path.parent, "create the directory") from None
+        raise write_error(exc, exc.filename or path.parent, "create the directory") from exc
     if not overwrite and path.exists():
-        raise AlreadyExistsError(f"{path}: already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise _local_write_error(exc, path) from None
+        raise _local_write_error(exc, path) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
@@ -719,14 +721,10 @@ def _commit_local(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # atomic and fails if path exists
     except FileExistsError:
-        raise AlreadyExistsError(
-            f"{path}: already exists; pass --overwrite to replace it"
-        ) from None
+        raise AlreadyExistsError(path) from None
     except OSError:  # filesystem without hard links
         if path.exists():
-            raise AlreadyExistsError(
-                f"{path}: already exists; pass --overwrite to replace it"
-            ) from None
+            raise AlreadyExistsError(path) from None
         os.replace(tmp, path)
 
 
@@ -743,13 +741,13 @@ def open_writer(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[
         with tempfile.NamedTemporaryFile(prefix="rmeval-upload-", delete=False) as f:
             tmp = Path(f.name)
     except OSError as exc:
-        raise write_error(exc, tempfile.gettempdir(), f"stage the upload of {uri}") from None
+        raise write_error(exc, tempfile.gettempdir(), f"stage the upload of {uri}") from exc
     try:
         try:
             with open(tmp, "wb") as f:
                 yield f
         except OSError as exc:
-            raise write_error(exc, tmp.parent, f"stage the upload of {uri}") from None
+            raise write_error(exc, tmp.parent, f"stage the upload of {uri}") from exc
         upload_file(tmp, uri, overwrite=overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -801,12 +799,12 @@ def check_writable(uri: str | os.PathLike) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=where)
     except OSError as exc:
-        raise write_error(exc, uri) from None
+        raise write_error(exc, uri) from exc
     try:
         os.write(fd, b"\0" * 4096)  # a whole block: a full disk refuses it
         os.fsync(fd)
     except OSError as exc:
-        raise write_error(exc, uri) from None
+        raise write_error(exc, uri) from exc
     finally:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -833,7 +831,7 @@ def upload_tree(src_dir: str | os.PathLike, uri: str | os.PathLike, overwrite: b
     uri = os.fspath(uri)
     src_dir = Path(src_dir)
     if not overwrite and next(iter(list_objects_if_any(uri)), None) is not None:
-        raise AlreadyExistsError(f"{uri}: already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(uri)
     files = sorted(p for p in src_dir.rglob("*") if p.is_file())
     for p in files:
         upload_file(p, join(uri, p.relative_to(src_dir).as_posix()), overwrite=overwrite)
@@ -863,7 +861,7 @@ def owned_tempdir(prefix: str, dir: str | os.PathLike | None = None) -> Iterator
     try:
         path = Path(tempfile.mkdtemp(prefix=owned_name(prefix) + "-", dir=where))
     except OSError as exc:
-        raise write_error(exc, where, "create a temporary directory") from None
+        raise write_error(exc, where, "create a temporary directory") from exc
     try:
         yield path
     finally:
@@ -933,9 +931,7 @@ def _rename_dir(src: Path, dst: Path) -> None:
         os.rename(src, dst)
     except OSError as exc:
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-            raise AlreadyExistsError(
-                f"{dst}: already exists; pass --overwrite to replace it"
-            ) from None
+            raise AlreadyExistsError(dst) from exc
         raise
 
 
@@ -973,7 +969,7 @@ def _os_errors_as(where: str | os.PathLike, what: str = "write") -> Iterator[Non
     try:
         yield
     except OSError as exc:
-        raise write_error(exc, where, what) from None
+        raise write_error(exc, where, what) from exc
 
 
 @dataclass(eq=False)  # outputs are told apart by identity
@@ -1211,7 +1207,7 @@ def _prepare(outputs: list[_Output], notes: list[str] | None) -> str:
     _recover(outputs, notes)
     for o in outputs:
         if not o.overwrite and o.taken():
-            raise AlreadyExistsError(f"{o.uri}: already exists; pass --overwrite to replace it")
+            raise AlreadyExistsError(o.uri)
     return owned_name("")
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rmeval import storage
-from rmeval.errors import CollectError, StoreError
+from rmeval.errors import AlreadyExistsError, CollectError, StoreError
 from rmeval.rewardbench import scoring
 
 FLOAT_DIGITS = 6
@@ -285,16 +285,16 @@ def read_columns(table_path: str | os.PathLike) -> dict[str, Any]:
     try:
         return json.loads(storage.read_text(path))
     except StoreError as exc:
-        raise CollectError(f"{path}: {exc}; collect the table again to write it") from None
+        raise CollectError(f"{path}: {exc}; collect the table again to write it") from exc
     except json.JSONDecodeError as exc:
-        raise CollectError(f"{path}: not JSON ({exc}); collect the table again") from None
+        raise CollectError(f"{path}: not JSON ({exc}); collect the table again") from exc
 
 
 def refuse_existing(table_path: str | os.PathLike) -> None:
     """CollectError naming the first of the table's files that exists already."""
     for p in table_files(table_path):
         if storage.exists(p):
-            raise CollectError(f"{p}: already exists; pass --overwrite to replace it")
+            raise AlreadyExistsError(p)
 
 
 def write_table(table: Table, output: str, *, overwrite: bool = False) -> list[str]:

@@ -107,7 +107,7 @@ def _load_sentencepiece(model_file: Path, config: dict | None = None):
         raise CheckpointError(
             f"{model_file}: not a readable sentencepiece model ({first}); pass the "
             "tokenizer.model the checkpoint was trained with"
-        ) from None
+        ) from exc
     if ok is False:
         raise CheckpointError(f"{model_file}: not a readable sentencepiece model")
     n = sp.GetPieceSize()
@@ -125,7 +125,7 @@ def _load_sentencepiece(model_file: Path, config: dict | None = None):
     )
     # Spaces become "▁" and, when the model adds a dummy prefix, one "▁" is prepended even
     # if the text already starts with a space (a Metaspace pre-tokenizer would not).
-    steps = [normalizers.Replace(" ", "▁")]
+    steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", "▁")]
     first_piece = sp.EncodeAsPieces("a")[:1]
     if first_piece and first_piece[0].startswith("▁"):
         steps.insert(0, normalizers.Prepend("▁"))
@@ -205,7 +205,7 @@ def _read_config(directory: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
@@ -226,7 +226,7 @@ def _load_hf(directory: Path):
         return loader.from_pretrained(str(directory))
     except Exception as exc:  # transformers raises many types for a broken directory
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{directory}: cannot load the tokenizer: {msg}") from None
+        raise CheckpointError(f"{directory}: cannot load the tokenizer: {msg}") from exc
 
 
 def load_tokenizer(src: str | os.PathLike, work: str | os.PathLike):
@@ -336,7 +336,7 @@ def prepare_tokenizer(
         except Exception as exc:  # the tokenizers library reports ENOSPC as a plain Exception
             if storage.os_errno(exc) is None:
                 raise
-            raise storage.write_error(exc, out, "save the tokenizer") from None
+            raise storage.write_error(exc, out, "save the tokenizer") from exc
     log.info(
         "tokenizer (%s, %d ids): chat template %s, pad %r (id %d) -> %s",
         kind,

@@ -8,6 +8,10 @@ import uuid
 
 import pytest
 
+# fixtures for every test module: the fake Beaker service (`fake_beaker`) and the one CLI
+# runner (`rmeval_cli`)
+pytest_plugins = ["tests.fake_beaker", "tests.cli_runner"]
+
 # Never let google-auth probe a metadata server, and never reach a model hub.
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

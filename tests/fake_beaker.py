@@ -31,9 +31,8 @@ Anything else is UNIMPLEMENTED (beaker-py raises ``NotImplementedError``). Every
 the bearer token and is counted in :attr:`FakeBeaker.calls`; :attr:`FakeBeaker.latency` adds a
 per-call delay (seconds) for benchmarks.
 
-Use in a test module::
-
-    from tests.fake_beaker import fake_beaker  # noqa: F401
+The ``fake_beaker`` fixture is available to every test (``tests/conftest.py`` loads this
+module as a plugin: ``pytest_plugins``)::
 
     def test_x(fake_beaker):
         ws = fake_beaker.add_workspace("ai2/evals")

@@ -15,7 +15,7 @@ import pytest
 from rmeval import collect
 from rmeval.errors import BackendError
 from tests.collect_fixtures import make_metrics
-from tests.fake_beaker import deadline, fake_beaker  # noqa: F401
+from tests.fake_beaker import deadline
 
 
 def _closed_port() -> int:
@@ -79,7 +79,7 @@ def test_unreachable_beaker_is_one_line_within_the_deadline(tmp_path):
     assert not (tmp_path / "t.csv").exists()
 
 
-def test_unreachable_beaker_http_endpoint(fake_beaker, monkeypatch):  # noqa: F811
+def test_unreachable_beaker_http_endpoint(fake_beaker, monkeypatch):
     """gRPC answers, the HTTP file endpoint does not: the retried GET of metrics.json stops
     at the deadline too."""
     ws = fake_beaker.add_workspace("ai2/evals")

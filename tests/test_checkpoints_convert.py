@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 from rmeval import cli, storage
 from rmeval.checkpoints import convert as conv
 from rmeval.checkpoints import reference
-from rmeval.errors import VerifyError
+from rmeval.errors import AlreadyExistsError, VerifyError
 from tests.checkpoint_fixtures import make_checkpoint
 
 CASES = {
@@ -94,7 +94,9 @@ def test_rope_scaling_is_exercised_and_read_by_transformers(tmp_path):
 
     # the llama3 scaling changes the low frequencies of a head_dim-32, theta-500000 rotary
     plain = reference._rope_inv_freq(32, 500000.0, None)
-    scaled = reference._rope_inv_freq(32, 500000.0, conv.llama.LLAMA3_SCALING)
+    from tests.test_checkpoints_llama import LLAMA31_ROPE_SCALING  # the published values
+
+    scaled = reference._rope_inv_freq(32, 500000.0, LLAMA31_ROPE_SCALING)
     assert not np.allclose(plain, scaled)
     fx = make_checkpoint(tmp_path / "streaming_params", dim=128, heads=4, kv_heads=1)
     conv.convert(fx.path, str(tmp_path / "hf"), num_heads=4, rope_scaling="llama3", progress=False)
@@ -166,7 +168,7 @@ def test_gcs_source_and_output(tmp_path, gcs_bucket):
     v = reference.verify(fx.path, out)
     assert v.ok and v.tolerance == reference.EXACT_TOLERANCE
     # an existing gs:// OUT is refused, --overwrite replaces it
-    with pytest.raises(conv.ConvertError, match="already exists"):
+    with pytest.raises(AlreadyExistsError, match="already exists"):
         conv.convert(src, out, num_heads=4, progress=False)
     conv.convert(src, out, num_heads=4, progress=False, overwrite=True, max_shard_size="50KB")
     names = {o.name for o in storage.list_objects(out)}

@@ -23,6 +23,34 @@ def _index(spec: llama.LlamaSpec, dtype: str = "bfloat16") -> CheckpointIndex:
     return CheckpointIndex("mem://ckpt", 0, tensors)
 
 
+# Published values, not rmeval's: the `rope_scaling` and `rope_theta` of Meta's Llama 3.1
+# releases (config.json of meta-llama/Llama-3.1-8B(-Instruct) and -70B, the keys
+# transformers' llama3 rope reads: rope_type, factor, low_freq_factor, high_freq_factor,
+# original_max_position_embeddings), and their context length.
+LLAMA31_ROPE_SCALING = {
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+    "rope_type": "llama3",
+}
+LLAMA31_ROPE_THETA = 500000.0
+LLAMA31_MAX_POSITIONS = 131072
+
+
+def test_llama3_scaling_is_the_published_one():
+    assert llama.LLAMA3_SCALING == LLAMA31_ROPE_SCALING
+    assert llama.ROPE_SCALINGS["llama3"] == LLAMA31_ROPE_SCALING
+    for preset in ("8b31", "70b31"):
+        spec = llama.PRESETS[preset]
+        assert spec.rope_scaling == LLAMA31_ROPE_SCALING
+        assert spec.rope_theta == LLAMA31_ROPE_THETA
+        assert spec.max_position_embeddings == LLAMA31_MAX_POSITIONS
+    # Llama 3 (not 3.1) has no rope scaling and 8192 positions
+    assert llama.PRESETS["8b3"].rope_scaling is None
+    assert llama.PRESETS["8b3"].max_position_embeddings == 8192
+
+
 @pytest.mark.parametrize("preset", ["7b", "13b", "70b", "8b3", "8b31"])
 def test_auto_recognises_preset_shapes(preset):
     want = llama.PRESETS[preset]
@@ -30,7 +58,8 @@ def test_auto_recognises_preset_shapes(preset):
     assert spec.num_attention_heads == want.num_attention_heads
     assert spec.num_key_value_heads == want.num_key_value_heads
     if want.vocab_size == llama.LLAMA3_VOCAB:  # shapes of 8b3 and 8b31 agree: 3.1 assumed
-        assert spec.rope_theta == 500000.0 and spec.rope_scaling == llama.LLAMA3_SCALING
+        assert spec.rope_theta == LLAMA31_ROPE_THETA
+        assert spec.rope_scaling == LLAMA31_ROPE_SCALING
         assert any("assuming Llama-3.1" in n for n in notes)
     else:
         assert spec.rope_theta == 10000.0 and spec.rope_scaling is None

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from rmeval import cli, collect, storage
-from rmeval.errors import CollectError, UsageError
+from rmeval.errors import AlreadyExistsError, CollectError, UsageError
 from rmeval.table import read_columns, write_table
 from tests.collect_fixtures import (
     ALL_SUBSETS,
@@ -105,13 +105,13 @@ def test_csv_columns_precision_and_pandas_roundtrip(tmp_path):
     cols = json.loads((tmp_path / "t.columns.json").read_text())
     assert cols["target"] == "Overall" and cols["features"] == []
     # no-clobber, then identical bytes with --overwrite
-    with pytest.raises(CollectError, match="already exists"):
+    with pytest.raises(AlreadyExistsError, match="already exists"):
         write_table(table, str(out))
     write_table(collect.collect(str(root)), str(out), overwrite=True)
     assert out.read_text() == text
 
 
-def test_counts_join_hostile_keys_rescale_and_reports(store_root):
+def test_counts_join_hostile_keys_rescale_and_reports(store_root, tmp_path):
     rng = random.Random(7)
     store = storage.join(store_root, "results")
     feats = storage.join(store_root, "feats")
@@ -158,7 +158,7 @@ def test_counts_join_hostile_keys_rescale_and_reports(store_root):
 
     out = storage.join(store_root, "out/counts.csv")
     write_table(table, out)
-    local = storage.download_file(out, storage.local_path("/tmp") / f"c-{random.random()}.csv")
+    local = storage.download_file(out, tmp_path / "downloaded-counts.csv")
     df = pd.read_csv(local)
     assert list(df.columns[-5:]) == sorted(HOSTILE_KEYS[:5])  # keys kept exactly
     for _, r in df.iterrows():
@@ -246,8 +246,9 @@ def test_existing_table_refused_untouched_and_rescale_needs_counts(tmp_path):
     table = collect.collect(str(store))
     out = tmp_path / "t.csv"
     out.write_text("someone else's table\n")  # the table itself exists: refused up front
-    with pytest.raises(CollectError, match="--overwrite"):
+    with pytest.raises(AlreadyExistsError) as info:
         write_table(table, str(out))
+    assert info.value.path == str(out) and "--" not in str(info.value)  # the CLI's hint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "t.csv"]
     assert out.read_text() == "someone else's table\n"
     with pytest.raises(UsageError, match="feature-counts-dir"):

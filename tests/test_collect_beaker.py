@@ -22,7 +22,6 @@ from tests.collect_fixtures import (
     make_metrics,
     new_uuid,
 )
-from tests.fake_beaker import fake_beaker  # noqa: F401
 
 PREFIX = "rm-eval-helpsteer2-counts-"
 
@@ -31,7 +30,7 @@ def _metrics_file(seed: int) -> dict[str, bytes]:
     return {"metrics.json": json.dumps(make_metrics(seed)).encode()}
 
 
-def test_beaker_source_states_duplicates_and_checksums(fake_beaker):  # noqa: F811
+def test_beaker_source_states_duplicates_and_checksums(fake_beaker):
     ws = fake_beaker.add_workspace("ai2/hp-evals")
     fake_beaker.page_size_cap = 4  # several listing pages
     good = {}
@@ -85,7 +84,7 @@ def test_beaker_source_states_duplicates_and_checksums(fake_beaker):  # noqa: F8
     assert 1 < fake_beaker.peak_in_flight <= 4 + 1  # workers + the listing thread
 
 
-def test_beaker_counts_cli_and_default_prefix(fake_beaker, tmp_path, capsys):  # noqa: F811
+def test_beaker_counts_cli_and_default_prefix(fake_beaker, tmp_path, capsys):
     ws = fake_beaker.add_workspace("ai2/hp-evals")
     rng = random.Random(3)
     feats = tmp_path / "feats"
@@ -123,12 +122,12 @@ def test_beaker_counts_cli_and_default_prefix(fake_beaker, tmp_path, capsys):  #
         assert all(r[k] == v for k, v in counts.items())
 
 
-def test_missing_workspace_is_one_clear_error(fake_beaker):  # noqa: F811
+def test_missing_workspace_is_one_clear_error(fake_beaker):
     with pytest.raises(CollectError, match="workspace 'ai2/nope' not found"):
         collect.collect("beaker://ai2/nope")
 
 
-def test_seed_script_flags_verbatim(fake_beaker, tmp_path):  # noqa: F811
+def test_seed_script_flags_verbatim(fake_beaker, tmp_path):
     ws = fake_beaker.add_workspace("ai2/hp-evals")
     rng = random.Random(11)
     feats = tmp_path / "feats"
@@ -172,7 +171,7 @@ def test_seed_script_flags_verbatim(fake_beaker, tmp_path):  # noqa: F811
     assert list(df["label"]) == [int(o > 0.6) for o in df["Overall"]]
 
 
-def test_beaker_source_exact_names(fake_beaker):  # noqa: F811
+def test_beaker_source_exact_names(fake_beaker):
     """Nested prefixes: only the named experiments are read, whatever else matches."""
     ws = fake_beaker.add_workspace("ai2/nested")
     for i, name in enumerate(
@@ -187,7 +186,7 @@ def test_beaker_source_exact_names(fake_beaker):  # noqa: F811
     assert sorted(r["name"] for r in table.rows) == [f"{PREFIX}exp_a", f"{PREFIX}exp_b"]
 
 
-def test_one_failing_experiment_is_one_issue_not_an_abort(fake_beaker, tmp_path):  # noqa: F811
+def test_one_failing_experiment_is_one_issue_not_an_abort(fake_beaker, tmp_path):
     """Beaker refuses one experiment's result file (403 on every download of it): that
     experiment is one fetch_failed issue, and every other experiment is still collected."""
     ws = fake_beaker.add_workspace("ai2/hp-evals")

@@ -322,12 +322,26 @@ def test_unusable_adc_file_is_reported_as_unusable_with_the_reason(tmp_path):
 
 
 def test_cli_bad_value_exits_1_with_one_line_before_any_work(tmp_path):
+    """The key is checked by the first GCS client a command asks for (whatever the
+    command), before any request; a command that never touches gs:// never reads it."""
     env = _env(
         tmp_path,
         GOOGLE_SERVICE_ACCOUNT='{"type": "service_account", "private_key": "SECRETVALUE-99"',
     )
+    (tmp_path / "local").mkdir()
+    plan = ["plan", "--source", str(tmp_path / "local"), "--store", str(tmp_path / "store")]
+    local = subprocess.run(  # plan reaches gs:// when its source or store is there; not here
+        [sys.executable, "-m", "rmeval", *plan, "--allow-empty"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert local.returncode == 0 and "nothing to do" in local.stderr, local.stderr
+    ckpt = "gs://bucket/run_a--1/streaming_params_3"
+    args = [ckpt, "--store", "gs://bucket/store", "--tokenizer", "gs://bucket/tokenizer"]
     proc = subprocess.run(
-        [sys.executable, "-m", "rmeval", "run-one", str(tmp_path / "nope"), "--store", "s"],
+        [sys.executable, "-m", "rmeval", "run-one", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from rmeval import cli
-from rmeval.errors import EvalError, StoreError
+from rmeval.errors import AlreadyExistsError, EvalError, StoreError
 from rmeval.rewardbench.data import load_pairs, sample_records, write_sample
 from rmeval.rewardbench.evaluate import evaluate
 from tests.disk_fixtures import expected_error, faulty_dir, files_in
@@ -90,10 +90,10 @@ def test_orphan_scores_are_replaced_and_complete_outputs_refused(model_dir, samp
     res = _go(model_dir, sample, out, save_scores=str(scores))
     assert scores.read_text() == first and json.loads(out.read_text()) == res.metrics
     # both present: a finished run, refused without --overwrite
-    with pytest.raises(EvalError, match="metrics file already exists; pass --overwrite"):
+    with pytest.raises(AlreadyExistsError, match=r"metrics file already exists$"):
         _go(model_dir, sample, out, save_scores=str(scores))
     # scores alone, with no metrics file asked for, are a finished output too
-    with pytest.raises(EvalError, match="scores file already exists; pass --overwrite"):
+    with pytest.raises(AlreadyExistsError, match=r"scores file already exists$"):
         _go(model_dir, sample, save_scores=str(scores))
 
 

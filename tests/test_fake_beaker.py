@@ -14,15 +14,13 @@ from beaker.exceptions import (
     BeakerWorkspaceNotFound,
 )
 
-from tests.fake_beaker import fake_beaker  # noqa: F401
-
 
 def _metrics(seed: int) -> bytes:
     h = hashlib.sha256(str(seed).encode()).digest()
     return json.dumps({"model": f"m{seed}", "alpacaeval-easy": h[0] / 255}).encode()
 
 
-def test_workspace_and_listing_pages_with_filters(fake_beaker):  # noqa: F811
+def test_workspace_and_listing_pages_with_filters(fake_beaker):
     ws = fake_beaker.add_workspace("ai2/evals")
     other = fake_beaker.add_workspace("ai2/other")
     fake_beaker.page_size_cap = 7  # force several pages
@@ -47,7 +45,7 @@ def test_workspace_and_listing_pages_with_filters(fake_beaker):  # noqa: F811
     assert fake_beaker.calls["ListWorkloads"] == 4 + 1  # ceil(23/7) pages + 1
 
 
-def test_results_stream_and_checksum(fake_beaker):  # noqa: F811
+def test_results_stream_and_checksum(fake_beaker):
     ws = fake_beaker.add_workspace("ai2/evals")
     fake_beaker.add_experiment(ws, "good", files={"metrics.json": _metrics(1), "x/y.txt": b"z"})
     fake_beaker.add_experiment(
@@ -67,7 +65,7 @@ def test_results_stream_and_checksum(fake_beaker):  # noqa: F811
         assert b.workload.get_results(by_name["waiting"]) is None
 
 
-def test_experiment_create_records_spec_and_conflicts(fake_beaker):  # noqa: F811
+def test_experiment_create_records_spec_and_conflicts(fake_beaker):
     ws = fake_beaker.add_workspace("ai2/evals")
     spec = BeakerExperimentSpec.new(
         budget="ai2/oe", task_name="eval", beaker_image="ai2/rm-image", result_path="/output"
@@ -85,7 +83,7 @@ def test_experiment_create_records_spec_and_conflicts(fake_beaker):  # noqa: F81
     assert "rm-eval-new" in fake_beaker.experiment_names("ai2/evals")
 
 
-def test_wrong_token_is_refused(fake_beaker):  # noqa: F811
+def test_wrong_token_is_refused(fake_beaker):
     fake_beaker.add_workspace("ai2/evals")
     cfg = Config(
         user_token="not-the-token",

@@ -14,7 +14,7 @@ import pytest
 
 from rmeval import fit as fitmod
 from rmeval.cli import main
-from rmeval.errors import FitError
+from rmeval.errors import AlreadyExistsError, FitError
 from tests.fit_helpers import (
     FEAT_A,
     FEAT_B,
@@ -137,7 +137,7 @@ def test_fit_to_gcs(tmp_path, gcs_bucket):
     metrics, coefs = fitmod.read_fit(out)
     assert metrics["n_rows"] == 80 and coefs[0]["feat"] == FEAT_A
     assert fitmod.load_model(out)["features"] == metrics["features"]
-    with pytest.raises(FitError, match="already exists"):
+    with pytest.raises(AlreadyExistsError, match="already exists"):
         fitmod.fit(csv, out)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -17,7 +18,6 @@ from rmeval.backends import beaker as beaker_backend
 from rmeval.backends import local
 from rmeval.errors import BackendError, UsageError
 from tests.call_counter import CallCounter
-from tests.fake_beaker import fake_beaker  # noqa: F401
 from tests.run_fixtures import HEADS, make_material
 
 WS = "ai2/rm-evals"
@@ -80,6 +80,11 @@ def test_local_pool_reports_ok_skipped_failed_and_keeps_going(tmp_path):
     failed = summary.failed[0]
     assert "no such file or directory" in failed.detail
     assert failed.log == str(logs / "a-fails.log")
+    # the outcome is what the worker's status file says, not a line parsed from its log
+    record = json.loads((logs / "a-fails.result.json").read_text())
+    assert record["status"] == "failed" and record["error_type"] == "StoreError"
+    assert failed.detail == f"exit 1: {record['message']}"
+    assert json.loads((logs / "b-ok.result.json").read_text())["status"] == "ok"
     assert "f.txt" in (logs / "b-ok.log").read_text()
     assert "already done" in (logs / "c-skipped.log").read_text()
     lines = summary.lines()
@@ -177,7 +182,7 @@ def _planned_spec(tmp_path: Path) -> tuple[plan.Plan, dict]:
     return p, data
 
 
-def test_beaker_creates_one_experiment_per_run_then_reports_existing(fake_beaker, tmp_path):  # noqa: F811
+def test_beaker_creates_one_experiment_per_run_then_reports_existing(fake_beaker, tmp_path):
     fake_beaker.add_workspace(WS)
     p, spec = _planned_spec(tmp_path)
     summary = launch.launch(spec, backend="beaker", workspace=WS)
@@ -202,7 +207,7 @@ def test_beaker_creates_one_experiment_per_run_then_reports_existing(fake_beaker
     assert len(fake_beaker.created_experiments()) == 3
 
 
-def test_beaker_dry_run_creates_nothing(fake_beaker, tmp_path):  # noqa: F811
+def test_beaker_dry_run_creates_nothing(fake_beaker, tmp_path):
     fake_beaker.add_workspace(WS)
     p, spec = _planned_spec(tmp_path)
     summary = launch.launch(spec, backend="beaker", workspace=WS, dry_run=True)
@@ -211,7 +216,7 @@ def test_beaker_dry_run_creates_nothing(fake_beaker, tmp_path):  # noqa: F811
     assert fake_beaker.created_experiments() == []
 
 
-def test_beaker_workspace_errors(fake_beaker, tmp_path):  # noqa: F811
+def test_beaker_workspace_errors(fake_beaker, tmp_path):
     _, spec = _planned_spec(tmp_path)
     with pytest.raises(UsageError, match="--backend beaker needs --workspace ORG/NAME"):
         launch.launch(spec, backend="beaker", workspace=None)
@@ -219,7 +224,7 @@ def test_beaker_workspace_errors(fake_beaker, tmp_path):  # noqa: F811
         launch.launch(spec, backend="beaker", workspace="ai2/nope")
 
 
-def test_plan_counts_existing_experiments_as_done_by_exact_name(fake_beaker, tmp_path):  # noqa: F811
+def test_plan_counts_existing_experiments_as_done_by_exact_name(fake_beaker, tmp_path):
     fake_beaker.add_workspace(WS)
     fake_beaker.add_experiment(WS, "rm-eval-hs-x")
     fake_beaker.add_experiment(WS, "rm-eval-hs-x_more-older")  # not an exact match
@@ -234,7 +239,7 @@ def test_plan_counts_existing_experiments_as_done_by_exact_name(fake_beaker, tmp
     assert [t["name"] for t in yaml.safe_load(spec.text)["tasks"]] == ["hs-x_more"]
 
 
-def test_cli_launch_beaker(fake_beaker, tmp_path):  # noqa: F811
+def test_cli_launch_beaker(fake_beaker, tmp_path):
     fake_beaker.add_workspace(WS)
     _, spec = _planned_spec(tmp_path)
     spec_file = tmp_path / "spec.yml"

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rmeval import results
+from tests.cli_runner import run_rmeval
 
-
-def _rmeval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rmeval", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+_rmeval = run_rmeval  # the shared runner (tests/cli_runner.py); tests take the rmeval_cli fixture
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -32,8 +23,8 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_and_idempotent(tmp_path):
-    proc = _rmeval(
+def test_demo_end_to_end_and_idempotent(rmeval_cli, tmp_path):
+    proc = rmeval_cli(
         "demo", "--workdir", "work", "--results-dir", "results", "--runs", "3", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -73,7 +64,7 @@ def test_demo_end_to_end_and_idempotent(tmp_path):
 
     before = _snapshot(tmp_path / "results")
     store_before = _snapshot(store)
-    again = _rmeval(
+    again = rmeval_cli(
         "demo", "--workdir", "work", "--results-dir", "results", "--runs", "3", cwd=tmp_path
     )
     assert again.returncode == 0, again.stdout + again.stderr
@@ -104,7 +95,7 @@ _BASE = "source: a\nstore: b\nresults_dir: r\nresults_dataset: d\n"
         (_BASE + "dataset: e\n", "results_dataset is given twice"),
     ],
 )
-def test_bad_pipeline_config_is_one_line(tmp_path, text, message):
+def test_bad_pipeline_config_is_one_line(rmeval_cli, tmp_path, text, message):
     """Each key checked strictly (fit's sub-keys included), naming the key: in process, and
     once through the CLI (one line, exit 1)."""
     from rmeval.errors import ConfigError
@@ -116,7 +107,7 @@ def test_bad_pipeline_config_is_one_line(tmp_path, text, message):
         load_config(cfg)
     assert message in str(exc.value) and str(cfg) in str(exc.value)
     if "bogus" in text:
-        proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
+        proc = rmeval_cli("pipeline", str(cfg), cwd=tmp_path)
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and str(cfg) in lines[0], proc.stderr
@@ -147,13 +138,13 @@ def test_old_pipeline_keys_are_accepted_with_a_note_naming_the_new_key(tmp_path,
         assert f"key {old!r} is deprecated; use {new!r}" in notes
 
 
-def test_missing_pipeline_config(tmp_path):
-    proc = _rmeval("pipeline", str(tmp_path / "nope.yml"), cwd=tmp_path)
+def test_missing_pipeline_config(rmeval_cli, tmp_path):
+    proc = rmeval_cli("pipeline", str(tmp_path / "nope.yml"), cwd=tmp_path)
     assert proc.returncode == 1
     assert "no such pipeline config" in proc.stderr
 
 
-def test_pipeline_collects_only_its_own_runs(tmp_path):
+def test_pipeline_collects_only_its_own_runs(rmeval_cli, tmp_path):
     """A store shared by several datasets, with nested prefixes: the table holds exactly
     the runs of this pipeline's checkpoints."""
     import random
@@ -174,7 +165,7 @@ def test_pipeline_collects_only_its_own_runs(tmp_path):
         "source: ckpts\nstore: store\nprefix: hs2\nresults_dir: results\ndataset: hs2\n"
         "table: runs\nfit: false\nreport: false\n"
     )
-    proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
+    proc = rmeval_cli("pipeline", str(cfg), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 converted and scored now, 2 skipped" in proc.stdout
     with (tmp_path / "results" / "hs2" / "runs.csv").open(newline="") as f:
@@ -182,7 +173,7 @@ def test_pipeline_collects_only_its_own_runs(tmp_path):
     assert names == ["hs2-exp_a", "hs2-exp_b"]
 
 
-def test_fit_is_redone_only_when_the_table_or_its_settings_change(tmp_path):
+def test_fit_is_redone_only_when_the_table_or_its_settings_change(rmeval_cli, tmp_path):
     import random
 
     from rmeval import naming
@@ -209,15 +200,15 @@ def test_fit_is_redone_only_when_the_table_or_its_settings_change(tmp_path):
     )
     cfg = tmp_path / "p.yml"
     cfg.write_text(base + "fit: {model: linear}\n")
-    assert _rmeval("pipeline", str(cfg), cwd=tmp_path).returncode == 0
+    assert rmeval_cli("pipeline", str(cfg), cwd=tmp_path).returncode == 0
     fit_metrics = tmp_path / "results" / "d" / "runs.fit" / "metrics.json"
     first = fit_metrics.stat().st_mtime_ns
     assert json.loads(fit_metrics.read_text())["model"] == "linear"
 
-    assert _rmeval("pipeline", str(cfg), cwd=tmp_path).returncode == 0
+    assert rmeval_cli("pipeline", str(cfg), cwd=tmp_path).returncode == 0
     assert fit_metrics.stat().st_mtime_ns == first  # nothing changed: nothing redone
 
     cfg.write_text(base + "fit: {model: quadratic}\n")
-    proc = _rmeval("pipeline", str(cfg), cwd=tmp_path)
+    proc = rmeval_cli("pipeline", str(cfg), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(fit_metrics.read_text())["model"] == "quadratic"

@@ -13,6 +13,7 @@ import yaml
 
 from rmeval import naming, plan, specs, storage
 from rmeval.errors import StoreError
+from tests.cli_runner import run_rmeval
 
 TEMPLATE = str(specs.DEFAULT_TEMPLATE)
 REAL_DIR = (
@@ -51,16 +52,10 @@ def _layout(root: str) -> dict[str, str]:
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The shared runner (tests/cli_runner.py) with plan's default tokenizer."""
     if args and args[0] == "plan" and "--tokenizer" not in args:
         args = (*args, "--tokenizer", TOKENIZER["tokenizer"])
-    return subprocess.run(
-        [sys.executable, "-m", "rmeval", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-        check=False,
-    )
+    return run_rmeval(*args, cwd=cwd)
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import yaml
 from rmeval import launch, plan, preflight, run, storage
 from rmeval.errors import CheckpointError, EvalError, RmevalError, StoreError, UsageError
 from tests.checkpoint_fixtures import make_checkpoint
+from tests.cli_runner import run_rmeval
 from tests.run_fixtures import DIM, HEADS, INTER, KV_HEADS, LAYERS, RUN_DIRS, make_material
 
 
@@ -151,16 +150,7 @@ def test_gcs_store_probe_and_missing_bucket(material, tmp_path, gcs_bucket):
     assert list(storage.list_objects_if_any(gcs_bucket)) == []
 
 
-def _cli(*args: str, env: dict | None = None, cwd: Path | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "rmeval", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env=env,
-        cwd=cwd,
-    )
+_cli = run_rmeval  # the shared runner (tests/cli_runner.py); tests take the rmeval_cli fixture
 
 
 def _one_error_line(proc) -> str:
@@ -170,10 +160,10 @@ def _one_error_line(proc) -> str:
     return lines[-1]
 
 
-def test_cli_run_one_gcs_without_credentials_fails_first(material, tmp_path):
+def test_cli_run_one_gcs_without_credentials_fails_first(rmeval_cli, material, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE", "STORAGE_EMU"))}
     env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="true")
-    proc = _cli(
+    proc = rmeval_cli(
         "run-one", material.checkpoints[0], "--store", "gs://some-bucket/store",
         "--tokenizer", material.tokenizer, "--eval-data", material.dataset,
         "--num-heads", str(HEADS), "--work-dir", str(tmp_path / "work"),
@@ -195,7 +185,7 @@ def test_cli_run_one_gcs_without_credentials_fails_first(material, tmp_path):
         (["--no-tokenizer"], 2, "no --tokenizer"),
     ],
 )
-def test_cli_run_one_bad_option_is_one_line(material, tmp_path, args, code, needle):
+def test_cli_run_one_bad_option_is_one_line(rmeval_cli, material, tmp_path, args, code, needle):
     argv = ["run-one", material.checkpoints[0], "--eval-data", material.dataset]
     argv += ["--work-dir", str(tmp_path / "work"), "--num-heads", str(HEADS)]
     if args != ["--no-store"]:
@@ -203,7 +193,7 @@ def test_cli_run_one_bad_option_is_one_line(material, tmp_path, args, code, need
     if args != ["--no-tokenizer"]:
         argv += ["--tokenizer", material.tokenizer]
     argv += [a for a in args if not a.startswith("--no-")]
-    proc = _cli(*argv)
+    proc = rmeval_cli(*argv)
     assert proc.returncode == code, proc.stderr
     assert needle in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr
@@ -239,7 +229,7 @@ def test_launch_local_checks_every_task_before_any_worker_starts(material, tmp_p
     _nothing_converted(tmp_path)
 
 
-def test_pipeline_fails_before_converting(material, tmp_path):
+def test_pipeline_fails_before_converting(rmeval_cli, material, tmp_path):
     cfg = tmp_path / "p.yml"
     cfg.write_text(
         yaml.safe_dump(
@@ -255,7 +245,7 @@ def test_pipeline_fails_before_converting(material, tmp_path):
             }
         )
     )
-    proc = _cli("pipeline", str(cfg))
+    proc = rmeval_cli("pipeline", str(cfg))
     assert proc.returncode == 1
     assert "--eval-data: " in _one_error_line(proc) and "missing.jsonl" in proc.stderr
     assert not (tmp_path / "logs").exists() and not (tmp_path / "results").exists()
@@ -301,11 +291,11 @@ def test_plan_accepts_a_template_that_names_the_tokenizer_itself(tmp_path):
         plan.make_plan(source, template=bad, store=str(tmp_path / "s"), options={"tokenizer": "t"})
 
 
-def test_cli_plan_store_and_beaker_dry_run_workspace(tmp_path):
+def test_cli_plan_store_and_beaker_dry_run_workspace(rmeval_cli, tmp_path):
     source = _listing(tmp_path)
-    proc = _cli("plan", "--source", source, "--tokenizer", "t.model")
+    proc = rmeval_cli("plan", "--source", source, "--tokenizer", "t.model")
     assert proc.returncode == 2 and "--store is required" in _one_error_line(proc)
-    proc = _cli(
+    proc = rmeval_cli(
         "launch", "--source", source, "--store", str(tmp_path / "s"), "--tokenizer", "t",
         "--backend", "beaker", "--dry-run",
     )  # fmt: skip
@@ -313,10 +303,10 @@ def test_cli_plan_store_and_beaker_dry_run_workspace(tmp_path):
     assert "--backend beaker needs --workspace ORG/NAME" in _one_error_line(proc)
 
 
-def test_launch_spec_file_refuses_planning_options(tmp_path):
+def test_launch_spec_file_refuses_planning_options(rmeval_cli, tmp_path):
     spec = tmp_path / "spec.yml"
     spec.write_text("version: v2\n")
-    proc = _cli("launch", str(spec), "--tokenizer", "t.model")
+    proc = rmeval_cli("launch", str(spec), "--tokenizer", "t.model")
     assert proc.returncode == 2 and "only with --source" in _one_error_line(proc)
 
 

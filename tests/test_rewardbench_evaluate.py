@@ -9,7 +9,7 @@ import random
 import pytest
 
 from rmeval import storage
-from rmeval.errors import EvalError, UsageError
+from rmeval.errors import AlreadyExistsError, EvalError, UsageError
 from rmeval.rewardbench import formats, scoring
 from rmeval.rewardbench.data import load_pairs, sample_records, write_sample
 from rmeval.rewardbench.evaluate import (
@@ -241,7 +241,7 @@ def test_evaluate_end_to_end(model_dir, sample, loaded, tmp_path):
     }
 
     # no clobbering without overwrite; overwrite replaces
-    with pytest.raises(EvalError, match="already exists; pass --overwrite"):
+    with pytest.raises(AlreadyExistsError, match=r"already exists$"):
         evaluate(str(model_dir), str(sample), str(out), progress=False)
     evaluate(
         str(model_dir),
@@ -347,5 +347,5 @@ def test_gcs_model_data_and_outputs(model_dir, sample, gcs_bucket):
     assert json.loads(storage.read_text(out)) == result.metrics
     n = len(load_pairs(str(sample), subsets=["alpacaeval-easy", "math-prm"]))
     assert len(storage.read_text(f"{gcs_bucket}/results/scores.jsonl").splitlines()) == n == 4
-    with pytest.raises(EvalError, match="already exists"):
+    with pytest.raises(AlreadyExistsError, match="already exists"):
         evaluate(f"{gcs_bucket}/models/rm", str(sample), out, progress=False)

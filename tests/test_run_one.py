@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rmeval import __version__, naming, run, storage
-from rmeval.errors import RmevalError
+from rmeval.errors import AlreadyExistsError, RmevalError
 from tests.run_fixtures import HEADS, make_material
 
 
@@ -150,6 +150,33 @@ def test_cli_run_one_and_result_json(material, tmp_path):
     assert "already done" in r.stderr
 
 
+def test_cli_run_one_failure_is_recorded_and_hints_force(material, tmp_path):
+    """A kept model already there: the library names the path, run-one says --force (not
+    --overwrite), and the status file records the failure as the CLI printed it."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "someone-elses-model.bin").write_text("x")
+    result_json = tmp_path / "r.json"
+    cmd = [
+        sys.executable, "-m", "rmeval", "run-one", material.checkpoints[0],
+        "--store", str(tmp_path / "store"), "--tokenizer", material.tokenizer,
+        "--eval-data", material.dataset, "--num-heads", str(HEADS),
+        "--keep-model", str(keep), "--result-json", str(result_json),
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 1
+    line = f"{keep}: already exists; pass --force to replace it"
+    assert r.stderr.strip().splitlines()[-1] == f"rmeval: error: {line}"
+    record = json.loads(result_json.read_text())
+    assert record == {
+        "status": "failed",
+        "error_type": "AlreadyExistsError",
+        "message": line,
+        "exit_code": 1,
+    }
+    assert [p.name for p in keep.iterdir()] == ["someone-elses-model.bin"]
+
+
 def test_scoring_is_passed_to_the_evaluator_and_checked_first(material, tmp_path):
     from rmeval.errors import EvalError, UsageError
 
@@ -194,8 +221,9 @@ def test_keep_model_never_clobbers(material, tmp_path):
     keep.mkdir()
     (keep / "someone-elses-model.bin").write_text("x")
     store = tmp_path / "store"
-    with pytest.raises(RmevalError, match=r"--keep-model: .*already exists; pass --force"):
+    with pytest.raises(AlreadyExistsError, match=r"already exists$") as info:
         _go(material, str(store), keep_model=str(keep), work_dir=str(tmp_path / "w"))
+    assert info.value.path == str(keep)
     assert [p.name for p in keep.iterdir()] == ["someone-elses-model.bin"]
     assert not any(p.name == "metrics.json" for p in store.rglob("*"))
     assert list((tmp_path / "w").iterdir()) == []
@@ -213,7 +241,7 @@ def test_gcs_keep_model_resumes_an_interrupted_upload(material, gcs_bucket, tmp_
     assert storage.read_bytes(storage.join(keep, "model.safetensors")) != b"half an upload"
     # the model is complete; with the run not done, a rerun must not replace it silently
     storage.delete(storage.join(store, res.run, "metrics.json"))
-    with pytest.raises(RmevalError, match=r"already holds a model; pass --force"):
+    with pytest.raises(AlreadyExistsError, match=r"already holds a model$"):
         _go(material, store, keep_model=keep, work_dir=str(tmp_path / "w2"))
     assert _go(material, store, keep_model=keep, force=True).status == "ok"
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from rmeval import storage
-from rmeval.errors import StoreError
+from rmeval.errors import AlreadyExistsError, StoreError
 
 
 def _put(root: str, name: str, data: bytes) -> str:
@@ -32,8 +32,10 @@ def test_write_read_exists_size_delete(store_root):
 
 def test_no_clobber_unless_overwrite(store_root):
     uri = _put(store_root, "x/metrics.json", b"first")
-    with pytest.raises(StoreError, match="already exists; pass --overwrite"):
+    with pytest.raises(AlreadyExistsError) as info:
         storage.write_bytes(uri, b"second")
+    # the library names the path only; the command says how to replace it (tests/test_cli.py)
+    assert info.value.path == uri and str(info.value) == f"{uri}: already exists"
     assert storage.read_bytes(uri) == b"first"
     storage.write_bytes(uri, b"second", overwrite=True)
     assert storage.read_bytes(uri) == b"second"

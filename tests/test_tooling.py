@@ -196,3 +196,22 @@ def test_make_help_lists_every_target():
     listed = [line.split()[1] for line in out.splitlines()]
     assert sorted(listed) == sorted(rules)
     assert all(len(line.split(maxsplit=2)) == 3 for line in out.splitlines())  # each says what
+
+
+def _recipe(makefile: str, target: str) -> list[str]:
+    """The command lines of ``target``'s rule."""
+    m = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert m, f"no rule {target}"
+    return [line.strip() for line in m.group(1).splitlines()]
+
+
+def test_mypy_is_part_of_make_lint_and_ci():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BIN)/mypy rmeval" in _recipe(makefile, "lint")
+    assert "$(BIN)/mypy rmeval" in _recipe(makefile, "typecheck")
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    runs = [step.get("run", "") for step in ci["jobs"]["lint"]["steps"]]
+    assert "make typecheck" in runs
+    hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    (mypy,) = [h for r in hooks["repos"] for h in r["hooks"] if h["id"] == "mypy"]
+    assert "stages" not in mypy  # runs on every commit, not only by hand

@@ -30,12 +30,13 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rmeval import options
+from rmeval import options, status
 
 KEYS = tuple(options.keys_of(options.SCHEDULE))
 RUN_OPTIONS = tuple(o for o in options.TEMPLATE_OPTIONS if o.dest in KEYS)
@@ -125,12 +126,12 @@ def _flags(entry: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------ plan
 
 
-def _error_line(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("rmeval: error:") or ln.startswith("rmeval: "):
-            return ln
-    return lines[-1] if lines else "rmeval plan failed without a message"
+def _error_line(result_json: Path, returncode: int) -> str:
+    """What the failed ``rmeval plan`` says in its status file (rmeval/status.py)."""
+    record = status.read(result_json)
+    if record is None or record.get("status") != status.FAILED:
+        return f"rmeval plan exited {returncode} without a status; see its output above"
+    return f"rmeval: error: {record.get('message') or record.get('error_type')}"
 
 
 def plan_entry(
@@ -148,10 +149,14 @@ def plan_entry(
         cmd += ["--preset", entry["preset"]]
     if entry["prefix"]:
         cmd += ["--prefix", entry["prefix"]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    sys.stderr.write(proc.stderr)
-    if proc.returncode != 0:
-        raise PlanFailed(f"{entry['results_dataset']}: {_error_line(proc.stderr)}")
+    with tempfile.TemporaryDirectory(prefix="plan-runs-") as tmp:
+        result_json = Path(tmp) / "result.json"
+        cmd += [status.FLAG, str(result_json)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        sys.stderr.write(proc.stderr)
+        if proc.returncode != 0:
+            line = _error_line(result_json, proc.returncode)
+            raise PlanFailed(f"{entry['results_dataset']}: {line}")
     try:
         data = json.loads(proc.stdout or "[]")
     except json.JSONDecodeError:

@@ -156,7 +156,7 @@ def _client_class() -> Any:
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code in no_answer:
-                    cause = f"{code.name}: {_one_line(exc.details())}"  # type: ignore[union-attr]
+                    cause = f"{code.name}: {_one_line(exc.details())}"
                     self._deadline.failed(started, self._address, cause)
                 else:
                     self._deadline.answered()
@@ -261,10 +261,10 @@ def client(workspace: str | None = None, timeout: float | None = None) -> Iterat
     except BeakerConfigurationError as exc:
         raise BackendError(
             f"Beaker is not configured ({exc}); set BEAKER_TOKEN (and BEAKER_CONFIG if needed)"
-        ) from None
+        ) from exc
     except (TypeError, ValueError, OSError) as exc:  # e.g. a config file without user_token
         where = os.environ.get("BEAKER_CONFIG") or "the Beaker config file"
-        raise BackendError(f"{where}: unusable Beaker configuration: {_one_line(exc)}") from None
+        raise BackendError(f"{where}: unusable Beaker configuration: {_one_line(exc)}") from exc
     b.deadline = _Deadline(seconds)
     log.debug(
         "Beaker: %s (gRPC %s); each call gets %g s to be answered, retries included (%s, %s)",
@@ -279,11 +279,11 @@ def client(workspace: str | None = None, timeout: float | None = None) -> Iterat
     except requests.RequestException as exc:
         url = exc.request.url if exc.request is not None else b.config.agent_address
         address = re.sub(r"^(\w+://[^/]+).*$", r"\1", str(url or ""))
-        raise BackendError(f"Beaker at {address}: {_http_cause(exc)}") from None
+        raise BackendError(f"Beaker at {address}: {_http_cause(exc)}") from exc
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         cause = f"{code.name}: {_one_line(exc.details())}" if code else _one_line(exc)
-        raise BackendError(f"Beaker at {b.config.rpc_address}: {cause}") from None
+        raise BackendError(f"Beaker at {b.config.rpc_address}: {cause}") from exc
     finally:
         with contextlib.suppress(Exception):
             b.close()
@@ -301,10 +301,10 @@ def get_workspace(
 
     try:
         return b.workspace.get(workspace)
-    except BeakerWorkspaceNotFound:
-        raise error(f"Beaker workspace {workspace!r} not found (expected {expected})") from None
+    except BeakerWorkspaceNotFound as exc:
+        raise error(f"Beaker workspace {workspace!r} not found (expected {expected})") from exc
     except BeakerError as exc:
-        raise error(f"Beaker workspace {workspace!r}: {type(exc).__name__}: {exc}") from None
+        raise error(f"Beaker workspace {workspace!r}: {type(exc).__name__}: {exc}") from exc
 
 
 def existing_experiments(
@@ -323,7 +323,7 @@ def existing_experiments(
                 if w.experiment.name
             }
         except BeakerError as exc:
-            raise BackendError(f"cannot list experiments in {workspace!r}: {exc}") from None
+            raise BackendError(f"cannot list experiments in {workspace!r}: {exc}") from exc
 
 
 def experiment_specs(
@@ -464,7 +464,7 @@ def result_files(
             except BeakerError as exc:
                 raise error(
                     f"cannot list experiments in {workspace!r}: {type(exc).__name__}: {exc}"
-                ) from None
+                ) from exc
 
         def status(wl: Any) -> str:
             return pb2.WorkloadStatus.Name(wl.status).removeprefix("STATUS_").lower()

@@ -7,13 +7,14 @@ emulated: any argument equal to or under the task's ``result.path`` (``/output``
 under ``<log_dir>/<task>/output``. Each task writes one log file ``<log_dir>/<task>.log``
 (appended across attempts). A failing task does not stop the others. Launching again is
 resumable: ``run-one`` skips runs whose metrics are already published and reports them as
-skipped (through a small ``--result-json`` file the worker writes).
+skipped. What happened is read from the status file each worker writes
+(``<log_dir>/<task>.result.json``, :mod:`rmeval.status`: ok / skipped, or the failure's
+error type and message), never from the worker's output.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shlex
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmeval import storage
+from rmeval import status, storage
 from rmeval.errors import BackendError
 from rmeval.procutil import child_env
 
@@ -76,7 +77,7 @@ class LaunchSummary:
             where = f"  (log: {o.log})" if o.log else ""
             detail = f": {o.detail}" if o.detail else ""
             out.append(f"{o.status:<8} {o.name}{detail}{where}")
-        counts = {}
+        counts: dict[str, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
         order = ["ok", "created", "skipped", "exists", "planned", "failed"]
@@ -134,9 +135,7 @@ def _run_task(task: LocalTask, log_dir: Path, env: Mapping[str, str] | None) -> 
     result_path = log_dir / f"{safe}.result.json"
     with contextlib.suppress(FileNotFoundError):
         result_path.unlink()
-    argv = [sys.executable, "-m", "rmeval", *task.argv]
-    if task.argv and task.argv[0] == "run-one":
-        argv += ["--result-json", str(result_path)]
+    argv = [sys.executable, "-m", "rmeval", *task.argv, status.FLAG, str(result_path)]
     t0 = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as logf:
         logf.write(
@@ -155,33 +154,22 @@ def _run_task(task: LocalTask, log_dir: Path, env: Mapping[str, str] | None) -> 
         except OSError as exc:
             return Outcome(task.name, "failed", f"cannot start: {exc}", str(log_path))
     seconds = time.perf_counter() - t0
+    record = status.read(result_path)
     if proc.returncode != 0:
-        return Outcome(
-            task.name,
-            "failed",
-            f"exit {proc.returncode}: {_last_error(log_path)}",
-            str(log_path),
-            seconds,
-        )
-    status = "ok"
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        status = json.loads(result_path.read_text(encoding="utf-8")).get("status", "ok")
-    return Outcome(task.name, status, "", str(log_path), seconds)
+        detail = f"exit {proc.returncode}: {_failure(record)}"
+        return Outcome(task.name, "failed", detail, str(log_path), seconds)
+    state = str(record.get("status") or status.OK) if record else status.OK
+    return Outcome(task.name, state, "", str(log_path), seconds)
 
 
-def _last_error(log_path: Path) -> str:
-    """The worker's last ``rmeval: error:`` line (or its last line), secrets masked: it is
-    echoed into the launch summary."""
+def _failure(record: Mapping[str, Any] | None) -> str:
+    """What a failed worker's status file says (secrets masked: it is echoed into the
+    launch summary), or that it wrote none."""
     from rmeval.credentials import redact
 
-    try:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        if line.startswith("rmeval: error:"):
-            return redact(line[len("rmeval: error:") :].strip())[:300]
-    return redact(lines[-1].strip() if lines else "")[:300]
+    if record is None or record.get("status") != status.FAILED:
+        return "it wrote no status (killed?); see its log"
+    return redact(str(record.get("message") or record.get("error_type") or ""))[:300]
 
 
 def run_local(
@@ -211,7 +199,7 @@ def run_local(
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise storage.write_error(exc, log_dir, "create the log directory") from None
+        raise storage.write_error(exc, log_dir, "create the log directory") from exc
     storage.check_writable(log_dir / "launch.log")  # a probe, before any worker starts
     outcomes: list[Outcome] = []
     bar = tqdm(total=len(tasks), unit="run", disable=None if progress else True, desc="launch")

@@ -39,7 +39,7 @@ import numpy as np
 from rmeval import naming, storage
 from rmeval.checkpoints import llama
 from rmeval.checkpoints.easylm import CheckpointReader, numpy_dtype
-from rmeval.errors import CheckpointError, ConvertError, UsageError
+from rmeval.errors import AlreadyExistsError, CheckpointError, ConvertError, UsageError
 
 if TYPE_CHECKING:
     from rmeval.checkpoints.reference import VerifyResult
@@ -160,7 +160,7 @@ def _layout(plans: list[llama.TensorPlan], out_dtype: str | None, max_shard: int
 
 def _pwrite_all(fd: int, data: memoryview | np.ndarray | bytes, offset: int) -> None:
     if isinstance(data, np.ndarray):
-        data = data.reshape(-1).view(np.uint8)
+        data = data.reshape(-1).view(np.uint8).data
     data = memoryview(data).cast("B")
     done = 0
     while done < len(data):
@@ -325,7 +325,7 @@ def _check_out_free(out: str, overwrite: bool, notes: list[str]) -> None:
     if state == storage.INCOMPLETE:
         notes.append(f"replacing {out}: incomplete (no {llama.CONFIG_FILE}; an interrupted run)")
     elif state == storage.COMPLETE and not overwrite:
-        raise ConvertError(f"{out}: already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(out)
 
 
 # --------------------------------------------------------------------------- convert
@@ -380,7 +380,7 @@ def convert(
                 where = out if not storage.is_gcs(out) else tempfile.gettempdir()
                 raise storage.write_error(
                     exc, where, "write the converted model", ConvertError
-                ) from None
+                ) from exc
             result.out = out
             result.notes[:0] = notes
             if verify:

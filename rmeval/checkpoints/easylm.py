@@ -128,6 +128,13 @@ class _Source:
                 ) from None
             self.size = os.fstat(self._fd).st_size
 
+    @property
+    def fd(self) -> int:
+        """The open file descriptor of a local checkpoint."""
+        if self._fd is None:
+            raise ValueError(f"{self.uri}: not open (closed, or a gs:// object)")
+        return self._fd
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -149,9 +156,9 @@ class _Source:
             data = storage.read_range(self.uri, offset, offset + n)
         else:
             try:
-                data = os.pread(self._fd, n, offset)  # type: ignore[arg-type]
+                data = os.pread(self.fd, n, offset)
             except OSError as exc:
-                raise self._read_error(exc, offset) from None
+                raise self._read_error(exc, offset) from exc
         self.bytes_read += len(data)
         return data
 
@@ -167,9 +174,9 @@ class _Source:
             done = 0
             while done < n:
                 try:
-                    got = os.preadv(self._fd, [out[done:]], offset + done)  # type: ignore[arg-type]
+                    got = os.preadv(self.fd, [out[done:]], offset + done)
                 except OSError as exc:
-                    raise self._read_error(exc, offset + done) from None
+                    raise self._read_error(exc, offset + done) from exc
                 if got <= 0:
                     raise CheckpointError(
                         f"{self.uri}: short read at byte {offset + done}; the file changed "
@@ -199,6 +206,20 @@ class _Source:
             for _ in self._pool.map(fetch, parts):
                 pass
         self.bytes_read += n
+
+
+def _length(value: object) -> int:
+    """The value of a str, bin, array or map header (:meth:`_Cursor.header`): a length."""
+    if not isinstance(value, int):
+        raise TypeError(f"msgpack header value {value!r} is not a length")
+    return value
+
+
+def _ext(value: object) -> tuple[int, int]:
+    """The value of an ext header (:meth:`_Cursor.header`): ``(type, length)``."""
+    if not (isinstance(value, tuple) and len(value) == 2):
+        raise TypeError(f"msgpack header value {value!r} is not an ext header")
+    return value[0], value[1]
 
 
 class _Cursor:
@@ -299,7 +320,7 @@ class _Cursor:
         if kind in ("int", "float", "bool", "nil"):
             return v
         if kind in ("str", "bin"):
-            raw = self.take(int(v))  # type: ignore[arg-type]
+            raw = self.take(_length(v))
             if kind == "bin":
                 return raw
             try:
@@ -309,10 +330,10 @@ class _Cursor:
         if depth > 8:
             raise self._fail("msgpack nesting too deep for a key or shape", at)
         if kind == "array":
-            return [self.small_value(depth + 1) for _ in range(int(v))]  # type: ignore[arg-type]
+            return [self.small_value(depth + 1) for _ in range(_length(v))]
         if kind == "map":
             out = {}
-            for _ in range(int(v)):  # type: ignore[arg-type]
+            for _ in range(_length(v)):
                 k = self.small_value(depth + 1)
                 out[k] = self.small_value(depth + 1)
             return out
@@ -358,7 +379,8 @@ def _parse_ndarray_ext(cur: _Cursor, ext_type: int, length: int) -> tuple[str, t
     if kind != "bin":
         raise cur._fail("flax array data is not a msgpack bin", dtype_at)
     data_offset = cur.pos
-    cur.skip(int(nbytes))  # type: ignore[arg-type]
+    nbytes = _length(nbytes)
+    cur.skip(nbytes)
     if cur.pos - start != length:
         raise cur._fail(
             f"flax array payload is {cur.pos - start} bytes but its ext header says {length}",
@@ -370,7 +392,7 @@ def _parse_ndarray_ext(cur: _Cursor, ext_type: int, length: int) -> tuple[str, t
             f"array of shape {list(shape)} and dtype {dtype} needs {want} bytes, found {nbytes}",
             data_offset,
         )
-    return dtype, shape, data_offset, int(nbytes)  # type: ignore[arg-type]
+    return dtype, shape, data_offset, nbytes
 
 
 def _parse_chunked(cur: _Cursor, n_items: int, at: int) -> tuple[str, tuple, list]:
@@ -396,7 +418,7 @@ def _parse_chunked(cur: _Cursor, n_items: int, at: int) -> tuple[str, tuple, lis
             kind, n = cur.header()
             if kind != "map":
                 raise cur._fail("chunked array 'chunks' is not a map")
-            for _ in range(int(n)):  # type: ignore[arg-type]
+            for _ in range(_length(n)):
                 kat = cur.pos
                 k = cur.small_value()
                 if not isinstance(k, str) or not k.isdigit():
@@ -404,7 +426,7 @@ def _parse_chunked(cur: _Cursor, n_items: int, at: int) -> tuple[str, tuple, lis
                 kind, ext = cur.header()
                 if kind != "ext":
                     raise cur._fail(f"chunk {k} is not a flax array", kat)
-                chunks[int(k)] = _parse_ndarray_ext(cur, *ext)  # type: ignore[misc]
+                chunks[int(k)] = _parse_ndarray_ext(cur, *_ext(ext))
         else:
             raise cur._fail(f"unexpected key {key!r} in a flax array map", at)
     if not marker or shape is None or not chunks:
@@ -453,7 +475,7 @@ def _parse_entry(cur: _Cursor) -> TensorInfo | None:
     if kind != "bin":
         raise cur._fail("entry value is not msgpack bin (flax.serialization.to_bytes)", value_at)
     value_start = cur.pos
-    value_end = value_start + int(vlen)  # type: ignore[arg-type]
+    value_end = value_start + _length(vlen)
     if value_end > cur.src.size:
         raise cur._fail(
             f"truncated: the value needs bytes up to {value_end} but the file ends at byte "
@@ -462,12 +484,12 @@ def _parse_entry(cur: _Cursor) -> TensorInfo | None:
         )
     kind, v = cur.header()
     if kind == "ext":
-        dtype, shape, off, nbytes = _parse_ndarray_ext(cur, *v)  # type: ignore[misc]
+        dtype, shape, off, nbytes = _parse_ndarray_ext(cur, *_ext(v))
         pieces = [(off, nbytes)]
     elif kind == "map" and v == 0 and cur.pos == value_end:
         return None
     elif kind == "map":
-        dtype, shape, pieces = _parse_chunked(cur, int(v), value_start)  # type: ignore[arg-type]
+        dtype, shape, pieces = _parse_chunked(cur, _length(v), value_start)
     else:
         raise cur._fail(f"value is a msgpack {kind}, not a flax array", value_start)
     if cur.pos != value_end:
@@ -505,7 +527,7 @@ class CheckpointReader:
         try:
             self._src = _Source(self.uri)
         except StoreError as exc:
-            raise CheckpointError(str(exc)) from None
+            raise CheckpointError(str(exc)) from exc
         try:
             tensors: dict[str, TensorInfo] = {}
             for info in iter_entries(self._src):
@@ -543,7 +565,7 @@ class CheckpointReader:
     def read_into(self, info: TensorInfo, out: memoryview | np.ndarray, start: int = 0) -> None:
         """Copy bytes ``[start, start + len(out))`` of the tensor's raw C-order data into
         ``out`` (by default all ``info.nbytes`` of them, from the start)."""
-        mv = memoryview(out).cast("B") if not isinstance(out, memoryview) else out.cast("B")
+        mv = out.cast("B") if isinstance(out, memoryview) else out.data.cast("B")
         if start < 0 or start + len(mv) > info.nbytes:
             raise ValueError(
                 f"bytes [{start}, {start + len(mv)}) of {info.name} ({info.nbytes} bytes)"

@@ -307,7 +307,11 @@ def infer_spec(
                 f"{vocab} match no preset); pass --model-size ({', '.join(PRESETS)}) or "
                 "--num-heads N"
             )
-        heads = num_heads if num_heads is not None else PRESETS[match].num_attention_heads  # type: ignore[index]
+        if num_heads is not None:
+            heads = num_heads
+        else:
+            assert match is not None  # refused just above
+            heads = PRESETS[match].num_attention_heads
         if match is not None and num_heads is None:
             notes.append(
                 f"auto: tensor shapes match preset {match}; using its {heads} attention heads"

@@ -59,7 +59,7 @@ def _read_json_records(data: bytes, source: str) -> list[dict]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EvalError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+        raise EvalError(f"{source}: not UTF-8 text (byte {exc.start})") from exc
     stripped = text.lstrip()
     if not stripped:
         return []
@@ -85,7 +85,7 @@ def _read_json_records(data: bytes, source: str) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise EvalError(f"{source}: line {lineno} is not valid JSON ({exc.msg})") from None
+            raise EvalError(f"{source}: line {lineno} is not valid JSON ({exc.msg})") from exc
     return records
 
 
@@ -97,7 +97,7 @@ def _read_parquet_records(data: bytes, source: str) -> list[dict]:
     try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises ArrowInvalid and friends
-        raise EvalError(f"{source}: not a readable parquet file ({exc})") from None
+        raise EvalError(f"{source}: not a readable parquet file ({exc})") from exc
     return table.to_pylist()
 
 
@@ -115,7 +115,7 @@ def _read_hub(dataset: str) -> list[dict]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EvalError(
             f"{dataset}: cannot load split {HUB_SPLIT!r} from the hub: {first}"
-        ) from None
+        ) from exc
     return [dict(r) for r in ds]
 
 
@@ -129,7 +129,7 @@ def load_records(dataset: str) -> list[dict]:
     try:
         data = storage.read_bytes(dataset)
     except StoreError as exc:
-        raise EvalError(f"cannot read the dataset: {exc}") from None
+        raise EvalError(f"cannot read the dataset: {exc}") from exc
     if dataset.lower().endswith(".parquet"):
         return _read_parquet_records(data, dataset)
     return _read_json_records(data, dataset)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from rmeval import storage
 from rmeval.checkpoints.llama import CONFIG_FILE
-from rmeval.errors import CheckpointError, EvalError, StoreError, UsageError
+from rmeval.errors import AlreadyExistsError, CheckpointError, EvalError, StoreError, UsageError
 from rmeval.rewardbench import formats, scoring
 from rmeval.rewardbench.data import Pair, load_pairs
 from rmeval.tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, declared_class, load_tokenizer
@@ -133,7 +133,7 @@ def _local_model_dir(model_dir: str, stack: contextlib.ExitStack) -> Path:
         try:
             return storage.download_tree(model_dir, work / "model", marker=CONFIG_FILE)
         except StoreError as exc:
-            raise EvalError(f"cannot fetch the model: {exc}") from None
+            raise EvalError(f"cannot fetch the model: {exc}") from exc
     path = storage.local_path(model_dir)
     if not path.is_dir():
         raise EvalError(
@@ -159,7 +159,7 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
     except Exception as exc:
         raise EvalError(
             f"{model_dir}/{CONFIG_FILE}: cannot read the model config: {_first(exc)}"
-        ) from None
+        ) from exc
     if config.num_labels != 1:
         raise EvalError(
             f"{model_dir}: the model's head has num_labels={config.num_labels}; a reward model "
@@ -176,13 +176,13 @@ def load_reward_model(model_dir: str | os.PathLike, device: str, dtype):
     try:
         tokenizer, _ = load_tokenizer(model_dir, model_dir)
     except CheckpointError as exc:  # names the folder and what to pass instead
-        raise EvalError(str(exc)) from None
+        raise EvalError(str(exc)) from exc
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, dtype=dtype, attn_implementation="sdpa"
         )
     except Exception as exc:
-        raise EvalError(f"{model_dir}: cannot load the model: {_first(exc)}") from None
+        raise EvalError(f"{model_dir}: cannot load the model: {_first(exc)}") from exc
     if not isinstance(getattr(model, "score", None), torch.nn.Module):
         raise EvalError(
             f"{model_dir}: {type(model).__name__} has no `score` head; expected a causal-LM "
@@ -401,13 +401,11 @@ def _check_outputs(out: str | None, save_scores: str | None, overwrite: bool) ->
         raise UsageError(f"--out and --save-scores are the same file: {out}")
     storage.recover_together([uri for uri in (save_scores, out) if uri])  # a killed write
     if out and not overwrite and storage.exists(out):
-        raise EvalError(f"{out}: metrics file already exists; pass --overwrite to replace it")
+        raise AlreadyExistsError(out, "metrics file already exists")
     replace_scores = overwrite
     if save_scores and not overwrite and storage.exists(save_scores):
         if not out:
-            raise EvalError(
-                f"{save_scores}: scores file already exists; pass --overwrite to replace it"
-            )
+            raise AlreadyExistsError(save_scores, "scores file already exists")
         log.info("%s: scores without %s (an interrupted run); replacing them", save_scores, out)
         replace_scores = True
     for uri in (save_scores, out):

@@ -153,7 +153,7 @@ def _render(tokenizer, template: str, pairs: Sequence[Pair]) -> list[str]:
         except Exception as exc:  # jinja and transformers raise many types
             raise EvalError(
                 f"cannot render pair {p.id} with the chat template: {_first_line(exc)}"
-            ) from None
+            ) from exc
     return texts
 
 

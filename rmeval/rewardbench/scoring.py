@@ -122,10 +122,10 @@ def section_scores(accuracies: Mapping[str, float]) -> dict[str, float | None]:
 
 def overall(sections: Mapping[str, float | None]) -> float | None:
     """Mean of the four section scores; ``None`` unless all four are present."""
-    vals = [sections.get(s) for s in SECTION_NAMES]
-    if any(v is None for v in vals):
+    vals = [v for s in SECTION_NAMES if (v := sections.get(s)) is not None]
+    if len(vals) < len(SECTION_NAMES):
         return None
-    return sum(vals) / len(vals)  # type: ignore[arg-type]
+    return sum(vals) / len(vals)
 
 
 def summarize(accuracies: Mapping[str, float]) -> dict[str, float | None]:
