@@ -433,6 +433,40 @@ def _run_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_diff(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="compare two versions of a results table (runs added, removed, changed)",
+        description="Each side is a CSV, a results dataset directory, DIR@v3 (a HISTORY "
+        "version) or DIR@<git rev> (e.g. results/helpsteer2@HEAD~1); with --dataset-dir, "
+        "a bare v3 or git rev. Prints markdown (default) or --json: runs added, removed and "
+        "changed by name, each changed run's Overall and section deltas, and the best run "
+        "before and after. Tables with different scoring formats or weights are refused "
+        "unless --force.",
+    )
+    p.add_argument(
+        "old", help="older table: CSV, DIR, DIR@v3, DIR@HEAD~1 (or v3 with --dataset-dir)"
+    )
+    p.add_argument("new", help="newer table, the same forms")
+    p.add_argument("--dataset-dir", default=None, metavar="DIR", help="e.g. results/helpsteer2")
+    p.add_argument("--table", default=None, help="table name in the dataset directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    p.add_argument(
+        "--force", action="store_true", help="diff tables with different scoring or weights"
+    )
+    p.set_defaults(handler=_run_diff)
+
+
+def _run_diff(args: argparse.Namespace) -> int:
+    from rmeval import diff
+
+    d = diff.diff(
+        args.old, args.new, dataset_dir=args.dataset_dir, table=args.table, force=args.force
+    )
+    _print((diff.as_json(d) if args.json else diff.markdown(d)).rstrip("\n"))
+    return 0
+
+
 # --------------------------------------------------------------------------- fit, report
 
 
@@ -651,6 +685,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_rewardbench_sample,
     _add_collect,
     _add_history,
+    _add_diff,
     _add_fit,
     _add_report,
     _add_pipeline,
