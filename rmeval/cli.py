@@ -552,6 +552,43 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_readme(sub: argparse._SubParsersAction) -> None:
+    from rmeval.fit import MODELS
+
+    p = sub.add_parser(
+        "readme",
+        help="fit, report and README.md of a results dataset (what GitHub shows in its folder)",
+        description="Rebuild beside results/<dataset>/<table>.csv: the fit (<table>.<model>.fit/, "
+        "when the table has feature columns and enough rows), the report notebook with its PNG "
+        "figures, and README.md (run count, date, top runs, section scores, the fit's dev RMSE "
+        "and R² beside the mean baseline, the figures). What is up to date with the table is "
+        "kept; --rebuild rebuilds it all.",
+    )
+    p.add_argument("dataset_dir", help="e.g. results/helpsteer2")
+    p.add_argument("--table", default=None, help="table name (default: the newest in HISTORY)")
+    p.add_argument("--model", choices=MODELS, default="linear", help="regressor (default linear)")
+    p.add_argument("--no-fit", action="store_true", help="no regressor")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even what is up to date")
+    p.set_defaults(handler=_run_readme)
+
+
+def _run_readme(args: argparse.Namespace) -> int:
+    from rmeval.pipeline import dataset_outputs
+
+    out, notes = dataset_outputs(
+        args.dataset_dir,
+        table=args.table,
+        fit=False if args.no_fit else {"model": args.model},
+        rebuild=args.rebuild,
+    )
+    for note in notes:
+        _print(f"note: {note}")
+    for p in (out.fit_dir, out.report, out.readme):
+        if p is not None:
+            _print(f"wrote {p}")
+    return 0
+
+
 # --------------------------------------------------------------------------- pipeline, demo
 
 
@@ -688,6 +725,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_diff,
     _add_fit,
     _add_report,
+    _add_readme,
     _add_pipeline,
     _add_demo,
 ]

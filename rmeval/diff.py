@@ -55,7 +55,7 @@ def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
         raise ResultsError(f"{cwd}: cannot run git ({exc}); give CSV paths instead") from None
 
 
-def _table_of(dataset_dir: Path, table: str | None) -> Path:
+def table_of(dataset_dir: Path, table: str | None) -> Path:
     """The table file of a dataset directory: ``table``, else the one its newest HISTORY
     record names, else its only CSV."""
     from rmeval.results import read_history
@@ -136,7 +136,7 @@ def resolve(spec: str, *, dataset_dir: str | None = None, table: str | None = No
             f"{spec}: no such table; give a CSV, a results dataset directory, DIR@v3 / "
             "DIR@<git rev>, or v3 / <git rev> with --dataset-dir"
         )
-    csv_path = _table_of(path, table)
+    csv_path = table_of(path, table)
     if rev is None:
         if not csv_path.is_file():
             raise ResultsError(f"{csv_path}: no such table")
