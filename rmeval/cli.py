@@ -445,9 +445,16 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
         "unless --force.",
     )
     p.add_argument(
-        "old", help="older table: CSV, DIR, DIR@v3, DIR@HEAD~1 (or v3 with --dataset-dir)"
+        "old",
+        nargs="?",
+        help="older table: CSV, DIR, DIR@v3, DIR@HEAD~1 (or v3 with --dataset-dir)",
     )
-    p.add_argument("new", help="newer table, the same forms")
+    p.add_argument("new", nargs="?", help="newer table, the same forms")
+    p.add_argument(
+        "--last",
+        action="store_true",
+        help="with --dataset-dir and no OLD/NEW: the newest version against the one before",
+    )
     p.add_argument("--dataset-dir", default=None, metavar="DIR", help="e.g. results/helpsteer2")
     p.add_argument("--table", default=None, help="table name in the dataset directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
@@ -460,9 +467,14 @@ def _add_diff(sub: argparse._SubParsersAction) -> None:
 def _run_diff(args: argparse.Namespace) -> int:
     from rmeval import diff
 
-    d = diff.diff(
-        args.old, args.new, dataset_dir=args.dataset_dir, table=args.table, force=args.force
-    )
+    old, new = args.old, args.new
+    if args.last:
+        if old is not None or args.dataset_dir is None:
+            raise UsageError("--last takes --dataset-dir and no OLD/NEW")
+        old, new = diff.last_versions(args.dataset_dir, args.table)
+    elif new is None:
+        raise UsageError("give OLD and NEW (or --dataset-dir DIR --last)")
+    d = diff.diff(old, new, dataset_dir=args.dataset_dir, table=args.table, force=args.force)
     _print((diff.as_json(d) if args.json else diff.markdown(d)).rstrip("\n"))
     return 0
 

@@ -4,7 +4,8 @@ Each side is a CSV path, a results dataset directory (its table as it is now), o
 of one: ``results/<dataset>@v3`` (a HISTORY.jsonl version), ``results/<dataset>@HEAD~1`` (a
 git revision); a bare ``v3`` / ``HEAD~1`` with ``--dataset-dir results/<dataset>``. A
 version is found in git: the commit of the dataset directory whose table's sha256 is the
-one its HISTORY record names.
+one its HISTORY record names; ``v0`` is the empty table before the first version, and
+``--last`` compares the newest version with the one before it (:func:`last_versions`).
 
 Rows are matched by run name (:func:`rmeval.results.diff_rows`): added, removed and
 changed, with each changed run's Overall and section deltas, and the best run before and
@@ -92,6 +93,8 @@ def _at_revision(csv_path: Path, rev: str) -> bytes:
 def _at_version(csv_path: Path, version: int) -> bytes:
     from rmeval.results import read_history
 
+    if version == 0:  # before the first version: no runs
+        return b""
     records = [
         r
         for r in read_history(csv_path.parent)
@@ -128,6 +131,7 @@ def resolve(spec: str, *, dataset_dir: str | None = None, table: str | None = No
         where, rev = spec.rsplit("@", 1)
     elif dataset_dir is not None and not os.path.exists(spec):
         where, rev = dataset_dir, spec
+        spec = f"{dataset_dir.rstrip('/')}@{rev}"
     path = Path(where)
     if rev is None and path.is_file():
         return Side(spec, path.read_text(encoding="utf-8"), str(path))
@@ -152,6 +156,8 @@ def resolve(spec: str, *, dataset_dir: str | None = None, table: str | None = No
 
 
 def _rows(side: Side) -> dict[str, dict[str, str]]:
+    if not side.text.strip():
+        return {}
     reader = csv.DictReader(io.StringIO(side.text))
     if reader.fieldnames is None or NAME not in reader.fieldnames:
         raise ResultsError(f"{side.path}: no {NAME!r} column; not a results table")
@@ -221,6 +227,24 @@ def compare(old: Side, new: Side, *, force: bool = False) -> dict[str, Any]:
         "changed": changed,
         "best": {"before": _best(a), "after": _best(b)},
     }
+
+
+def last_versions(dataset_dir: str, table: str | None = None) -> tuple[str, str]:
+    """``(v<N-1>, v<N>)`` for the newest HISTORY version N of the dataset's table
+    (``v0``: the empty table before the first version): what ``--last`` compares."""
+    from rmeval.results import read_history
+
+    csv_path = table_of(Path(dataset_dir), table)
+    versions = [
+        int(r["version"])
+        for r in read_history(dataset_dir)
+        if r.get("table") == csv_path.name and isinstance(r.get("version"), int)
+    ]
+    if not versions:
+        raise ResultsError(f"{dataset_dir}: no HISTORY version of {csv_path.name} yet")
+    newest = max(versions)
+    older = [v for v in versions if v < newest]
+    return f"v{max(older) if older else 0}", f"v{newest}"
 
 
 def diff(

@@ -144,3 +144,19 @@ def test_bad_input(repo, tmp_path, capsys):
         diff.diff("nosuchrev", "v2", dataset_dir=str(ds))
     assert cli.main(["diff", str(tmp_path / "missing.csv"), str(ds)]) == 1
     assert "no such table" in capsys.readouterr().err
+
+
+def test_last_compares_the_newest_version_with_the_one_before(repo, capsys):
+    ds = str(repo / "results" / "ds")
+    assert diff.last_versions(ds) == ("v1", "v2")
+    assert cli.main(["diff", "--dataset-dir", ds, "--last", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out)
+    assert last == diff.diff("v1", "v2", dataset_dir=ds)
+    assert last["old"]["label"] == f"{ds}@v1"
+    # v0: the empty table before the first version (what a first fetch-results shows)
+    first = diff.diff("v0", "v1", dataset_dir=ds)
+    assert [r["name"] for r in first["added"]] == [run_name(i) for i in range(3)]
+    assert first["removed"] == first["changed"] == [] and first["best"]["before"] is None
+    assert "0 → 3 runs: 3 added, 0 removed, 0 changed." in diff.markdown(first)
+    assert cli.main(["diff", "--last"]) == 2
+    assert "--last takes --dataset-dir" in capsys.readouterr().err
