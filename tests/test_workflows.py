@@ -508,6 +508,26 @@ def test_commit_results_conflict_without_refresh_fails_clearly(origin, gh_files,
     assert "::error title=commit-results::" in out and "no --refresh command" in out
 
 
+def test_commit_results_dataset_hidden_by_gitignore_names_the_rule(origin, gh_files, capsys):
+    bare, clone = origin
+    a = clone("a")
+    (a / ".gitignore").write_text("# scratch outputs\nresults/tmp-*\n")
+    _write_results(a, "tmp-hs2", [("m1", 0.61)])
+    before = git(bare, "rev-parse", "main")
+    cwd = os.getcwd()
+    os.chdir(a)
+    try:
+        rc = commit_results.main(["--path", "results/tmp-hs2", "--branch", "main"])
+    finally:
+        os.chdir(cwd)
+    assert rc == 1
+    errors = [ln for ln in capsys.readouterr().out.splitlines() if "::error" in ln]
+    assert len(errors) == 1, errors
+    assert "is ignored by .gitignore:2 ('results/tmp-*')" in errors[0], errors
+    assert "hint" not in errors[0]
+    assert git(bare, "rev-parse", "main") == before
+
+
 preview = _script("preview", "spec-preview/preview.py")
 
 
