@@ -505,6 +505,7 @@ class Key:
         return self.choices
 
 
+LANDINGS = ("push", "pull-request")  # how fetch-results lands a dataset (the first: default)
 _BOTH = frozenset({PIPELINE, SCHEDULE})
 _PIPE = frozenset({PIPELINE})
 _PY_TYPES = {str: str, positive_int: int, positive_float: (int, float), None: bool}
@@ -572,6 +573,13 @@ CONFIG_KEYS: tuple[Key, ...] = (
         positive=True,
     ),
     *_option_keys(),
+    Key(
+        "land",
+        str,
+        frozenset({SCHEDULE}),
+        "fetch-results: push to the branch, or pull-request (one PR per dataset); default push",
+        choices=LANDINGS,
+    ),
     Key("fit", (dict, bool), _PIPE, "fit settings (model, log_linear, seed) or false"),
     Key("report", bool, _PIPE, "render the report notebook"),
 )

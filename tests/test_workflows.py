@@ -33,7 +33,9 @@ ALLOWED_IGNORES = {
     ("actions/setup-rmeval/action.yml", "github-env"),
 }
 # Jobs that push results (the only ones allowed contents: write and kept credentials).
-PUSHING_JOBS = {("fetch-results.yml", "collect")}
+PUSHING_JOBS = {("fetch-results.yml", "collect"), ("fetch-results.yml", "collect-pr")}
+# Jobs that write pull requests or their comments (the only ones allowed pull-requests: write).
+PR_JOBS = {("fetch-results.yml", "collect-pr"), ("ci.yml", "results-diff")}
 
 
 def tool(name: str) -> str:
@@ -101,7 +103,9 @@ def violations(path: Path, doc: dict) -> list[str]:
                 found.append(f"{path.name}:{name}: no job-level permissions")
                 continue
             writes = {k for k, v in perms.items() if v == "write"}
-            if writes and ((path.name, name) not in PUSHING_JOBS or writes != {"contents"}):
+            allowed = {"contents"} if (path.name, name) in PUSHING_JOBS else set()
+            allowed |= {"pull-requests"} if (path.name, name) in PR_JOBS else set()
+            if writes - allowed:
                 found.append(f"{path.name}:{name}: write permission {sorted(writes)}")
             text = yaml.safe_dump(job)
             if "secrets." in text and name in {"lint", "workflows", "test", "spec-preview"}:
@@ -148,6 +152,12 @@ def test_rule_checks_fire_on_a_broken_workflow(tmp_path):
         "run: no job-level permissions",
     ):
         assert needle in found
+    # pull-requests: write only in the jobs that write pull requests (not the push landing)
+    fetch = load(WORKFLOWS / "fetch-results.yml")
+    assert violations(WORKFLOWS / "fetch-results.yml", fetch) == []
+    fetch["jobs"]["collect"]["permissions"]["pull-requests"] = "write"
+    found = violations(WORKFLOWS / "fetch-results.yml", fetch)
+    assert found == ["fetch-results.yml:collect: write permission ['contents', 'pull-requests']"]
 
 
 # ------------------------------------------------------------------------------ linters

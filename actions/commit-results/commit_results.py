@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sha = git("rev-parse", "HEAD").stdout.strip() if committed else ""
     print(line, flush=True)
-    write_outputs({"committed": str(committed).lower(), "sha": sha})
+    write_outputs({"committed": str(committed).lower(), "sha": sha, "subject": line})
     write_summary(f"### results\n\n{line}" + (f" ({sha[:12]})" if sha else ""))
     return 0
 

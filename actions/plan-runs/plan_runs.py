@@ -5,7 +5,7 @@ Wiring only: every checkpoint listing, naming and "already done" decision is mad
 matrix, and reports to the log, the job summary and ``$GITHUB_OUTPUT``.
 
     plan_runs.py runs    --config FILE [--only DATASET] | --preset P --source URI --store URI ...
-    plan_runs.py targets --config FILE [--only DATASET]
+    plan_runs.py targets --config FILE [--only DATASET]   (split by their `land`)
     plan_runs.py args    run-one|launch     (NUL-separated arguments for the job in $RUN)
 
 An entry has the keys of rmeval's one config schema (``rmeval.options.CONFIG_KEYS``, shared
@@ -103,6 +103,7 @@ def check_entry(raw: Any, where: str) -> dict[str, Any]:
             entry[key] = value.strip()
     entry["backend"] = entry["backend"] or "runners"
     entry["table"] = entry["table"] or "runs"
+    entry["land"] = entry["land"] or options.LANDINGS[0]
     return entry
 
 
@@ -317,9 +318,19 @@ def main(argv: list[str] | None = None) -> int:
             raw.setdefault("results_dataset", raw.get("preset") or "dispatch")
             entries = [check_entry(raw, "dispatch inputs")]
         if args.mode == "targets":
-            write_outputs({"targets": json.dumps(entries), "count": str(len(entries))})
-            names = ", ".join(e["results_dataset"] for e in entries) or "none"
-            write_summary(f"### fetch-results targets\n\n{names}")
+            # by landing: the pull-request ones run in a job that may write pull requests
+            push = [e for e in entries if e["land"] == "push"]
+            pulls = [e for e in entries if e["land"] == "pull-request"]
+            write_outputs(
+                {
+                    "targets": json.dumps(push),
+                    "count": str(len(push)),
+                    "pr-targets": json.dumps(pulls),
+                    "pr-count": str(len(pulls)),
+                }
+            )
+            names = ", ".join(f"{e['results_dataset']} ({e['land']})" for e in entries)
+            write_summary(f"### fetch-results targets\n\n{names or 'none'}")
             return 0
         result = plan(entries, args.template, args.max_runs, allow_empty=bool(args.config))
     except PlanFailed as exc:
