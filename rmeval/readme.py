@@ -129,8 +129,9 @@ def render(
     label_of = dict(zip(map(str, scored[NAME]), run_labels(list(scored[NAME])), strict=True))
     for i, (_, row) in enumerate(top.iterrows(), 1):
         label = label_of[str(row[NAME])]
-        budget = [str(int(row["budget"])) if row["budget"] == row["budget"] else "-"]
-        cells = [str(i), f"`{_cell(label)}`", *(budget if has_budget else [])]
+        cells = [str(i), f"`{_cell(label)}`"]
+        if has_budget:
+            cells.append(str(int(row["budget"])) if row["budget"] == row["budget"] else "-")
         cells += [_f(row[OVERALL]), *(_f(row[s]) for s in sections)]
         lines.append("| " + " | ".join(cells) + " |")
     if len(top):

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from rmeval import cli, pipeline, readme, results
 from tests.fit_helpers import FEAT_A, FEAT_B, FEAT_NOISE, synthetic_table, write_table
@@ -90,12 +91,15 @@ def test_underdetermined_fit_is_said_plainly(tmp_path):
 
 def test_no_features_or_too_few_rows_skip_the_fit_and_say_why(tmp_path):
     frame = synthetic_table(n=12).drop(columns=[FEAT_A, FEAT_B, FEAT_NOISE])
+    frame["uuid"] = [f"{i:032x}" for i in range(12)]
     _, paths = _dataset(tmp_path / "a", frame)
+    paths.csv.write_text(pd.read_csv(paths.csv).drop(columns=["budget"]).to_csv(index=False))
     notes: list[str] = []
     out = pipeline.build_outputs(paths, report=False, notes=notes)
     assert out.fit_dir is None and not paths.fit_dir().exists()
     text = paths.readme.read_text()
     assert "No regressor was fitted: runs.csv: no feature columns" in text
+    assert "| # | run | Overall | Chat |" in text  # a scores table: no budget column
     assert notes == ["fit skipped: " + text.split("No regressor was fitted: ")[1].split(".\n")[0]]
 
     _, paths = _dataset(tmp_path / "b", synthetic_table(n=4))
