@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,7 @@ SETUP_PYTHON = "actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065"
 ACT_TIMEOUT = 600
 TOKEN = "ghs_act-job-token"
 REPOSITORY = "acme/rm-results"
+ACT_PREFIX = re.compile(r"^\[(ci|convert-and-eval|fetch-results)/")  # act's "[workflow/job]"
 
 STUB = """\
 name: checkout (local stub for act)
@@ -258,7 +260,7 @@ def summaries(out: str) -> list[str]:
         if "⚙  Summary - " in line:
             current = [line.split("⚙  Summary - ", 1)[1]]
             found.append(current)
-        elif current is not None and line.startswith("["):
+        elif current is not None and ACT_PREFIX.match(line):
             current = None
         elif current is not None:
             current.append(line)
@@ -282,6 +284,9 @@ def test_workflows_end_to_end_with_act(tmp_path, github):
     for run in published:
         metrics = json.loads((Path(env.store) / run / "metrics.json").read_text())
         assert metrics
+    # each run's job summary says it is done
+    texts = summaries(out)
+    assert all(f"- done: `{run}`" in texts for run in published), texts
 
     # 2. fetch-results: the tables and their history land in origin, one commit per dataset.
     out = ok(env.fetch())
@@ -330,8 +335,10 @@ def test_workflows_end_to_end_with_act(tmp_path, github):
 
     # 3. Nothing new: no run-one, nothing published again, no commit.
     head = git(env.origin, "rev-parse", "main")
-    ok(env.dispatch())
+    out = ok(env.dispatch())
     assert env.published() == published
+    (plan,) = [t for t in summaries(out) if t.startswith("### rmeval plan")]
+    assert "| dispatch | - | runners | 0 | 2 |" in plan, plan  # both skipped as done
     ok(env.fetch())
     assert git(env.origin, "rev-parse", "main") == head
     # the pull-request dataset is not on main yet: its pull request is updated, not duplicated

@@ -136,8 +136,9 @@ def _error_line(stderr: str) -> str:
 
 def plan_entry(
     entry: dict[str, str], template: str, allow_empty: bool = False
-) -> list[dict[str, Any]]:
-    """Run ``rmeval plan --json`` for one entry and return its run list. ``allow_empty``
+) -> tuple[list[dict[str, Any]], int]:
+    """Run ``rmeval plan --json`` for one entry and return its run list and how many runs
+    it skips as done already. ``allow_empty``
     (the schedule: a source may have no checkpoints yet) passes ``--allow-empty``; a
     dispatch's source without checkpoints fails the step, naming the nearest prefixes."""
     cmd = [sys.executable, "-m", "rmeval", "plan", "--source", entry["source"]]
@@ -165,7 +166,8 @@ def plan_entry(
     # The prefix plan named the runs with (from the entry or the preset): run-one must use
     # the same one, or the run would never count as done.
     prefix = data.get("prefix") or entry["prefix"]
-    return [dict(r, prefix=prefix) if isinstance(r, dict) else r for r in runs]
+    done = data.get("done") if isinstance(data.get("done"), int) else 0
+    return [dict(r, prefix=prefix) if isinstance(r, dict) else r for r in runs], done
 
 
 def matrix_item(run: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
@@ -209,8 +211,8 @@ def plan(
     beaker: list[dict[str, str]] = []
     rows = []
     for entry in entries:
-        planned = plan_entry(entry, template, allow_empty)
-        rows.append((entry, len(planned)))
+        planned, done = plan_entry(entry, template, allow_empty)
+        rows.append((entry, len(planned), done))
         if entry["backend"] == "beaker":
             if planned:
                 beaker.append(entry)
@@ -256,11 +258,12 @@ def _cell(text: str) -> str:
 
 
 def summary(result: dict[str, Any]) -> str:
-    out = ["### rmeval plan", "", "| dataset | preset | backend | to run |", "|---|---|---|---|"]
-    for entry, n in result["rows"]:
+    out = ["### rmeval plan", "", "| dataset | preset | backend | to run | skipped (done) |"]
+    out.append("|---|---|---|---|---|")
+    for entry, n, done in result["rows"]:
         out.append(
             f"| {_cell(entry['results_dataset'])} | {_cell(entry['preset'] or '-')} | "
-            f"{entry['backend']} | {n} |"
+            f"{entry['backend']} | {n} | {done} |"
         )
     if result["deferred"]:
         out += ["", f"{result['deferred']} run(s) over --max-runs deferred to the next run."]
