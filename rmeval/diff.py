@@ -7,7 +7,8 @@ version is found in git: the commit of the dataset directory whose table's sha25
 one its HISTORY record names; ``v0`` is the empty table before the first version, and
 ``--last`` compares the newest version with the one before it (:func:`last_versions`).
 
-Rows are matched by run name (:func:`rmeval.results.diff_rows`): added, removed and
+Rows are matched by run name (:func:`rmeval.results.diff_rows`) and shown by their
+distinct labels (:func:`rmeval.figures.run_labels`: uuid, FEATS, SWAPS): added, removed and
 changed, with each changed run's Overall and section deltas, and the best run before and
 after. :func:`markdown` renders it for GitHub (a job summary, a pull-request body or
 comment), :func:`as_json` for machines. Tables scored in different formats or with
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmeval import naming
 from rmeval.errors import ResultsError
+from rmeval.figures import run_labels
 from rmeval.table import NAME, SCORING, SECTION_COLUMNS, TARGET, WEIGHTS
 
 VERSION_RE = re.compile(r"^v(?P<n>\d+)$")
@@ -175,12 +176,12 @@ def _meta_values(rows: dict[str, dict[str, str]], column: str) -> set[str]:
     return {r[column] for r in rows.values() if r.get(column)}
 
 
-def _best(rows: dict[str, dict[str, str]]) -> dict[str, Any] | None:
+def _best(rows: dict[str, dict[str, str]], label_of: dict[str, str]) -> dict[str, Any] | None:
     scored = [(v, n) for n, r in rows.items() if (v := _num(r.get(TARGET))) is not None]
     if not scored:
         return None
     value, name = max(scored, key=lambda t: (t[0], t[1]))
-    return {"name": name, "label": naming.run_label(name) or name, TARGET: value}
+    return {"name": name, "label": label_of[name], TARGET: value}
 
 
 def compare(old: Side, new: Side, *, force: bool = False) -> dict[str, Any]:
@@ -197,6 +198,9 @@ def compare(old: Side, new: Side, *, force: bool = False) -> dict[str, Any]:
                 "diff anyway)"
             )
     rows = diff_rows(old.text, new.text)
+    # one label per run, distinct over both tables (longer uuids where short ones collide)
+    names = sorted(a.keys() | b.keys())
+    label_of = dict(zip(names, run_labels(names), strict=True)) if names else {}
     changed = []
     for name in rows.changed_names:
         deltas = {}
@@ -208,14 +212,14 @@ def compare(old: Side, new: Side, *, force: bool = False) -> dict[str, Any]:
         changed.append(
             {
                 "name": name,
-                "label": naming.run_label(name) or name,
+                "label": label_of[name],
                 "deltas": deltas,
                 "columns": cols,
             }
         )
 
     def brief(r: dict[str, str], name: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": name, "label": naming.run_label(name) or name}
+        out: dict[str, Any] = {"name": name, "label": label_of[name]}
         out.update({c: _num(r.get(c)) for c in SCORE_COLUMNS})
         return out
 
@@ -225,7 +229,7 @@ def compare(old: Side, new: Side, *, force: bool = False) -> dict[str, Any]:
         "added": [brief(b[n], n) for n in rows.added_names],
         "removed": [brief(a[n], n) for n in rows.removed_names],
         "changed": changed,
-        "best": {"before": _best(a), "after": _best(b)},
+        "best": {"before": _best(a, label_of), "after": _best(b, label_of)},
     }
 
 
