@@ -196,3 +196,21 @@ def test_make_help_lists_every_target():
     listed = [line.split()[1] for line in out.splitlines()]
     assert sorted(listed) == sorted(rules)
     assert all(len(line.split(maxsplit=2)) == 3 for line in out.splitlines())  # each says what
+
+
+def test_make_takes_torch_alone_from_the_torch_index(tmp_path):
+    """CI sets TORCH_INDEX (the repository variable TORCH_CPU_INDEX, no host in the repo):
+    torch, and only torch, comes from it; unset, pip's own configuration decides."""
+
+    def plan(*extra: str) -> list[str]:
+        cmd = ["make", "-n", "-C", str(ROOT), "env", f"ENV_ROOT={tmp_path}", *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return [ln for ln in out.splitlines() if "pip install" in ln]
+
+    index = "file:///nowhere/cpu-wheels"
+    lines = plan(f"TORCH_INDEX={index}")
+    torch = [ln for ln in lines if '"torch==' in ln]
+    assert torch and all(f'--index-url "{index}"' in ln for ln in torch)
+    others = [ln for ln in lines if '"torch==' not in ln]
+    assert others and not any("--index-url" in ln for ln in others)
+    assert not any("--index-url" in ln for ln in plan())
