@@ -383,6 +383,10 @@ def test_plan_runs_bad_dispatch_fails_with_one_line(
             "listed twice",
         ),
         ("entries: [\n", "not valid YAML"),
+        (
+            "entries:\n  - {results_dataset: a, source: /x, store: /y, land: pr}\n",
+            "land must be one of push, pull-request, got 'pr'",
+        ),
     ],
 )
 def test_schedule_config_errors(tmp_path, gh_files, capsys, config, needle):
@@ -391,6 +395,22 @@ def test_schedule_config_errors(tmp_path, gh_files, capsys, config, needle):
     assert plan_runs.main(["targets", "--config", str(path)]) == 1
     out = capsys.readouterr().out
     assert needle in out and str(path) in out
+
+
+def test_targets_are_split_by_landing(tmp_path, gh_files):
+    path = tmp_path / "schedule.yml"
+    path.write_text(
+        "entries:\n"
+        "  - {results_dataset: a, source: /x, store: /y}\n"
+        "  - {results_dataset: b, source: /x, store: /y, land: pull-request}\n"
+        "  - {results_dataset: c, source: /x, store: /y, land: push}\n"
+    )
+    assert plan_runs.main(["targets", "--config", str(path)]) == 0
+    outputs, summary = gh_files()
+    assert [t["results_dataset"] for t in json.loads(outputs["targets"])] == ["a", "c"]
+    assert [t["results_dataset"] for t in json.loads(outputs["pr-targets"])] == ["b"]
+    assert (outputs["count"], outputs["pr-count"]) == ("2", "1")
+    assert "a (push), b (pull-request), c (push)" in summary
 
 
 def test_repo_schedule_config_is_valid(gh_files):
