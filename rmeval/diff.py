@@ -30,6 +30,7 @@ from typing import Any
 
 from rmeval.errors import ResultsError
 from rmeval.figures import run_labels
+from rmeval.results import dataset_table
 from rmeval.table import NAME, SCORING, SECTION_COLUMNS, TARGET, WEIGHTS
 
 VERSION_RE = re.compile(r"^v(?P<n>\d+)$")
@@ -55,26 +56,6 @@ def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise ResultsError(f"{cwd}: cannot run git ({exc}); give CSV paths instead") from None
-
-
-def table_of(dataset_dir: Path, table: str | None) -> Path:
-    """The table file of a dataset directory: ``table``, else the one its newest HISTORY
-    record names, else its only CSV."""
-    from rmeval.results import read_history
-
-    if table:
-        stem = table[:-4] if table.endswith(".csv") else table
-        return dataset_dir / f"{stem}.csv"
-    history = read_history(dataset_dir) if dataset_dir.is_dir() else []
-    if history and history[-1].get("table"):
-        return dataset_dir / str(history[-1]["table"])
-    tables = sorted(dataset_dir.glob("*.csv"))
-    if len(tables) == 1:
-        return tables[0]
-    raise ResultsError(
-        f"{dataset_dir}: {'no' if not tables else 'several'} results table(s) there; "
-        "name one with --table"
-    )
 
 
 def _at_revision(csv_path: Path, rev: str) -> bytes:
@@ -141,7 +122,7 @@ def resolve(spec: str, *, dataset_dir: str | None = None, table: str | None = No
             f"{spec}: no such table; give a CSV, a results dataset directory, DIR@v3 / "
             "DIR@<git rev>, or v3 / <git rev> with --dataset-dir"
         )
-    csv_path = table_of(path, table)
+    csv_path = dataset_table(path, table)
     if rev is None:
         if not csv_path.is_file():
             raise ResultsError(f"{csv_path}: no such table")
@@ -238,7 +219,7 @@ def last_versions(dataset_dir: str, table: str | None = None) -> tuple[str, str]
     (``v0``: the empty table before the first version): what ``--last`` compares."""
     from rmeval.results import read_history
 
-    csv_path = table_of(Path(dataset_dir), table)
+    csv_path = dataset_table(dataset_dir, table)
     versions = [
         int(r["version"])
         for r in read_history(dataset_dir)

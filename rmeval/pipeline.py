@@ -304,10 +304,10 @@ def dataset_outputs(
     """``rmeval readme``: :func:`build_outputs` for the table of a results dataset directory
     (``table``, else the one its newest HISTORY record names); what is older than the table
     is rebuilt (everything with ``rebuild``). Returns the outputs and the notes."""
-    from rmeval import diff, results
+    from rmeval import results
 
     d = storage.local_path(os.fspath(dataset_dir))
-    csv = diff.table_of(d, table)
+    csv = results.dataset_table(d, table)
     if not csv.is_file():
         raise ResultsError(f"{csv}: no such table; run `rmeval collect` into {d} first")
     paths = results.table_paths(d.parent, d.name, csv.stem)

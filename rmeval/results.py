@@ -306,6 +306,27 @@ def read_history(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def dataset_table(dataset_dir: str | os.PathLike, table: str | None = None) -> Path:
+    """The table of a results dataset directory: ``<dataset_dir>/<table>.csv``, else the
+    table its newest HISTORY record names, else its only CSV."""
+    d = storage.local_path(os.fspath(dataset_dir))
+    if table:
+        try:
+            naming.safe_component(table, what="--table")
+        except NamingError as exc:
+            raise UsageError(str(exc)) from None
+        return d / f"{table[:-4] if table.endswith('.csv') else table}.csv"
+    history = read_history(d) if d.is_dir() else []
+    if history and history[-1].get("table"):
+        return d / naming.safe_component(str(history[-1]["table"]), what="HISTORY table")
+    tables = sorted(d.glob("*.csv"))
+    if len(tables) == 1:
+        return tables[0]
+    raise ResultsError(
+        f"{d}: {'no' if not tables else 'several'} results table(s) there; name one with --table"
+    )
+
+
 def default_command() -> str:
     """The running command line, with the program shown as ``rmeval``."""
     argv = list(sys.argv)

@@ -37,7 +37,7 @@ def _url(kind: str, ref: str, rel: str) -> str:
 
 def figure_links(path: Path, ref: str) -> list[str]:
     """Markdown links to the dataset's README and report figures at ``ref``."""
-    csv = diff.table_of(path, None)
+    csv = results.dataset_table(path)
     paths = results.table_paths(path.parent, path.name, csv.stem)
     links = []
     if paths.readme.is_file():
@@ -88,7 +88,7 @@ def changed_datasets(base: str) -> list[Path]:
 def comment_text(base: str) -> str:
     parts = []
     for d in changed_datasets(base):
-        csv = diff.table_of(d, None)
+        csv = results.dataset_table(d)
         at_base = subprocess.run(
             ["git", "cat-file", "-e", f"{base}:{csv.as_posix()}"], capture_output=True, check=False
         )
