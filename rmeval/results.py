@@ -316,7 +316,9 @@ def dataset_table(dataset_dir: str | os.PathLike, table: str | None = None) -> P
         except NamingError as exc:
             raise UsageError(str(exc)) from None
         return d / f"{table[:-4] if table.endswith('.csv') else table}.csv"
-    history = read_history(d) if d.is_dir() else []
+    if not d.is_dir():
+        raise ResultsError(f"{d}: no such results directory")
+    history = read_history(d)
     if history and history[-1].get("table"):
         return d / naming.safe_component(str(history[-1]["table"]), what="HISTORY table")
     tables = sorted(d.glob("*.csv"))

@@ -144,6 +144,8 @@ def test_bad_input(repo, tmp_path, capsys):
         diff.diff("nosuchrev", "v2", dataset_dir=str(ds))
     assert cli.main(["diff", str(tmp_path / "missing.csv"), str(ds)]) == 1
     assert "no such table" in capsys.readouterr().err
+    assert cli.main(["diff", "--dataset-dir", str(tmp_path / "nodir"), "--last"]) == 1
+    assert "nodir: no such results directory" in capsys.readouterr().err
 
 
 def test_last_compares_the_newest_version_with_the_one_before(repo, capsys):
