@@ -9,6 +9,11 @@ DEPS_KEY  := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
 VENV      ?= $(ENV_ROOT)/venv-$(DEPS_KEY)
 # The CPU wheel that lies on local disk; pyproject leaves torch unpinned for GPU users.
 TORCH_PIN ?= torch==2.13.0
+# Where that torch comes from when it is not on local disk: CI on GitHub-hosted runners sets
+# TORCH_INDEX (from the repository variable TORCH_CPU_INDEX) to the CPU-only wheel index,
+# so pip does not pull the multi-GB CUDA build. Empty: pip's own configuration.
+TORCH_INDEX ?=
+TORCH_FROM = $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 EXTRAS    ?= test,beaker,verify,fit,lightgbm
 DEPS_OK   := $(VENV)/.deps-ok
 BIN       := $(VENV)/bin
@@ -44,7 +49,7 @@ $(DEPS_OK):
 	@echo ">> creating environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
-	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q $(TORCH_FROM) "$(TORCH_PIN)"
 	$(BIN)/pip install -q ".[$(EXTRAS)]"
 	$(BIN)/pip uninstall -q -y rmeval
 	rm -rf build rmeval.egg-info
@@ -67,7 +72,7 @@ define ref_env
 	rm -rf $(ENV_ROOT)/$(1)-$(call pins_key,$(2))
 	$(PYTHON) -m venv $(ENV_ROOT)/$(1)-$(call pins_key,$(2))
 	$(ENV_ROOT)/$(1)-$(call pins_key,$(2))/bin/pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
-	$(ENV_ROOT)/$(1)-$(call pins_key,$(2))/bin/pip install -q "$(TORCH_PIN)"
+	$(ENV_ROOT)/$(1)-$(call pins_key,$(2))/bin/pip install -q $(TORCH_FROM) "$(TORCH_PIN)"
 	$(ENV_ROOT)/$(1)-$(call pins_key,$(2))/bin/pip install -q "$(TORCH_PIN)" $(2)
 	$(ENV_ROOT)/$(1)-$(call pins_key,$(2))/bin/pip check
 	touch $(ENV_ROOT)/$(1)-$(call pins_key,$(2))/.ok

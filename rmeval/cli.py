@@ -439,6 +439,52 @@ def _run_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_diff(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="compare two versions of a results table (runs added, removed, changed)",
+        description="Each side is a CSV, a results dataset directory, DIR@v3 (a HISTORY "
+        "version) or DIR@<git rev> (e.g. results/helpsteer2@HEAD~1); with --dataset-dir, "
+        "a bare v3 or git rev. Prints markdown (default) or --json: runs added, removed and "
+        "changed by name, each changed run's Overall and section deltas, and the best run "
+        "before and after. Tables with different scoring formats or weights are refused "
+        "unless --force.",
+    )
+    p.add_argument(
+        "old",
+        nargs="?",
+        help="older table: CSV, DIR, DIR@v3, DIR@HEAD~1 (or v3 with --dataset-dir)",
+    )
+    p.add_argument("new", nargs="?", help="newer table, the same forms")
+    p.add_argument(
+        "--last",
+        action="store_true",
+        help="with --dataset-dir and no OLD/NEW: the newest version against the one before",
+    )
+    p.add_argument("--dataset-dir", default=None, metavar="DIR", help="e.g. results/helpsteer2")
+    p.add_argument("--table", default=None, help="table name in the dataset directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    p.add_argument(
+        "--force", action="store_true", help="diff tables with different scoring or weights"
+    )
+    p.set_defaults(handler=_run_diff)
+
+
+def _run_diff(args: argparse.Namespace) -> int:
+    from rmeval import diff
+
+    old, new = args.old, args.new
+    if args.last:
+        if old is not None or args.dataset_dir is None:
+            raise UsageError("--last takes --dataset-dir and no OLD/NEW")
+        old, new = diff.last_versions(args.dataset_dir, args.table)
+    elif new is None:
+        raise UsageError("give OLD and NEW (or --dataset-dir DIR --last)")
+    d = diff.diff(old, new, dataset_dir=args.dataset_dir, table=args.table, force=args.force)
+    _print((diff.as_json(d) if args.json else diff.markdown(d)).rstrip("\n"))
+    return 0
+
+
 # --------------------------------------------------------------------------- fit, report
 
 
@@ -521,6 +567,43 @@ def _run_report(args: argparse.Namespace) -> int:
     _print(
         f"wrote {r.notebook} and {len(r.figures)} figure(s) in {r.figures[0].parent if r.figures else '-'}"
     )
+    return 0
+
+
+def _add_readme(sub: argparse._SubParsersAction) -> None:
+    from rmeval.fit import MODELS
+
+    p = sub.add_parser(
+        "readme",
+        help="fit, report and README.md of a results dataset (what GitHub shows in its folder)",
+        description="Rebuild beside results/<dataset>/<table>.csv: the fit (<table>.<model>.fit/, "
+        "when the table has feature columns and enough rows), the report notebook with its PNG "
+        "figures, and README.md (run count, date, top runs, section scores, the fit's dev RMSE "
+        "and R² beside the mean baseline, the figures). What is up to date with the table is "
+        "kept; --rebuild rebuilds it all.",
+    )
+    p.add_argument("dataset_dir", help="e.g. results/helpsteer2")
+    p.add_argument("--table", default=None, help="table name (default: the newest in HISTORY)")
+    p.add_argument("--model", choices=MODELS, default="linear", help="regressor (default linear)")
+    p.add_argument("--no-fit", action="store_true", help="no regressor")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even what is up to date")
+    p.set_defaults(handler=_run_readme)
+
+
+def _run_readme(args: argparse.Namespace) -> int:
+    from rmeval.pipeline import dataset_outputs
+
+    out, notes = dataset_outputs(
+        args.dataset_dir,
+        table=args.table,
+        fit=False if args.no_fit else {"model": args.model},
+        rebuild=args.rebuild,
+    )
+    for note in notes:
+        _print(f"note: {note}")
+    for p in (out.fit_dir, out.report, out.readme):
+        if p is not None:
+            _print(f"wrote {p}")
     return 0
 
 
@@ -668,8 +751,10 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_rewardbench_sample,
     _add_collect,
     _add_history,
+    _add_diff,
     _add_fit,
     _add_report,
+    _add_readme,
     _add_pipeline,
     _add_demo,
 ]

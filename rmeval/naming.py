@@ -38,6 +38,7 @@ FEATURE_COUNTS_RE = re.compile(
 EXPERIMENT_SEPARATOR = "--"
 
 DEFAULT_EVAL_EXPERIMENT_PREFIX = "rm-eval-"
+RESULTS_BRANCH_PREFIX = "rmeval/results-"  # fetch-results' pull-request branch per dataset
 # beaker-py's own validator: ASCII letters, digits, '.', '-', '_', not starting with '-'.
 BEAKER_NAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
 # Beaker does not document a length cap that we could check offline; 128 keeps every name
@@ -222,6 +223,12 @@ def run_label(name: str, uuid_chars: int = 8) -> str | None:
     if budget is not None:
         parts.append(f"SWAPS {budget}")
     return " · ".join(parts) or None
+
+
+def results_branch(dataset: str) -> str:
+    """The branch fetch-results lands a results dataset on in pull-request mode (one per
+    dataset, so one pull request per dataset): ``rmeval/results-<dataset>``."""
+    return RESULTS_BRANCH_PREFIX + safe_component(dataset, what="results dataset")
 
 
 def rescale_budget(budget: int, dataset_total_size: int, reference_size: int = 7000) -> int:

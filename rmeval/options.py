@@ -499,6 +499,7 @@ class Key:
         return self.choices
 
 
+LANDINGS = ("push", "pull-request")  # how fetch-results lands a dataset (the first: default)
 _BOTH = frozenset({PIPELINE, SCHEDULE})
 _PIPE = frozenset({PIPELINE})
 # an option's argparse type -> the Python type(s) a config value of it has
@@ -572,6 +573,13 @@ CONFIG_KEYS: tuple[Key, ...] = (
         positive=True,
     ),
     *_option_keys(),
+    Key(
+        "land",
+        str,
+        frozenset({SCHEDULE}),
+        "fetch-results: push to the branch, or pull-request (one PR per dataset); default push",
+        choices=LANDINGS,
+    ),
     Key("fit", (dict, bool), _PIPE, "fit settings (model, log_linear, seed) or false"),
     Key("report", bool, _PIPE, "render the report notebook"),
 )

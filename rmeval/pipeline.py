@@ -1,4 +1,5 @@
-"""``rmeval pipeline CONFIG``: plan → launch → collect → results/<dataset>/ → fit → report.
+"""``rmeval pipeline CONFIG``: plan → launch → collect → results/<dataset>/ → fit → report
+→ README.md.
 
 The config is a YAML mapping; relative paths are relative to the config file. Its keys are
 the one schema of :data:`rmeval.options.CONFIG_KEYS` (shared with the entries of
@@ -31,7 +32,8 @@ Every run-one option is checked before any conversion (launch's
 :func:`rmeval.launch.check_local_tasks` on the local backend; the values of each task on
 Beaker). Re-running is idempotent: runs already published are skipped by ``plan``; an
 unchanged table writes nothing, and the fit and report are only rebuilt when the table
-changed.
+changed. :func:`build_outputs` (the fit, report and README stage) is also what
+``rmeval readme`` runs after fetch-results' collect.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Any
 import yaml
 
 from rmeval import naming, options, storage
-from rmeval.errors import ConfigError
+from rmeval.errors import ConfigError, ResultsError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class PipelineResult:
     issues: int = 0
     fit_dir: Path | None = None
     report: Path | None = None
+    readme: Path | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -96,6 +99,8 @@ class PipelineResult:
             out.append(f"issues:  {self.issues} (see the table's .issues.json)")
         out.append(f"fit:     {self.fit_dir}" if self.fit_dir else "fit:     (skipped)")
         out.append(f"report:  {self.report}" if self.report else "report:  (skipped)")
+        if self.readme:
+            out.append(f"readme:  {self.readme}")
         out += [f"note:    {n}" for n in self.notes]
         return out
 
@@ -216,18 +221,15 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
         res.notes.append("no runs were collected; nothing to fit or report")
         return res
 
-    # fit and report, rebuilt only when the table changed (or they are missing)
-    fit_dir = paths.fit_dir
-    if cfg.get("fit"):
-        fit_opts = cfg["fit"] if isinstance(cfg["fit"], dict) else {}
-        res.fit_dir = _fit(table, fit_dir, fit_opts, rebuild=res.table_changed, notes=res.notes)
-    if cfg.get("report"):
-        from rmeval.report import report
-
-        nb = paths.report
-        if res.table_changed or not nb.exists() or (res.fit_dir and not _newer(nb, fit_dir)):
-            report(table, nb, fit_dir=res.fit_dir, overwrite=True)
-        res.report = nb
+    # fit, report and README, rebuilt only when the table changed (or they are missing)
+    built = build_outputs(
+        paths,
+        fit=cfg.get("fit"),
+        report=bool(cfg.get("report")),
+        changed=res.table_changed,
+        notes=res.notes,
+    )
+    res.fit_dir, res.report, res.readme = built.fit_dir, built.report, built.readme
     return res
 
 
@@ -245,6 +247,102 @@ def exists_hint(cfg: dict[str, Any], path: str, config: str | os.PathLike) -> st
         if root and (target == root or target.startswith(root + "/")):
             return f"move it away, or set {key} in {config} to another location"
     return f"move it away, or change where {config} writes"
+
+
+@dataclass
+class Outputs:
+    """What :func:`build_outputs` left beside a table."""
+
+    fit_dir: Path | None = None
+    report: Path | None = None
+    readme: Path | None = None
+    figures: list[Path] = field(default_factory=list)
+
+
+def build_outputs(
+    paths,
+    *,
+    fit: dict[str, Any] | bool | None = True,
+    report: bool = True,
+    changed: bool = True,
+    notes: list[str] | None = None,
+) -> Outputs:
+    """The fit (when the table has features and rows enough), the report notebook with its
+    figures, and README.md of the table at ``paths`` (:class:`rmeval.table.TablePaths`).
+    Without ``changed``, only what is missing or older than its inputs is rebuilt. Why a fit
+    was skipped goes to ``notes`` and into the README."""
+    from rmeval import readme
+    from rmeval.fit import read_table, unfit_reason
+    from rmeval.report import report as build_report
+
+    notes = notes if notes is not None else []
+    out = Outputs()
+    table = paths.csv
+    no_fit = None
+    if fit:
+        fit_opts = fit if isinstance(fit, dict) else {}
+        model = fit_opts.get("model") or "linear"
+        fit_dir = paths.fit_dir(model)
+        reason = unfit_reason(table, read_table(str(table)))
+        if reason:
+            no_fit = reason
+            notes.append(f"fit skipped: {reason}")
+            if fit_dir.exists():
+                storage.delete(str(fit_dir))
+        else:
+            out.fit_dir = _fit(table, fit_dir, fit_opts, rebuild=changed, notes=notes)
+            if out.fit_dir is None:
+                no_fit = notes[-1].removeprefix("fit skipped: ")
+    if report:
+        nb = paths.report
+        if (
+            changed
+            or not nb.exists()
+            or (out.fit_dir and not _newer(nb, out.fit_dir))
+            or (out.fit_dir is None and _mentions_fit(nb))
+        ):
+            build_report(table, nb, fit_dir=out.fit_dir, overwrite=True)
+        out.report = nb
+        if paths.figures.is_dir():
+            out.figures = _figure_order(nb, paths.figures)
+    text = readme.render(paths, fit_dir=out.fit_dir, no_fit=no_fit, figures=out.figures)
+    out.readme = readme.write(paths, text)
+    return out
+
+
+def dataset_outputs(
+    dataset_dir: str | os.PathLike,
+    *,
+    table: str | None = None,
+    fit: dict[str, Any] | bool = True,
+    rebuild: bool = False,
+) -> tuple[Outputs, list[str]]:
+    """``rmeval readme``: :func:`build_outputs` for the table of a results dataset directory
+    (``table``, else the one its newest HISTORY record names); what is older than the table
+    is rebuilt (everything with ``rebuild``). Returns the outputs and the notes."""
+    from rmeval import results
+
+    d = storage.local_path(os.fspath(dataset_dir))
+    csv = results.dataset_table(d, table)
+    if not csv.is_file():
+        raise ResultsError(f"{csv}: no such table; run `rmeval collect` into {d} first")
+    paths = results.table_paths(d.parent, d.name, csv.stem)
+    notes: list[str] = []
+    stale = rebuild or not _newer(paths.report, csv)
+    return build_outputs(paths, fit=fit, changed=stale, notes=notes), notes
+
+
+def _mentions_fit(nb: Path) -> bool:
+    """Whether a report notebook was built with a fit (its predicted-vs-actual figure)."""
+    from rmeval.report import figure_names
+
+    return nb.exists() and "predicted_vs_actual" in figure_names(nb)
+
+
+def _figure_order(nb: Path, fig_dir: Path) -> list[Path]:
+    from rmeval.report import figure_names
+
+    return [fig_dir / f"{n}.png" for n in figure_names(nb) if (fig_dir / f"{n}.png").is_file()]
 
 
 def _newer(a: Path, b: Path) -> bool:

@@ -10,14 +10,16 @@ appends one record to ``<results_dir>/<dataset>/HISTORY.jsonl``::
 
     {"version": 3, "time": "2026-11-28T12:00:00+00:00", "table": "counts-runs.csv",
      "source": "beaker://ai2/evals", "prefix": "rm-eval-helpsteer2-count", "mode": "counts",
-     "rows": {"total": 120, "added": 4, "changed": 1, "removed": 0}, "issues": 2,
+     "rows": {"total": 120, "added": 4, "changed": 1, "removed": 0},
+     "runs": {"added": ["<run name>", …], "changed": ["<run name>"], "removed": []}, "issues": 2,
      "sha256": "<of the CSV bytes>", "previous_sha256": "<of the CSV it replaced, or null>",
      "scoring": {"trained": 120}, "weights": "official-<fingerprint>",
      "rmeval_version": "0.0.1.dev5+g1a2b3c4", "git_sha": "<HEAD or null>", "command": "rmeval collect …"}
 
+``runs`` names the rows counted in ``rows`` (sorted run names; :func:`diff_rows`).
 ``scoring`` counts the rows per scoring format (``""``: unknown), ``weights`` names the
 section weights (:data:`rmeval.rewardbench.scoring.WEIGHTS_ID`). Records written before
-these keys existed lack them (and ``previous_sha256``); readers use ``.get``.
+these keys existed lack them (and ``previous_sha256``, ``runs``); readers use ``.get``.
 
 Rows are matched by their ``name`` column. An update whose CSV and sidecars are byte-equal
 to what is there writes nothing and returns ``None``. A table is not replaced by one with
@@ -82,10 +84,25 @@ LOCK_TIMEOUT = 120.0  # seconds to wait for another writer of the same dataset
 
 @dataclass(frozen=True)
 class RowDiff:
+    """The rows of a new table against the old one, matched by run name: the new table's
+    row count and the names added, changed and removed (sorted)."""
+
     total: int
-    added: int
-    changed: int
-    removed: int
+    added_names: tuple[str, ...] = ()
+    changed_names: tuple[str, ...] = ()
+    removed_names: tuple[str, ...] = ()
+
+    @property
+    def added(self) -> int:
+        return len(self.added_names)
+
+    @property
+    def changed(self) -> int:
+        return len(self.changed_names)
+
+    @property
+    def removed(self) -> int:
+        return len(self.removed_names)
 
 
 def table_paths(results_dir: str | os.PathLike, dataset: str, name: str) -> TablePaths:
@@ -242,10 +259,12 @@ def diff_rows(old_csv: str, new_csv: str) -> RowDiff:
     counts as changed when any cell differs or the columns changed."""
     old = _rows_by_name(old_csv)
     new = _rows_by_name(new_csv)
-    added = len(new.keys() - old.keys())
-    removed = len(old.keys() - new.keys())
-    changed = sum(1 for k in new.keys() & old.keys() if new[k] != old[k])
-    return RowDiff(total=len(new), added=added, changed=changed, removed=removed)
+    return RowDiff(
+        total=len(new),
+        added_names=tuple(sorted(new.keys() - old.keys())),
+        changed_names=tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k])),
+        removed_names=tuple(sorted(old.keys() - new.keys())),
+    )
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -285,6 +304,29 @@ def read_history(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
             raise ResultsError(f"{path}:{lineno}: expected a JSON object")
         records.append(rec)
     return records
+
+
+def dataset_table(dataset_dir: str | os.PathLike, table: str | None = None) -> Path:
+    """The table of a results dataset directory: ``<dataset_dir>/<table>.csv``, else the
+    table its newest HISTORY record names, else its only CSV."""
+    d = storage.local_path(os.fspath(dataset_dir))
+    if table:
+        try:
+            naming.safe_component(table, what="--table")
+        except NamingError as exc:
+            raise UsageError(str(exc)) from None
+        return d / f"{table[:-4] if table.endswith('.csv') else table}.csv"
+    if not d.is_dir():
+        raise ResultsError(f"{d}: no such results directory")
+    history = read_history(d)
+    if history and history[-1].get("table"):
+        return d / naming.safe_component(str(history[-1]["table"]), what="HISTORY table")
+    tables = sorted(d.glob("*.csv"))
+    if len(tables) == 1:
+        return tables[0]
+    raise ResultsError(
+        f"{d}: {'no' if not tables else 'several'} results table(s) there; name one with --table"
+    )
 
 
 def default_command() -> str:
@@ -467,6 +509,11 @@ def update(
                 "added": diff.added,
                 "changed": diff.changed,
                 "removed": diff.removed,
+            },
+            "runs": {
+                "added": list(diff.added_names),
+                "changed": list(diff.changed_names),
+                "removed": list(diff.removed_names),
             },
             "issues": len(table.issues),
             "sha256": _sha256(files[path]),

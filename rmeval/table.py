@@ -46,10 +46,11 @@ SECTION_COLUMNS: tuple[str, ...] = scoring.SECTION_NAMES
 # Files of a table, beside its CSV (<stem>.csv) and in its dataset directory.
 COLUMNS_SUFFIX = ".columns.json"
 ISSUES_SUFFIX = ".issues.json"
-FIT_SUFFIX = ".fit"
+FIT_SUFFIX = ".fit"  # <stem>.<model>.fit/: the fit says its model kind
 REPORT_SUFFIX = ".report.ipynb"
 FIGURES_SUFFIX = "_figures"  # beside a notebook: <notebook stem>_figures/
 HISTORY_FILE = "HISTORY.jsonl"
+README_FILE = "README.md"  # the dataset's browsable report (rmeval.readme)
 
 # Issue kinds, in the order the summary lists them.
 ISSUE_KINDS: dict[str, str] = {
@@ -246,8 +247,8 @@ def figures_dir(notebook: str | os.PathLike) -> Path:
 @dataclass(frozen=True)
 class TablePaths:
     """Every file of a table in a results directory (``<dataset>/<table>.csv``): its
-    sidecars, the fit directory and the report the pipeline builds beside it, the report's
-    figures, and the dataset's HISTORY.jsonl."""
+    sidecars, the fit directory (one per model kind) and the report the pipeline builds
+    beside it, the report's figures, the dataset's HISTORY.jsonl and README.md."""
 
     csv: Path
 
@@ -259,9 +260,9 @@ class TablePaths:
     def issues(self) -> Path:
         return Path(sidecar(self.csv, ISSUES_SUFFIX))
 
-    @property
-    def fit_dir(self) -> Path:
-        return Path(sidecar(self.csv, FIT_SUFFIX))
+    def fit_dir(self, model: str = "linear") -> Path:
+        """``<stem>.<model>.fit``: the fit of one model kind (linear, quadratic …)."""
+        return Path(sidecar(self.csv, f".{model}{FIT_SUFFIX}"))
 
     @property
     def report(self) -> Path:
@@ -274,6 +275,10 @@ class TablePaths:
     @property
     def history(self) -> Path:
         return self.csv.parent / HISTORY_FILE
+
+    @property
+    def readme(self) -> Path:
+        return self.csv.parent / README_FILE
 
 
 # --------------------------------------------------------------------------- files

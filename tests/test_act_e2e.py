@@ -7,8 +7,13 @@ setup-rmeval reuses this interpreter through RMEVAL_PYTHON. The bucket is built 
 (real EasyLM checkpoints of tiny LLaMA reward models), the store is a local directory.
 
     convert-and-eval (dispatch, runners)  -> <store>/<run>/metrics.json for every checkpoint
-    fetch-results                         -> results/<dataset>/ committed and pushed to origin
-    again with nothing new                -> no run, no commit
+    fetch-results                         -> results/<dataset>/ (table, HISTORY, README.md,
+                                             report figures) committed and pushed to origin,
+                                             the job summary with `rmeval diff`; the
+                                             `land: pull-request` dataset on its own branch
+                                             with one pull request (the fake GitHub API)
+    again with nothing new                -> no run, no commit on main; the pull request
+                                             updated, not duplicated
     a new checkpoint, two racing fetches  -> one commit per dataset, one consistent history
     an unknown preset                     -> plan fails with one clear line
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,12 +32,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.fake_github import FakeGitHub
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683"
 SETUP_PYTHON = "actions/setup-python@a26af69be951a213d495a4c3e4e4022e16d87065"
 ACT_TIMEOUT = 600
+TOKEN = "ghs_act-job-token"
+REPOSITORY = "acme/rm-results"
+ACT_PREFIX = re.compile(r"^\[(ci|convert-and-eval|fetch-results)/")  # act's "[workflow/job]"
 
 STUB = """\
 name: checkout (local stub for act)
@@ -102,8 +113,9 @@ class Bucket:
 class Env:
     """The scratch repository, its origin, the bucket, and how to run act there."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, github: FakeGitHub):
         self.tmp = tmp
+        self.github = github
         self.bucket = Bucket(tmp / "bucket")
         for _ in range(2):
             self.bucket.add_checkpoint()
@@ -144,6 +156,15 @@ class Env:
                     "store": self.store,
                     "table": "runs",
                 },
+                {
+                    "results_dataset": "tiny-pr",
+                    "source": self.source,
+                    "store": self.store,
+                    "prefix": self.prefix,
+                    "table": "counts-runs",
+                    "feature_counts_dir": str(self.bucket.features),
+                    "land": "pull-request",
+                },
             ]
         }
         (self.repo / ".github" / "eval-schedule.yml").write_text(yaml.safe_dump(schedule))
@@ -159,7 +180,10 @@ class Env:
             cmd += ["-P", f"{label}=-self-hosted"]
         cmd += ["--local-repository", f"{CHECKOUT}={self.tmp / 'stubs' / 'checkout'}"]
         cmd += ["--local-repository", f"{SETUP_PYTHON}={self.tmp / 'stubs' / 'setup-python'}"]
-        cmd += ["--env", f"RMEVAL_PYTHON={sys.executable}", *args]
+        cmd += ["--env", f"RMEVAL_PYTHON={sys.executable}"]
+        # the fake GitHub REST API, the job's token and the repository the calls name
+        cmd += ["--env", f"GITHUB_API_URL={self.github.url}", "-s", f"GITHUB_TOKEN={TOKEN}"]
+        cmd += ["--env", f"GITHUB_REPOSITORY={REPOSITORY}", *args]
         env = {
             "HOME": str(self.home),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -228,8 +252,30 @@ def check_history(env: Env, dataset: str, table: str) -> list[dict]:
     return records
 
 
-def test_workflows_end_to_end_with_act(tmp_path):
-    env = Env(tmp_path)
+def summaries(out: str) -> list[str]:
+    """The job summaries act printed (``⚙  Summary - <text>``, continued up to the next
+    ``[workflow/job]`` line)."""
+    found, current = [], None
+    for line in out.splitlines():
+        if "⚙  Summary - " in line:
+            current = [line.split("⚙  Summary - ", 1)[1]]
+            found.append(current)
+        elif current is not None and ACT_PREFIX.match(line):
+            current = None
+        elif current is not None:
+            current.append(line)
+    # act prints a composite action's summary again for the step that uses it: once each
+    return list(dict.fromkeys("\n".join(s).rstrip() for s in found))
+
+
+@pytest.fixture
+def github():
+    with FakeGitHub(TOKEN) as gh:
+        yield gh
+
+
+def test_workflows_end_to_end_with_act(tmp_path, github):
+    env = Env(tmp_path, github)
 
     # 1. Dispatch on the runners backend: every checkpoint evaluated and published.
     out = ok(env.dispatch())
@@ -238,6 +284,9 @@ def test_workflows_end_to_end_with_act(tmp_path):
     for run in published:
         metrics = json.loads((Path(env.store) / run / "metrics.json").read_text())
         assert metrics
+    # each run's job summary says it is done
+    texts = summaries(out)
+    assert all(f"- done: `{run}`" in texts for run in published), texts
 
     # 2. fetch-results: the tables and their history land in origin, one commit per dataset.
     out = ok(env.fetch())
@@ -248,13 +297,56 @@ def test_workflows_end_to_end_with_act(tmp_path):
     assert len(table) == 3  # header + 2 runs
     assert len(check_history(env, "tiny", "counts-runs")) == 1
     assert len(check_history(env, "tiny-scores", "runs")) == 1
+    # ... with the README GitHub shows in the folder, its figures committed beside it
+    readme = env.origin_file("results/tiny/README.md")
+    print("\n=== results/tiny/README.md (committed) ===\n" + readme)
+    assert "**2 runs** · version 1 of " in readme
+    assert "## Top 2 runs by Overall" in readme and "`ID " in readme and "· SWAPS " in readme
+    assert "No regressor was fitted: counts-runs.csv: 2 row(s) with Overall" in readme
+    committed = set(git(env.origin, "ls-tree", "-r", "--name-only", "main").splitlines())
+    pngs = [ln.split("(", 1)[1].rstrip(")") for ln in readme.splitlines() if ".png)" in ln]
+    assert pngs and all(f"results/tiny/{p}" in committed for p in pngs)
+    assert "No regressor was fitted: runs.csv: no feature columns" in env.origin_file(
+        "results/tiny-scores/README.md"
+    )
+    # ... and the job summary shows the diff of the committed version, linked at its commit
+    texts = summaries(out)
+    (tiny,) = [t for t in texts if t.startswith("### results(tiny):")]
+    print("\n=== job summary (collect tiny) ===\n" + tiny)
+    sha = git(env.origin, "log", "-1", "--format=%H", "main", "--", "results/tiny")
+    assert f"/tree/{sha}/results/tiny)" in tiny
+    assert "0 → 2 runs: 2 added, 0 removed, 0 changed." in tiny and "**Added**" in tiny
+    # ... and the pull-request dataset: its branch, one pull request, the diff in its body
+    calls = [(c["method"], c["path"]) for c in github.calls]
+    print("\n=== fake GitHub API calls ===\n" + json.dumps(github.calls, indent=1))
+    assert calls == [
+        ("GET", f"/repos/{REPOSITORY}/pulls"),
+        ("POST", f"/repos/{REPOSITORY}/pulls"),
+    ]
+    assert all(c["authorized"] for c in github.calls)
+    post = github.calls[1]["body"]
+    assert (post["head"], post["base"]) == ("rmeval/results-tiny-pr", "main")
+    assert post["title"].startswith("results(tiny-pr): counts-runs +2 rows")
+    assert "0 → 2 runs: 2 added" in post["body"] and "overall distribution](" in post["body"]
+    assert "results/tiny-pr/README.md" in git(
+        env.origin, "ls-tree", "-r", "--name-only", "rmeval/results-tiny-pr"
+    )
+    assert "results/tiny-pr" not in " ".join(committed)  # not on main
 
     # 3. Nothing new: no run-one, nothing published again, no commit.
     head = git(env.origin, "rev-parse", "main")
-    ok(env.dispatch())
+    out = ok(env.dispatch())
     assert env.published() == published
+    (plan,) = [t for t in summaries(out) if t.startswith("### rmeval plan")]
+    assert "| dispatch | - | runners | 0 | 2 |" in plan, plan  # both skipped as done
     ok(env.fetch())
     assert git(env.origin, "rev-parse", "main") == head
+    # the pull-request dataset is not on main yet: its pull request is updated, not duplicated
+    assert [(c["method"], c["path"]) for c in github.calls[2:]] == [
+        ("GET", f"/repos/{REPOSITORY}/pulls"),
+        ("PATCH", f"/repos/{REPOSITORY}/pulls/1"),
+    ]
+    assert len(github.pulls) == 1
 
     # 4. A new checkpoint, then two fetch-results racing from two clones.
     env.bucket.add_checkpoint()
@@ -283,6 +375,7 @@ def test_workflows_end_to_end_with_act(tmp_path):
     assert git(env.origin, "rev-list", "--merges", "main") == ""
     assert [r["rows"]["added"] for r in check_history(env, "tiny", "counts-runs")] == [2, 1]
     assert [r["rows"]["added"] for r in check_history(env, "tiny-scores", "runs")] == [2, 1]
+    assert len(github.pulls) == 1 and "0 → 3 runs: 3 added" in github.pulls[1]["body"]
 
     # 5. Bad input: an unknown preset fails in plan with one clear line; nothing runs.
     proc = env.dispatch(preset="no-such-preset")

@@ -218,3 +218,10 @@ def test_run_name_from_a_dot_dot_directory_is_an_ordinary_name(prefix):
     # GCS allows an object named "../streaming_params": the run name must never be a path step.
     name = naming.run_name("gs://b/../streaming_params", prefix)
     assert name not in (".", "..") and "/" not in name and naming.BEAKER_NAME_RE.match(name)
+
+
+def test_results_branch_is_one_per_dataset():
+    assert naming.results_branch("helpsteer2") == "rmeval/results-helpsteer2"
+    assert naming.results_branch("a") != naming.results_branch("b")
+    with pytest.raises(NamingError, match="results dataset"):
+        naming.results_branch("../main")

@@ -201,7 +201,7 @@ def test_fit_is_redone_only_when_the_table_or_its_settings_change(rmeval_cli, tm
     cfg = tmp_path / "p.yml"
     cfg.write_text(base + "fit: {model: linear}\n")
     assert rmeval_cli("pipeline", str(cfg), cwd=tmp_path).returncode == 0
-    fit_metrics = tmp_path / "results" / "d" / "runs.fit" / "metrics.json"
+    fit_metrics = tmp_path / "results" / "d" / "runs.linear.fit" / "metrics.json"
     first = fit_metrics.stat().st_mtime_ns
     assert json.loads(fit_metrics.read_text())["model"] == "linear"
 
@@ -211,4 +211,5 @@ def test_fit_is_redone_only_when_the_table_or_its_settings_change(rmeval_cli, tm
     cfg.write_text(base + "fit: {model: quadratic}\n")
     proc = rmeval_cli("pipeline", str(cfg), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert json.loads(fit_metrics.read_text())["model"] == "quadratic"
+    quadratic = fit_metrics.parents[1] / "runs.quadratic.fit" / "metrics.json"
+    assert json.loads(quadratic.read_text())["model"] == "quadratic"  # its own directory

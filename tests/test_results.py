@@ -66,6 +66,7 @@ def test_versions_diffs_and_noop(tmp_path):
     rec2 = results.update(collect.collect(str(store)), res, "helpsteer2", "counts-runs")
     assert rec2["version"] == 2
     assert rec2["rows"] == {"total": 4, "added": 2, "changed": 1, "removed": 1}
+    assert rec2["runs"] == {"added": ["run7", "run8"], "changed": ["run1"], "removed": ["run2"]}
     history = results.read_history(ds)
     assert [r["version"] for r in history] == [1, 2]
     assert history[0] == rec1 and history[1] == rec2

@@ -215,3 +215,21 @@ def test_mypy_is_part_of_make_lint_and_ci():
     hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
     (mypy,) = [h for r in hooks["repos"] for h in r["hooks"] if h["id"] == "mypy"]
     assert "stages" not in mypy  # runs on every commit, not only by hand
+
+
+def test_make_takes_torch_alone_from_the_torch_index(tmp_path):
+    """CI sets TORCH_INDEX (the repository variable TORCH_CPU_INDEX, no host in the repo):
+    torch, and only torch, comes from it; unset, pip's own configuration decides."""
+
+    def plan(*extra: str) -> list[str]:
+        cmd = ["make", "-n", "-C", str(ROOT), "env", f"ENV_ROOT={tmp_path}", *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return [ln for ln in out.splitlines() if "pip install" in ln]
+
+    index = "file:///nowhere/cpu-wheels"
+    lines = plan(f"TORCH_INDEX={index}")
+    torch = [ln for ln in lines if '"torch==' in ln]
+    assert torch and all(f'--index-url "{index}"' in ln for ln in torch)
+    others = [ln for ln in lines if '"torch==' not in ln]
+    assert others and not any("--index-url" in ln for ln in others)
+    assert not any("--index-url" in ln for ln in plan())

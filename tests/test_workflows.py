@@ -33,7 +33,9 @@ ALLOWED_IGNORES = {
     ("actions/setup-rmeval/action.yml", "github-env"),
 }
 # Jobs that push results (the only ones allowed contents: write and kept credentials).
-PUSHING_JOBS = {("fetch-results.yml", "collect")}
+PUSHING_JOBS = {("fetch-results.yml", "collect"), ("fetch-results.yml", "collect-pr")}
+# Jobs that write pull requests or their comments (the only ones allowed pull-requests: write).
+PR_JOBS = {("fetch-results.yml", "collect-pr"), ("ci.yml", "results-diff")}
 
 
 def tool(name: str) -> str:
@@ -101,7 +103,9 @@ def violations(path: Path, doc: dict) -> list[str]:
                 found.append(f"{path.name}:{name}: no job-level permissions")
                 continue
             writes = {k for k, v in perms.items() if v == "write"}
-            if writes and ((path.name, name) not in PUSHING_JOBS or writes != {"contents"}):
+            allowed = {"contents"} if (path.name, name) in PUSHING_JOBS else set()
+            allowed |= {"pull-requests"} if (path.name, name) in PR_JOBS else set()
+            if writes - allowed:
                 found.append(f"{path.name}:{name}: write permission {sorted(writes)}")
             text = yaml.safe_dump(job)
             if "secrets." in text and name in {"lint", "workflows", "test", "spec-preview"}:
@@ -148,6 +152,12 @@ def test_rule_checks_fire_on_a_broken_workflow(tmp_path):
         "run: no job-level permissions",
     ):
         assert needle in found
+    # pull-requests: write only in the jobs that write pull requests (not the push landing)
+    fetch = load(WORKFLOWS / "fetch-results.yml")
+    assert violations(WORKFLOWS / "fetch-results.yml", fetch) == []
+    fetch["jobs"]["collect"]["permissions"]["pull-requests"] = "write"
+    found = violations(WORKFLOWS / "fetch-results.yml", fetch)
+    assert found == ["fetch-results.yml:collect: write permission ['contents', 'pull-requests']"]
 
 
 # ------------------------------------------------------------------------------ linters
@@ -373,6 +383,10 @@ def test_plan_runs_bad_dispatch_fails_with_one_line(
             "listed twice",
         ),
         ("entries: [\n", "not valid YAML"),
+        (
+            "entries:\n  - {results_dataset: a, source: /x, store: /y, land: pr}\n",
+            "land must be one of push, pull-request, got 'pr'",
+        ),
     ],
 )
 def test_schedule_config_errors(tmp_path, gh_files, capsys, config, needle):
@@ -381,6 +395,22 @@ def test_schedule_config_errors(tmp_path, gh_files, capsys, config, needle):
     assert plan_runs.main(["targets", "--config", str(path)]) == 1
     out = capsys.readouterr().out
     assert needle in out and str(path) in out
+
+
+def test_targets_are_split_by_landing(tmp_path, gh_files):
+    path = tmp_path / "schedule.yml"
+    path.write_text(
+        "entries:\n"
+        "  - {results_dataset: a, source: /x, store: /y}\n"
+        "  - {results_dataset: b, source: /x, store: /y, land: pull-request}\n"
+        "  - {results_dataset: c, source: /x, store: /y, land: push}\n"
+    )
+    assert plan_runs.main(["targets", "--config", str(path)]) == 0
+    outputs, summary = gh_files()
+    assert [t["results_dataset"] for t in json.loads(outputs["targets"])] == ["a", "c"]
+    assert [t["results_dataset"] for t in json.loads(outputs["pr-targets"])] == ["b"]
+    assert (outputs["count"], outputs["pr-count"]) == ("2", "1")
+    assert "a (push), b (pull-request), c (push)" in summary
 
 
 def test_repo_schedule_config_is_valid(gh_files):
@@ -506,6 +536,26 @@ def test_commit_results_conflict_without_refresh_fails_clearly(origin, gh_files,
     assert rc == 1
     out = capsys.readouterr().out
     assert "::error title=commit-results::" in out and "no --refresh command" in out
+
+
+def test_commit_results_dataset_hidden_by_gitignore_names_the_rule(origin, gh_files, capsys):
+    bare, clone = origin
+    a = clone("a")
+    (a / ".gitignore").write_text("# scratch outputs\nresults/tmp-*\n")
+    _write_results(a, "tmp-hs2", [("m1", 0.61)])
+    before = git(bare, "rev-parse", "main")
+    cwd = os.getcwd()
+    os.chdir(a)
+    try:
+        rc = commit_results.main(["--path", "results/tmp-hs2", "--branch", "main"])
+    finally:
+        os.chdir(cwd)
+    assert rc == 1
+    errors = [ln for ln in capsys.readouterr().out.splitlines() if "::error" in ln]
+    assert len(errors) == 1, errors
+    assert "is ignored by .gitignore:2 ('results/tmp-*')" in errors[0], errors
+    assert "hint" not in errors[0]
+    assert git(bare, "rev-parse", "main") == before
 
 
 preview = _script("preview", "spec-preview/preview.py")

@@ -125,10 +125,32 @@ def message(path: Path) -> str:
 # ------------------------------------------------------------------------------ commit
 
 
+def check_not_ignored(path: Path) -> None:
+    """CommitFailed naming the .gitignore rule that hides ``path`` or a file in it (git's
+    own refusal ends in a hint line that names neither)."""
+    files = [path, *sorted(p for p in path.rglob("*") if p.is_file())] if path.exists() else [path]
+    proc = subprocess.run(
+        ["git", "check-ignore", "-v", "--no-index", "--stdin"],
+        input="\n".join(map(str, files)) + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    first = proc.stdout.strip().splitlines()[:1]
+    if proc.returncode == 0 and first:
+        rule, _, hidden = first[0].partition("\t")
+        source, line, pattern = rule.split(":", 2)
+        raise CommitFailed(
+            f"{hidden} is ignored by {source}:{line} ('{pattern}'), so {path} cannot be "
+            "committed; change that rule or the dataset name"
+        )
+
+
 def stage(path: Path) -> bool:
     """Stage everything under path; True when something is staged there."""
     if not path.exists() and not git("ls-files", "--", str(path)).stdout.strip():
         return False
+    check_not_ignored(path)
     git("add", "-A", "--", str(path))
     return git("diff", "--cached", "--quiet", "--", str(path), check=False).returncode != 0
 
@@ -214,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sha = git("rev-parse", "HEAD").stdout.strip() if committed else ""
     print(line, flush=True)
-    write_outputs({"committed": str(committed).lower(), "sha": sha})
+    write_outputs({"committed": str(committed).lower(), "sha": sha, "subject": line})
     write_summary(f"### results\n\n{line}" + (f" ({sha[:12]})" if sha else ""))
     return 0
 

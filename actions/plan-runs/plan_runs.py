@@ -5,7 +5,7 @@ Wiring only: every checkpoint listing, naming and "already done" decision is mad
 matrix, and reports to the log, the job summary and ``$GITHUB_OUTPUT``.
 
     plan_runs.py runs    --config FILE [--only DATASET] | --preset P --source URI --store URI ...
-    plan_runs.py targets --config FILE [--only DATASET]
+    plan_runs.py targets --config FILE [--only DATASET]   (split by their `land`)
     plan_runs.py args    run-one|launch     (NUL-separated arguments for the job in $RUN)
 
 An entry has the keys of rmeval's one config schema (``rmeval.options.CONFIG_KEYS``, shared
@@ -104,6 +104,7 @@ def check_entry(raw: Any, where: str) -> dict[str, Any]:
             entry[key] = value.strip()
     entry["backend"] = entry["backend"] or "runners"
     entry["table"] = entry["table"] or "runs"
+    entry["land"] = entry["land"] or options.LANDINGS[0]
     return entry
 
 
@@ -136,8 +137,9 @@ def _error_line(result_json: Path, returncode: int) -> str:
 
 def plan_entry(
     entry: dict[str, str], template: str, allow_empty: bool = False
-) -> list[dict[str, Any]]:
-    """Run ``rmeval plan --json`` for one entry and return its run list. ``allow_empty``
+) -> tuple[list[dict[str, Any]], int]:
+    """Run ``rmeval plan --json`` for one entry and return its run list and how many runs
+    it skips as done already. ``allow_empty``
     (the schedule: a source may have no checkpoints yet) passes ``--allow-empty``; a
     dispatch's source without checkpoints fails the step, naming the nearest prefixes."""
     cmd = [sys.executable, "-m", "rmeval", "plan", "--source", entry["source"]]
@@ -169,7 +171,8 @@ def plan_entry(
     # The prefix plan named the runs with (from the entry or the preset): run-one must use
     # the same one, or the run would never count as done.
     prefix = data.get("prefix") or entry["prefix"]
-    return [dict(r, prefix=prefix) if isinstance(r, dict) else r for r in runs]
+    done = data.get("done") if isinstance(data.get("done"), int) else 0
+    return [dict(r, prefix=prefix) if isinstance(r, dict) else r for r in runs], done
 
 
 def matrix_item(run: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
@@ -213,8 +216,8 @@ def plan(
     beaker: list[dict[str, str]] = []
     rows = []
     for entry in entries:
-        planned = plan_entry(entry, template, allow_empty)
-        rows.append((entry, len(planned)))
+        planned, done = plan_entry(entry, template, allow_empty)
+        rows.append((entry, len(planned), done))
         if entry["backend"] == "beaker":
             if planned:
                 beaker.append(entry)
@@ -260,11 +263,12 @@ def _cell(text: str) -> str:
 
 
 def summary(result: dict[str, Any]) -> str:
-    out = ["### rmeval plan", "", "| dataset | preset | backend | to run |", "|---|---|---|---|"]
-    for entry, n in result["rows"]:
+    out = ["### rmeval plan", "", "| dataset | preset | backend | to run | skipped (done) |"]
+    out.append("|---|---|---|---|---|")
+    for entry, n, done in result["rows"]:
         out.append(
             f"| {_cell(entry['results_dataset'])} | {_cell(entry['preset'] or '-')} | "
-            f"{entry['backend']} | {n} |"
+            f"{entry['backend']} | {n} | {done} |"
         )
     if result["deferred"]:
         out += ["", f"{result['deferred']} run(s) over --max-runs deferred to the next run."]
@@ -322,9 +326,19 @@ def main(argv: list[str] | None = None) -> int:
             raw.setdefault("results_dataset", raw.get("preset") or "dispatch")
             entries = [check_entry(raw, "dispatch inputs")]
         if args.mode == "targets":
-            write_outputs({"targets": json.dumps(entries), "count": str(len(entries))})
-            names = ", ".join(e["results_dataset"] for e in entries) or "none"
-            write_summary(f"### fetch-results targets\n\n{names}")
+            # by landing: the pull-request ones run in a job that may write pull requests
+            push = [e for e in entries if e["land"] == "push"]
+            pulls = [e for e in entries if e["land"] == "pull-request"]
+            write_outputs(
+                {
+                    "targets": json.dumps(push),
+                    "count": str(len(push)),
+                    "pr-targets": json.dumps(pulls),
+                    "pr-count": str(len(pulls)),
+                }
+            )
+            names = ", ".join(f"{e['results_dataset']} ({e['land']})" for e in entries)
+            write_summary(f"### fetch-results targets\n\n{names or 'none'}")
             return 0
         result = plan(entries, args.template, args.max_runs, allow_empty=bool(args.config))
     except PlanFailed as exc:
