@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from rmeval import options, status
+from rmeval import options, outcome
 from rmeval.errors import AlreadyExistsError, RmevalError, UsageError
 
 log = logging.getLogger("rmeval")
@@ -789,8 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "-v", "--verbose", dest="sub_verbose", action="count", default=0, help="debug logging"
         )
-        # the status file of the process that runs this command for someone (rmeval/status.py)
-        command.add_argument(status.FLAG, dest="result_json", default=None, help=argparse.SUPPRESS)
+        # the status file of the process that runs this command for someone (rmeval/outcome.py)
+        command.add_argument(outcome.FLAG, dest="result_json", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -817,8 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = int(args.handler(args) or 0)
         if args.result_json:
-            record = status.success(code, getattr(args, "result_record", None))
-            status.write(args.result_json, record)
+            record = outcome.success(code, getattr(args, "result_record", None))
+            outcome.write(args.result_json, record)
     except RmevalError as exc:
         if isinstance(exc, AlreadyExistsError) and exc.hint is None:
             exc.hint = getattr(args, "exists_hint", None)
@@ -831,11 +831,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, exc, os_error_line(exc, fallback=_output_paths(args)), 1)
     except KeyboardInterrupt as exc:
         print("rmeval: interrupted", file=sys.stderr)
-        status.write_failure(args.result_json, status.failure(exc, "interrupted", 130))
+        outcome.write_failure(args.result_json, outcome.failure(exc, "interrupted", 130))
         return 130
     except Exception as exc:  # a bug: its traceback follows, and the status file says so
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        status.write_failure(args.result_json, status.failure(exc, message, 1))
+        outcome.write_failure(args.result_json, outcome.failure(exc, message, 1))
         raise
     return code
 
@@ -846,7 +846,7 @@ def _fail(args: argparse.Namespace, exc: BaseException, line: str, code: int) ->
     print(f"rmeval: error: {line}", file=sys.stderr, flush=True)
     if args.verbose:
         log.debug("traceback", exc_info=exc)
-    status.write_failure(args.result_json, status.failure(exc, line, code))
+    outcome.write_failure(args.result_json, outcome.failure(exc, line, code))
     return code
 
 

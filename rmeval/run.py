@@ -64,7 +64,7 @@ class RunOneResult:
         return json.dumps(self.record(), indent=2, default=str)
 
     def record(self) -> dict[str, Any]:
-        """The fields of run-one's status file (:mod:`rmeval.status`)."""
+        """The fields of run-one's status file (:mod:`rmeval.outcome`)."""
         return asdict(self)
 
 

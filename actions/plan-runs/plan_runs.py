@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from rmeval import options, status
+from rmeval import options, outcome
 
 KEYS = tuple(options.keys_of(options.SCHEDULE))
 RUN_OPTIONS = tuple(o for o in options.TEMPLATE_OPTIONS if o.dest in KEYS)
@@ -128,9 +128,9 @@ def _flags(entry: dict[str, Any]) -> list[str]:
 
 
 def _error_line(result_json: Path, returncode: int) -> str:
-    """What the failed ``rmeval plan`` says in its status file (rmeval/status.py)."""
-    record = status.read(result_json)
-    if record is None or record.get("status") != status.FAILED:
+    """What the failed ``rmeval plan`` says in its status file (rmeval/outcome.py)."""
+    record = outcome.read(result_json)
+    if record is None or record.get("status") != outcome.FAILED:
         return f"rmeval plan exited {returncode} without a status; see its output above"
     return f"rmeval: error: {record.get('message') or record.get('error_type')}"
 
@@ -153,7 +153,7 @@ def plan_entry(
         cmd += ["--prefix", entry["prefix"]]
     with tempfile.TemporaryDirectory(prefix="plan-runs-") as tmp:
         result_json = Path(tmp) / "result.json"
-        cmd += [status.FLAG, str(result_json)]
+        cmd += [outcome.FLAG, str(result_json)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         sys.stderr.write(proc.stderr)
         if proc.returncode != 0:

@@ -8,7 +8,7 @@ under ``<log_dir>/<task>/output``. Each task writes one log file ``<log_dir>/<ta
 (appended across attempts). A failing task does not stop the others. Launching again is
 resumable: ``run-one`` skips runs whose metrics are already published and reports them as
 skipped. What happened is read from the status file each worker writes
-(``<log_dir>/<task>.result.json``, :mod:`rmeval.status`: ok / skipped, or the failure's
+(``<log_dir>/<task>.result.json``, :mod:`rmeval.outcome`: ok / skipped, or the failure's
 error type and message), never from the worker's output.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmeval import status, storage
+from rmeval import outcome, storage
 from rmeval.errors import BackendError
 from rmeval.procutil import child_env
 
@@ -135,7 +135,7 @@ def _run_task(task: LocalTask, log_dir: Path, env: Mapping[str, str] | None) -> 
     result_path = log_dir / f"{safe}.result.json"
     with contextlib.suppress(FileNotFoundError):
         result_path.unlink()
-    argv = [sys.executable, "-m", "rmeval", *task.argv, status.FLAG, str(result_path)]
+    argv = [sys.executable, "-m", "rmeval", *task.argv, outcome.FLAG, str(result_path)]
     t0 = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as logf:
         logf.write(
@@ -154,11 +154,11 @@ def _run_task(task: LocalTask, log_dir: Path, env: Mapping[str, str] | None) -> 
         except OSError as exc:
             return Outcome(task.name, "failed", f"cannot start: {exc}", str(log_path))
     seconds = time.perf_counter() - t0
-    record = status.read(result_path)
+    record = outcome.read(result_path)
     if proc.returncode != 0:
         detail = f"exit {proc.returncode}: {_failure(record)}"
         return Outcome(task.name, "failed", detail, str(log_path), seconds)
-    state = str(record.get("status") or status.OK) if record else status.OK
+    state = str(record.get("status") or outcome.OK) if record else outcome.OK
     return Outcome(task.name, state, "", str(log_path), seconds)
 
 
@@ -167,7 +167,7 @@ def _failure(record: Mapping[str, Any] | None) -> str:
     launch summary), or that it wrote none."""
     from rmeval.credentials import redact
 
-    if record is None or record.get("status") != status.FAILED:
+    if record is None or record.get("status") != outcome.FAILED:
         return "it wrote no status (killed?); see its log"
     return redact(str(record.get("message") or record.get("error_type") or ""))[:300]
 

@@ -1,4 +1,4 @@
-"""The status file a command leaves for the process that started it (``--result-json FILE``).
+"""The outcome file a command leaves for the process that started it (``--result-json FILE``).
 
 Every command takes the hidden option :data:`FLAG`. The process that runs a command for
 someone else (the local backend's workers, :mod:`rmeval.backends.local`; the plan-runs
