@@ -258,6 +258,43 @@ def _run_run_one(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="re-score a published run with its recorded settings and compare",
+        description="Re-score <store>/<run>/ from its kept model, or by converting its "
+        "checkpoint again, with the settings its provenance.json records (--dtype, --device, "
+        "--scoring override them), and compare per-subset accuracies and per-pair rewards "
+        "with the stored ones. Exit 1 when a decision changed at equal settings or a reward "
+        "moved by more than --reward-tolerance.",
+    )
+    options.add_arguments(p, options.REPRODUCE)
+    p.set_defaults(handler=_run_reproduce)
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from rmeval import reproduce
+
+    run = args.run
+    if args.random_new:
+        if run:
+            raise UsageError("reproduce: give RUN or --random-new, not both")
+        run = reproduce.pick_new(*args.random_new)
+        if run is None:
+            _print("reproduce: the table has no new run; nothing to do")
+            return 0
+    elif not run:
+        raise UsageError("reproduce: give RUN (a run of --store) or --random-new")
+    if not args.store:
+        raise UsageError("reproduce: --store is required")
+    kwargs = options.values(args, options.REPRODUCE)
+    del kwargs["random_new"], kwargs["store"]
+    result = reproduce.reproduce(run, args.store, progress=False, **kwargs)
+    for line in result.lines():
+        _print(line)
+    return 0 if result.ok else 1
+
+
 # --------------------------------------------------------------------------- convert / verify
 
 
@@ -645,6 +682,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_plan,
     _add_launch,
     _add_run_one,
+    _add_reproduce,
     _add_convert,
     _add_verify,
     _add_evaluate,
@@ -694,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
 # secret is checked before any work (rmeval/credentials.py; storage uses it in memory, for
 # every command). `plan` lists a gs:// source (the convert-and-eval workflow's plan job runs
 # it with only that secret); `pipeline` plans, launches and collects.
-CREDENTIAL_COMMANDS = frozenset({"plan", "run-one", "launch", "collect", "pipeline"})
+CREDENTIAL_COMMANDS = frozenset({"plan", "run-one", "launch", "collect", "pipeline", "reproduce"})
 
 
 # Options that name what a command writes: what an OSError without a file name is about.

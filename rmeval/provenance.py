@@ -242,9 +242,9 @@ def score_settings(prov: Mapping[str, Any] | None) -> dict[str, str]:
     }
 
 
-def is_unknown(settings: Mapping[str, str]) -> bool:
-    """Whether a run's provenance predates these fields (all of them unknown)."""
-    return all(settings.get(f) == UNKNOWN for f in SCORE_FIELDS if f != "scoring")
+def is_unknown(prov: Mapping[str, Any] | None) -> bool:
+    """Whether a provenance file predates these records (it has no ``software`` record)."""
+    return not isinstance((prov or {}).get("software"), Mapping)
 
 
 def disagreements(settings: Iterable[Mapping[str, str]]) -> dict[str, list[str]]:
