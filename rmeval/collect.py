@@ -57,15 +57,16 @@ import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from rmeval import naming, results, storage
+from rmeval import naming, provenance, results, storage
 from rmeval import store as store_layout
 from rmeval.backends import beaker as beaker_backend
 from rmeval.errors import CollectError, StoreError, UsageError
+from rmeval.procutil import bounded_map
 from rmeval.rewardbench import formats, scoring
-from rmeval.store import METRICS_FILE, SCORES_FILE
+from rmeval.store import METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
 from rmeval.table import (
     JOIN_COLUMNS,
     LABEL,
@@ -94,6 +95,7 @@ class RunMetrics:
     metrics: dict[str, Any]
     created: float = 0.0
     scores_uri: str | None = None
+    provenance: dict[str, Any] | None = None  # its provenance.json, when the source has one
 
 
 # --------------------------------------------------------------------------- sources
@@ -156,7 +158,23 @@ def fetch_store(
                 scores_uri=run.scores.uri if run.scores else None,
             )
         )
-    return runs, issues
+    return _with_provenance(root, runs, max_concurrency), issues
+
+
+def _with_provenance(root: str, runs: list[RunMetrics], max_concurrency: int) -> list[RunMetrics]:
+    """``runs`` with their provenance.json (None where it is missing or unreadable: the
+    run's settings are then unknown, :mod:`rmeval.provenance`)."""
+
+    def read(i: int) -> tuple[int, dict[str, Any] | None]:
+        uri = store_layout.run_file(root, runs[i].name, PROVENANCE_FILE)
+        try:
+            obj = json.loads(storage.read_bytes(uri))
+        except (StoreError, ValueError):
+            return i, None
+        return i, obj if isinstance(obj, dict) else None
+
+    found = dict(bounded_map(read, iter(range(len(runs))), max_concurrency, desc="provenance"))
+    return [replace(r, provenance=found.get(i)) for i, r in enumerate(runs)]
 
 
 def fetch_beaker(
@@ -718,6 +736,25 @@ def _mixed_scoring(rows: list[dict[str, Any]]) -> list[Issue]:
     ]
 
 
+def _mixed_settings(settings: dict[str, dict[str, str]], unknown: list[str]) -> list[Issue]:
+    """One ``mixed_settings`` issue when the rows disagree on a setting that can change a
+    score (:data:`rmeval.provenance.SCORE_FIELDS`; scoring has its own issue), or when some
+    rows' provenance is unknown (``unknown``: written before it was recorded) and others'
+    is not: nobody can tell whether they agree."""
+    fields = [f for f in provenance.SCORE_FIELDS if f != SCORING]
+    differ = provenance.disagreements({f: s[f] for f in fields} for s in settings.values())
+    parts = [f"{f}: {' | '.join(v)}" for f, v in differ.items()]
+    names = list(differ)
+    if unknown and len(unknown) < len(settings):
+        more = f", … (+{len(unknown) - 3})" if len(unknown) > 3 else ""
+        parts.append(f"unknown provenance: {', '.join(unknown[:3])}{more}")
+        names.append("provenance")
+    if not parts:
+        return []
+    detail = "a table should come from one environment and dtype; " + "; ".join(parts)
+    return [Issue("mixed_settings", ", ".join(names), detail)]
+
+
 def build_table(
     runs: Iterable[RunMetrics],
     *,
@@ -780,6 +817,10 @@ def build_table(
         if gpt4_threshold is not None:
             row[LABEL] = int(row[TARGET] > gpt4_threshold)
     issues += _mixed_scoring(rows)
+    by_name = {j.run.name: j.run for j in joined}
+    settings = {r[NAME]: provenance.score_settings(by_name[r[NAME]].provenance) for r in rows}
+    unknown = sorted(n for n in settings if provenance.is_unknown(by_name[n].provenance))
+    issues += _mixed_settings(settings, unknown)
     rows.sort(key=lambda row: (-row[TARGET], row[NAME]))
     return Table(
         rows=rows,
@@ -789,6 +830,7 @@ def build_table(
         issues=sorted_issues(issues),
         mode=join.mode,
         runs_seen=runs_seen,
+        settings=settings,
     )
 
 
