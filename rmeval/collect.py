@@ -742,7 +742,9 @@ def _mixed_settings(settings: dict[str, dict[str, str]], unknown: list[str]) -> 
     rows' provenance is unknown (``unknown``: written before it was recorded) and others'
     is not: nobody can tell whether they agree."""
     fields = [f for f in provenance.SCORE_FIELDS if f != SCORING]
-    differ = provenance.disagreements({f: s[f] for f in fields} for s in settings.values())
+    old = set(unknown)
+    known = (s for n, s in settings.items() if n not in old)
+    differ = provenance.disagreements({f: s[f] for f in fields} for s in known)
     parts = [f"{f}: {' | '.join(v)}" for f, v in differ.items()]
     names = list(differ)
     if unknown and len(unknown) < len(settings):

@@ -248,12 +248,14 @@ def is_unknown(prov: Mapping[str, Any] | None) -> bool:
 
 
 def disagreements(settings: Iterable[Mapping[str, str]]) -> dict[str, list[str]]:
-    """``{field: sorted distinct values}`` for each score field on which the known runs
-    differ (runs whose provenance is unknown are left out: they get their own issue)."""
+    """``{field: sorted distinct values}`` for each score field on which the runs differ
+    (:data:`UNKNOWN` is a value like any other: a run that cannot say which lock it ran
+    from differs from one that can). Leave out runs whose whole provenance is unknown
+    (:func:`is_unknown`): they are reported as such."""
     values: dict[str, set[str]] = {f: set() for f in SCORE_FIELDS}
     for s in settings:
         for f in SCORE_FIELDS:
-            if s.get(f, UNKNOWN) != UNKNOWN:
+            if f in s:
                 values[f].add(s[f])
     return {f: sorted(v) for f, v in values.items() if len(v) > 1}
 
