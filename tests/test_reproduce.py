@@ -1,0 +1,131 @@
+"""rmeval reproduce on runs published by the real run-one (kept model and re-converted
+checkpoint), through the CLI, and on the demo's runs."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rmeval import cli, reproduce
+from rmeval.store import SCORES_FILE
+from tests.provenance_fixtures import copy_store, edit_provenance, publish
+
+
+@pytest.fixture(scope="module")
+def pub(tmp_path_factory):
+    return publish(tmp_path_factory.mktemp("published"))
+
+
+def _cli(capsys, *args):
+    capsys.readouterr()
+    rc = cli.main(["reproduce", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_equal_settings_from_the_kept_model_reproduce_exactly(pub, capsys):
+    rc, out, _ = _cli(capsys, pub.runs[0], "--store", pub.store)
+    assert rc == 0, out
+    assert f"model from kept model {pub.kept[pub.runs[0]]}" in out
+    assert "kept model's weights are identical to the recorded sha256" in out
+    assert "0 decisions changed, max reward diff 0 " in out
+    assert out.rstrip().endswith("result: reproduced")
+
+
+def test_a_changed_stored_reward_is_caught(pub, tmp_path, capsys):
+    store = copy_store(pub, tmp_path / "store")
+    scores = Path(store) / pub.runs[0] / SCORES_FILE
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    rows[0]["chosen_reward"], rows[0]["rejected_reward"] = (
+        rows[0]["rejected_reward"],
+        rows[0]["chosen_reward"],
+    )
+    rows[0]["correct"] = not rows[0]["correct"]
+    scores.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, out, _ = _cli(capsys, pub.runs[0], "--store", store)
+    assert rc == 1
+    assert "1 decisions changed" in out and "NOT reproduced at equal settings" in out
+
+
+def test_bf16_override_on_cpu_states_the_difference(pub, capsys):
+    res = reproduce.reproduce(pub.runs[0], pub.store, dtype="bf16", progress=False)
+    assert res.overridden == ["--dtype bf16"] and res.settings["dtype"] == "bf16"
+    assert res.max_reward_diff is not None and res.max_reward_diff > 0
+    assert res.ok == (res.max_reward_diff <= reproduce.DEFAULT_REWARD_TOLERANCE)
+    text = "\n".join(res.lines())
+    assert "dtype bf16 (recorded fp32)" in text
+    assert f"max reward diff {res.max_reward_diff:.3g}" in text
+    # a tolerance above the measured difference accepts it
+    rc, out, _ = _cli(
+        capsys, pub.runs[0], "--store", pub.store, "--dtype", "bf16",
+        "--reward-tolerance", str(res.max_reward_diff * 2),
+    )  # fmt: skip
+    assert rc == 0 and "within tolerance" in out
+
+
+def test_without_a_kept_model_the_checkpoint_is_converted_again(pub, tmp_path, capsys):
+    store = copy_store(pub, tmp_path / "store")
+    run = pub.runs[1]
+    edit_provenance(store, run, lambda p: p.update(kept_model=str(tmp_path / "gone")))
+    rc, out, _ = _cli(capsys, run, "--store", store)
+    assert rc == 0, out
+    assert f"model from re-converted {pub.material.checkpoints[1]}" in out
+    assert "re-converted weights are identical to the recorded sha256" in out
+    assert "result: reproduced" in out
+
+
+def test_nothing_to_rescore_is_one_line(pub, tmp_path, capsys):
+    store = copy_store(pub, tmp_path / "store")
+    run = pub.runs[1]
+    gone = tmp_path / "no-ckpt" / "streaming_params_5"
+    edit_provenance(store, run, lambda p: p.update(kept_model=None, checkpoint=str(gone)))
+    rc, out, err = _cli(capsys, run, "--store", store)
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1
+    assert "it kept no model" in err and f"its checkpoint {gone} is not reachable" in err
+    rc, _, err = _cli(capsys, "no-such-run", "--store", store)
+    assert rc == 1 and "not a published run" in err and err.count("\n") == 1
+
+
+def test_old_provenance_is_unknown_and_still_reproduced_from_the_kept_model(pub, tmp_path, capsys):
+    store = copy_store(pub, tmp_path / "store")
+    run = pub.runs[0]
+    old = ("software", "device")
+    edit_provenance(store, run, lambda p: [p.pop(k) for k in old] + [p["convert"].clear()])
+    rc, out, _ = _cli(capsys, run, "--store", store)
+    assert rc == 0, out
+    assert "note: unknown provenance" in out and "result: reproduced" in out
+
+
+def test_random_new_picks_a_row_the_collect_added(pub, tmp_path, capsys):
+    before, after = tmp_path / "before.csv", tmp_path / "after.csv"
+    after.write_text("name,Overall\n" + "".join(f"{r},0.5\n" for r in pub.runs))
+    before.write_text(f"name,Overall\n{pub.runs[0]},0.5\n")
+    assert reproduce.pick_new(str(before), str(after), random.Random(0)) == pub.runs[1]
+    assert reproduce.pick_new(str(tmp_path / "none.csv"), str(after)) in pub.runs
+    rc, out, _ = _cli(capsys, "--random-new", str(before), str(after), "--store", pub.store)
+    assert rc == 0 and f"reproduce {pub.runs[1]}:" in out
+    rc, out, _ = _cli(capsys, "--random-new", str(after), str(after), "--store", pub.store)
+    assert rc == 0 and "no new run" in out
+
+
+@pytest.mark.slow
+def test_demo_runs_reproduce_at_equal_settings_and_state_the_bf16_difference(tmp_path, capsys):
+    from rmeval import store as store_layout
+
+    assert cli.main(["demo", "--workdir", str(tmp_path / "w"), "--results-dir",
+                     str(tmp_path / "r"), "--runs", "2"]) == 0  # fmt: skip
+    store = str(tmp_path / "w" / "store")
+    runs = sorted(store_layout.completed_runs(store))
+    assert len(runs) == 2
+    for run in runs:
+        rc, out, _ = _cli(capsys, run, "--store", store)
+        assert rc == 0 and "re-converted weights are identical" in out, out
+        assert "0 decisions changed, max reward diff 0 " in out
+    res = reproduce.reproduce(runs[0], store, dtype="bf16", progress=False)
+    assert res.max_reward_diff is not None and res.max_reward_diff > 0
+    shutil.rmtree(tmp_path / "w", ignore_errors=True)
