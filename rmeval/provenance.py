@@ -62,17 +62,23 @@ def lock_path() -> Path | None:
     return root / LOCK_FILE if root is not None and (root / LOCK_FILE).is_file() else None
 
 
-def parse_lock(text: str) -> dict[str, list[str]]:
+def parse_lock(text: str, here: bool = False) -> dict[str, list[str]]:
     """``{normalized name: [pinned versions]}`` of a pip requirements lock (a name may be
-    pinned twice, under exclusive markers)."""
+    pinned twice, under exclusive markers). ``here``: only the pins whose environment
+    marker holds for this interpreter and platform."""
     pins: dict[str, list[str]] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith(("#", "-")) or "==" not in line:
             continue
-        name, _, rest = line.partition("==")
-        ver = rest.split(";")[0].split("\\")[0].strip()
-        pins.setdefault(normalize(name), []).append(ver)
+        req, _, marker = line.rstrip("\\").partition(";")
+        if here and marker.strip():
+            from packaging.markers import Marker
+
+            if not Marker(marker.strip()).evaluate():
+                continue
+        name, _, ver = req.partition("==")
+        pins.setdefault(normalize(name), []).append(ver.strip())
     return pins
 
 
@@ -81,15 +87,15 @@ def normalize(name: str) -> str:
 
 
 def lock_info() -> dict[str, Any]:
-    """``{"file", "sha256", "mismatched"}``: the lock file, its sha256, and the locked
-    packages whose installed version differs (``name installed!=locked``; a package the
-    lock pins but this environment lacks counts too). No lock known: file and sha256 None."""
+    """``{"file", "sha256", "mismatched"}``: the lock file, its sha256, and the packages
+    it pins for this interpreter and platform whose installed version differs (``name
+    installed!=locked``; one this environment lacks counts too). No lock known: None."""
     path = lock_path()
     if path is None or not path.is_file():
         return {"file": str(path) if path else None, "sha256": None, "mismatched": None}
     data = path.read_bytes()
     mismatched = []
-    for name, versions in sorted(parse_lock(data.decode("utf-8", "replace")).items()):
+    for name, versions in sorted(parse_lock(data.decode("utf-8", "replace"), here=True).items()):
         have = _dist_version(name)
         if have not in versions:
             mismatched.append(f"{name} {have or 'missing'}!={'|'.join(versions)}")

@@ -123,6 +123,7 @@ def test_lock_file_hash_and_mismatched_pins(tmp_path, monkeypatch):
         f"numpy==0.0.1 \\\n    --hash=sha256:{'0' * 64}\n"
         f"pyyaml=={yaml_v} ; python_version >= '3' \\\n    --hash=sha256:{'1' * 64}\n"
         f"not-installed-pkg==1.0 \\\n    --hash=sha256:{'2' * 64}\n"
+        f"elsewhere-only==1.0 ; sys_platform == 'no-such-os' \\\n    --hash=sha256:{'3' * 64}\n"
     )
     monkeypatch.setenv(provenance.LOCK_ENV, str(lock))
     info = provenance.software()["lock"]
