@@ -129,3 +129,56 @@ def test_demo_runs_reproduce_at_equal_settings_and_state_the_bf16_difference(tmp
     res = reproduce.reproduce(runs[0], store, dtype="bf16", progress=False)
     assert res.max_reward_diff is not None and res.max_reward_diff > 0
     shutil.rmtree(tmp_path / "w", ignore_errors=True)
+
+
+def test_fetch_results_reproduce_step_reports_a_new_run_in_the_summary(pub, tmp_path):
+    """The workflow step's own script, run by bash against a git repository whose table
+    gained a row since the commit the workflow started from."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    wf = yaml.safe_load((root / ".github/workflows/fetch-results.yml").read_text())
+    job = wf["jobs"]["reproduce"]
+    assert job["if"].startswith("vars.RMEVAL_REPRODUCE == 'true'")
+    assert job["runs-on"] == ["self-hosted", "linux", "gpu"]
+    (script,) = [s["run"] for s in job["steps"] if "rmeval reproduce" in s.get("run", "")]
+    repo = tmp_path / "repo"
+    table = repo / "results" / "ds" / "t.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text(f"name,Overall\n{pub.runs[0]},0.5\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "before"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    table.write_text(f"name,Overall\n{pub.runs[0]},0.5\n{pub.runs[1]},0.6\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launcher = bin_dir / "rmeval"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m rmeval "$@"\n')
+    launcher.chmod(0o755)
+    summary = tmp_path / "summary.md"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(root),
+        "GITHUB_SHA": sha.stdout.strip(),
+        "RUNNER_TEMP": str(tmp_path),
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "STORE": pub.store,
+        "DATASET": "ds",
+        "TABLE": "t",
+        "TOLERANCE": "",
+    }
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = summary.read_text()
+    assert text.startswith("### rmeval reproduce: ds\n")
+    assert f"reproduce {pub.runs[1]}:" in text and "result: reproduced" in text
