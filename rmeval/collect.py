@@ -20,6 +20,11 @@ weights), then the join's columns (counts: ``uuid`` and ``budget``), the four se
 scores, ``Overall``, (``label``), the 23 subset accuracies and the feature columns. Scores
 come from :mod:`rmeval.rewardbench.scoring` (official weights); accuracies are fractions. A
 table whose rows come from more than one scoring format is reported (``mixed_scoring``).
+A store run's provenance.json is read too: each row's score-changing settings
+(:func:`rmeval.provenance.score_settings`: dtype, transformers major.minor, lock hash) go
+into the columns sidecar (``settings``), and a table whose rows differ on one of them, or
+mixes runs of unknown provenance with others, is reported (``mixed_settings``). Beaker
+sources give no provenance: their rows' settings are ``unknown``.
 
 A store's run directories without ``metrics.json`` are reported as ``incomplete_run``.
 Metrics whose accuracies come from NaN or Inf rewards are left out (``nonfinite_rewards``):
