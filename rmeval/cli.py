@@ -275,21 +275,12 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 def _run_reproduce(args: argparse.Namespace) -> int:
     from rmeval import reproduce
 
-    run = args.run
-    if args.random_new:
-        if run:
-            raise UsageError("reproduce: give RUN or --random-new, not both")
-        run = reproduce.pick_new(*args.random_new)
-        if run is None:
-            _print("reproduce: the table has no new run; nothing to do")
-            return 0
-    elif not run:
-        raise UsageError("reproduce: give RUN (a run of --store) or --random-new")
-    if not args.store:
-        raise UsageError("reproduce: --store is required")
     kwargs = options.values(args, options.REPRODUCE)
-    del kwargs["random_new"], kwargs["store"]
-    result = reproduce.reproduce(run, args.store, progress=False, **kwargs)
+    run = reproduce.choose_run(args.run, kwargs.pop("random_new"), kwargs["store"])
+    if run is None:
+        _print("reproduce: the table has no new run; nothing to do")
+        return 0
+    result = reproduce.reproduce(run, kwargs.pop("store"), progress=False, **kwargs)
     for line in result.lines():
         _print(line)
     return 0 if result.ok else 1

@@ -36,7 +36,7 @@ from typing import Any
 
 from rmeval import provenance, storage
 from rmeval import store as store_layout
-from rmeval.errors import ReproduceError, StoreError
+from rmeval.errors import ReproduceError, StoreError, UsageError
 from rmeval.store import METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
 
 log = logging.getLogger(__name__)
@@ -363,3 +363,17 @@ def pick_new(before_csv: str, after_csv: str, rng: random.Random | None = None) 
     None when the collect added no row. A missing ``before_csv`` is an empty table."""
     new = sorted(_names(after_csv) - _names(before_csv))
     return (rng or random.Random()).choice(new) if new else None
+
+
+def choose_run(run: str | None, random_new: list[str] | None, store: str | None) -> str | None:
+    """The run the CLI reproduces: ``run``, or one :func:`pick_new` chooses from
+    ``random_new`` (``[BEFORE.csv, AFTER.csv]``; None when the table gained no row)."""
+    if not store:
+        raise UsageError("reproduce: --store is required")
+    if random_new:
+        if run:
+            raise UsageError("reproduce: give RUN or --random-new, not both")
+        return pick_new(*random_new)
+    if not run:
+        raise UsageError("reproduce: give RUN (a run of --store) or --random-new")
+    return run

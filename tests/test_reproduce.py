@@ -182,3 +182,13 @@ def test_fetch_results_reproduce_step_reports_a_new_run_in_the_summary(pub, tmp_
     text = summary.read_text()
     assert text.startswith("### rmeval reproduce: ds\n")
     assert f"reproduce {pub.runs[1]}:" in text and "result: reproduced" in text
+
+
+def test_usage_errors_exit_2_in_one_line(tmp_path, capsys):
+    for args in (
+        ["--store", str(tmp_path)],
+        ["r", "--random-new", "a.csv", "b.csv", "--store", str(tmp_path)],
+        ["r"],
+    ):
+        rc, out, err = _cli(capsys, *args)
+        assert rc == 2 and out == "" and err.count("\n") == 1, args
