@@ -251,7 +251,7 @@ class _Writer:
             for f in [self.pool.submit(j) for j in jobs]:
                 f.result()
 
-    def write(self, fd: _Out, placed: _Placed, src_bytes: np.ndarray) -> None:
+    def write(self, shard: _Out, placed: _Placed, src_bytes: np.ndarray) -> None:
         p = placed.plan
         src_dt, dst_dt = p.src.np_dtype, placed.out_dtype
         same = src_dt == dst_dt
@@ -260,7 +260,7 @@ class _Writer:
         src = src_bytes.view(src_dt)
         if not p.transform.transposes:
             if same:
-                _write_checked(fd, placed, src_bytes, placed.offset)
+                _write_checked(shard, placed, src_bytes, placed.offset)
                 return
             flat = src.reshape(-1)
             step = max(1, BLOCK_BYTES // dst_dt.itemsize)
@@ -272,7 +272,7 @@ class _Writer:
                     np.copyto(out.view(dst_dt), flat[s:e], casting="unsafe")
                 if not _all_finite(out, placed.out_dtype):
                     raise _nonfinite_error(placed)
-                _pwrite_all(fd, out, placed.offset + s * dst_dt.itemsize)
+                _pwrite_all(shard, out, placed.offset + s * dst_dt.itemsize)
 
             self._run([lambda s=s: cast(s) for s in range(0, flat.size, step)])
             return
@@ -286,12 +286,12 @@ class _Writer:
                 n = min(rows_per_block, count - r)
                 jobs.append(
                     lambda d=dst0 + r, c=col0 + r * step, n=n, s=step: self._block(
-                        fd, placed, kernel, dst_dt, d, c, n, s
+                        shard, placed, kernel, dst_dt, d, c, n, s
                     )
                 )
         self._run(jobs)
 
-    def _block(self, fd, placed: _Placed, kernel, dst_dt, dst_row, src_col, n, step) -> None:
+    def _block(self, shard, placed: _Placed, kernel, dst_dt, dst_row, src_col, n, step) -> None:
         n_in = kernel.shape[0]
         nbytes = n * n_in * dst_dt.itemsize
         out = self._buffer(nbytes)[:nbytes].view(dst_dt).reshape(n, n_in)
@@ -306,27 +306,27 @@ class _Writer:
                     )
         if not _all_finite(out, placed.out_dtype):
             raise _nonfinite_error(placed)
-        _pwrite_all(fd, out, placed.offset + dst_row * n_in * dst_dt.itemsize)
+        _pwrite_all(shard, out, placed.offset + dst_row * n_in * dst_dt.itemsize)
 
 
-def _write_checked(fd: _Out, placed: _Placed, data: np.ndarray, offset: int) -> None:
+def _write_checked(shard: _Out, placed: _Placed, data: np.ndarray, offset: int) -> None:
     """Write raw bytes stored exactly as they are written (no transform, no cast), block
     by block, each checked while it is in cache."""
     for s in range(0, data.size, BLOCK_BYTES):
         block = data[s : s + BLOCK_BYTES]
         if not _all_finite(block, placed.out_dtype):
             raise _nonfinite_error(placed)
-        _pwrite_all(fd, block, offset + s)
+        _pwrite_all(shard, block, offset + s)
 
 
-def _copy_plain(reader: CheckpointReader, placed: _Placed, fd: _Out, buf: np.ndarray) -> None:
+def _copy_plain(reader: CheckpointReader, placed: _Placed, shard: _Out, buf: np.ndarray) -> None:
     """A tensor stored exactly as written (embedding, norms), from a local source: read,
     checked and written block by block through one small buffer, never whole in memory."""
     info = placed.plan.src
     for start in range(0, info.nbytes, buf.nbytes):
         view = buf[: min(buf.nbytes, info.nbytes - start)]
         reader.read_into(info, view, start=start)
-        _write_checked(fd, placed, view, placed.offset + start)
+        _write_checked(shard, placed, view, placed.offset + start)
 
 
 # --------------------------------------------------------------------------- output dir
