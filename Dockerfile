@@ -17,19 +17,25 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Our own code comes from the build context only (see .dockerignore), never from the network.
 WORKDIR /opt/rmeval-src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY rmeval ./rmeval
 # The context has no .git, so the version comes in as a build argument (`make image` passes
 # the checkout's); without it setuptools-scm falls back to 0.0.0.
 ARG RMEVAL_VERSION=""
-# torch is already the base image's CUDA build and satisfies the pyproject's torch>=2.6, so
-# pip keeps it; `pip check` fails the build if anything came out inconsistent.
+# The dependencies come from requirements.lock (every version pinned, every file's hash
+# checked), rmeval itself without dependencies. torch is not in the lock: it is the base
+# image's CUDA build (the lock's "cuda" variant), which satisfies pyproject's torch>=2.6;
+# `pip check` fails the build if anything came out inconsistent. The lock stays in the image
+# (RMEVAL_LOCK_FILE): provenance.json records its hash and any package that differs from it.
 RUN if [ -n "$RMEVAL_VERSION" ]; then export SETUPTOOLS_SCM_PRETEND_VERSION_FOR_RMEVAL="$RMEVAL_VERSION"; fi \
-    && python -m pip install ".[beaker]" \
+    && python -m pip install --require-hashes --no-deps -r requirements.lock \
+    && python -m pip install --no-deps . \
     && python -m pip check \
     && python -c "import torch; assert torch.version.cuda, 'torch lost its CUDA build'" \
     && rmeval --version \
+    && mkdir -p /opt/rmeval && cp requirements.lock /opt/rmeval/requirements.lock \
     && cd / && rm -rf /opt/rmeval-src
+ENV RMEVAL_LOCK_FILE=/opt/rmeval/requirements.lock
 
 # Unprivileged user; caches and scratch under a writable temp dir.
 # A high fixed UID/GID so it cannot clash with a user the base image already has.

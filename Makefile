@@ -37,7 +37,12 @@ REF_RUNRM := $(ENV_ROOT)/ref-runrm-$(call pins_key,$(REF_RUNRM_PINS))
 # what `make test` tells the tests (tests/refenv.py reads them)
 REF_ENV_VARS := RMEVAL_TF443_PYTHON=$(REF_TF443)/bin/python RMEVAL_RUNRM_PYTHON=$(REF_RUNRM)/bin/python
 
-.PHONY: help env ref-envs lint typecheck format test demo run bench image clean-env
+# The lock of the run-time dependencies (scripts/lock.py): uv, pinned, in its own small
+# environment beside the others (named lock-uv-*, never pruned by the main one).
+UV_PIN   := uv==0.13.8
+LOCK_UV  := $(ENV_ROOT)/lock-uv-$(shell printf '%s' "$(UV_PIN)" | sha256sum | cut -c1-12)
+
+.PHONY: help env ref-envs lint typecheck format test demo run bench image clean-env lock lock-check
 
 help: ## list the targets (this text)
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -87,6 +92,18 @@ $(REF_RUNRM)/.ok:
 	$(call ref_env,ref-runrm,$(REF_RUNRM_PINS))
 
 ref-envs: $(REF_TF443)/.ok $(REF_RUNRM)/.ok ## build the transformers 4.43 and RewardBench 0.1.4 reference environments
+
+$(LOCK_UV)/.ok:
+	rm -rf $(LOCK_UV)
+	$(PYTHON) -m venv $(LOCK_UV)
+	$(LOCK_UV)/bin/pip install -q "$(UV_PIN)"
+	touch $(LOCK_UV)/.ok
+
+lock: $(LOCK_UV)/.ok ## write requirements.lock from pyproject.toml (uv, with hashes)
+	$(PYTHON) scripts/lock.py --uv $(LOCK_UV)/bin/uv
+
+lock-check: $(LOCK_UV)/.ok ## fail when requirements.lock is stale (CI runs it)
+	$(PYTHON) scripts/lock.py --uv $(LOCK_UV)/bin/uv --check
 
 lint: env ## ruff check, ruff format --check (the pinned ruff) and mypy rmeval
 	$(BIN)/ruff check .

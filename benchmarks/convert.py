@@ -11,6 +11,11 @@ same run, each contender runs as its own subprocess so wall time and peak RSS ar
 - load-everything: every tensor unpacked with msgpack + flax into memory, transposed and
                    permuted, a transformers model built, save_pretrained (what EasyLM's
                    converter does, without EasyLM);
+- hashing off:     the same command with the weight hashes of provenance.json switched off
+                   (rmeval.provenance.ChunkedSha256 made a no-op in that process): what
+                   hashing while writing costs;
+- hash by reading: hashing off, then the hashes computed by reading the written files back
+                   (rmeval.provenance.weights_digests): what a second pass would cost;
 - gs:// source:    the same conversion reading from a gcp-storage-emulator on loopback
                    (one request at a time: a correctness/overhead figure, not throughput).
 
@@ -138,6 +143,19 @@ def load_everything(src: str, out: str) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def convert_without_hashing(src: str, out: str, readback: str) -> None:
+    """The convert command with ChunkedSha256 a no-op; ``readback`` "1": then hash the
+    written files by reading them (the second pass that streaming hashes avoid)."""
+    from rmeval import cli, provenance
+
+    provenance.ChunkedSha256.update = lambda self, offset, data: None
+    provenance.ChunkedSha256.hexdigest = lambda self: ""
+    rc = cli.main(["convert", src, out, "--num-heads", "16"])
+    if readback == "1":
+        provenance.weights_digests(out)
+    raise SystemExit(rc)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--no-gcs", action="store_true", help="skip the gs:// emulator run")
@@ -145,7 +163,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per contender (best kept)")
     ap.add_argument("--_load_everything", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--_write", help=argparse.SUPPRESS)
+    ap.add_argument("--_nohash", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._nohash:
+        convert_without_hashing(*args._nohash)
+        return
     if args._write:
         write_checkpoint(args._write)
         return
@@ -178,7 +200,7 @@ def main() -> None:
     try:
         copy_code = f"import shutil; shutil.copyfile({str(src)!r}, {str(work / 'copy')!r})"
         # interleaved, so copy and convert see the same load from other processes
-        copies, convs, empties, startups = [], [], [], []
+        copies, convs, empties, startups, nohash, readback = [], [], [], [], [], []
         for i in range(args.repeat):
             empties.append(run([py, "-c", "pass"]))
             startups.append(run([py, "-c", "import rmeval.cli, rmeval.checkpoints.convert"]))
@@ -189,7 +211,11 @@ def main() -> None:
                 run([py, "-m", "rmeval", "convert", str(src), str(out), "--num-heads", "16"])
             )
             shutil.rmtree(out)
+            for mode, into in (("0", nohash), ("1", readback)):
+                into.append(run([py, __file__, "--_nohash", str(src), str(out), mode]))
+                shutil.rmtree(out)
         empty, copy, startup = best(empties), best(copies), best(startups)
+        results["nohash"], results["readback"] = best(nohash), best(readback)
         results["copy"] = (copy[0] - empty[0], copy[1])
         conv = best(convs)
         data_s = float(re.search(r" in ([\d.]+) s ", conv[2]).group(1))
@@ -220,6 +246,12 @@ def main() -> None:
         f"{'rmeval convert (whole command)':<34}{conv[0]:>9.2f}{gb / conv[0]:>8.2f}{conv[1] / 1e6:>13.0f}"
     )
     print(f"{'rmeval convert (data path)':<34}{data_s:>9.2f}{gb / data_s:>8.2f}{'':>13}")
+    for key, label in (
+        ("nohash", "convert, hashing off"),
+        ("readback", "hashing off + hash by reading"),
+    ):
+        w, r = results[key][0], results[key][1]
+        print(f"{label:<34}{w:>9.2f}{gb / w:>8.2f}{r / 1e6:>13.0f}")
     if "load-everything" in results:
         b = results["load-everything"]
         print(
@@ -245,6 +277,12 @@ def main() -> None:
     print(
         f"  peak RSS {conv[1] / 1e6:.0f} MB vs largest tensor + 0.5 GB = {limit / 1e6:.0f} MB  "
         f"[{ok(conv[1] <= limit)}]"
+    )
+    nh, rb = results["nohash"][0], results["readback"][0]
+    print(
+        f"  weight hashes while writing: convert / hashing off = {conv[0] / nh:.2f}x "
+        f"(+{conv[0] - nh:.2f} s); hashing by a second read instead: {rb / nh:.2f}x "
+        f"(+{rb - nh:.2f} s)"
     )
     if "load-everything" in results:
         b = results["load-everything"]

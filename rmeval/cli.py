@@ -264,6 +264,34 @@ def _run_run_one(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="re-score a published run with its recorded settings and compare",
+        description="Re-score <store>/<run>/ from its kept model, or by converting its "
+        "checkpoint again, with the settings its provenance.json records (--dtype, --device, "
+        "--scoring override them), and compare per-subset accuracies and per-pair rewards "
+        "with the stored ones. Exit 1 when a decision changed at equal settings or a reward "
+        "moved by more than --reward-tolerance.",
+    )
+    options.add_arguments(p, options.REPRODUCE)
+    p.set_defaults(handler=_run_reproduce)
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from rmeval import reproduce
+
+    kwargs = options.values(args, options.REPRODUCE)
+    run = reproduce.choose_run(args.run, kwargs.pop("random_new"), kwargs["store"])
+    if run is None:
+        _print("reproduce: the table has no new run; nothing to do")
+        return 0
+    result = reproduce.reproduce(run, kwargs.pop("store"), progress=False, **kwargs)
+    for line in result.lines():
+        _print(line)
+    return 0 if result.ok else 1
+
+
 # --------------------------------------------------------------------------- convert / verify
 
 
@@ -745,6 +773,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_plan,
     _add_launch,
     _add_run_one,
+    _add_reproduce,
     _add_convert,
     _add_verify,
     _add_evaluate,

@@ -20,6 +20,11 @@ weights), then the join's columns (counts: ``uuid`` and ``budget``), the four se
 scores, ``Overall``, (``label``), the 23 subset accuracies and the feature columns. Scores
 come from :mod:`rmeval.rewardbench.scoring` (official weights); accuracies are fractions. A
 table whose rows come from more than one scoring format is reported (``mixed_scoring``).
+A store run's provenance.json is read too: each row's score-changing settings
+(:func:`rmeval.provenance.score_settings`: dtype, transformers major.minor, lock hash) go
+into the columns sidecar (``settings``), and a table whose rows differ on one of them, or
+mixes runs of unknown provenance with others, is reported (``mixed_settings``). Beaker
+sources give no provenance: their rows' settings are ``unknown``.
 
 A store's run directories without ``metrics.json`` are reported as ``incomplete_run``.
 Metrics whose accuracies come from NaN or Inf rewards are left out (``nonfinite_rewards``):
@@ -57,15 +62,16 @@ import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from rmeval import naming, results, storage
+from rmeval import naming, provenance, results, storage
 from rmeval import store as store_layout
 from rmeval.backends import beaker as beaker_backend
 from rmeval.errors import CollectError, StoreError, UsageError
+from rmeval.procutil import bounded_map
 from rmeval.rewardbench import formats, scoring
-from rmeval.store import METRICS_FILE, SCORES_FILE
+from rmeval.store import METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
 from rmeval.table import (
     JOIN_COLUMNS,
     LABEL,
@@ -94,6 +100,7 @@ class RunMetrics:
     metrics: dict[str, Any]
     created: float = 0.0
     scores_uri: str | None = None
+    provenance: dict[str, Any] | None = None  # its provenance.json, when the source has one
 
 
 # --------------------------------------------------------------------------- sources
@@ -156,7 +163,23 @@ def fetch_store(
                 scores_uri=run.scores.uri if run.scores else None,
             )
         )
-    return runs, issues
+    return _with_provenance(root, runs, max_concurrency), issues
+
+
+def _with_provenance(root: str, runs: list[RunMetrics], max_concurrency: int) -> list[RunMetrics]:
+    """``runs`` with their provenance.json (None where it is missing or unreadable: the
+    run's settings are then unknown, :mod:`rmeval.provenance`)."""
+
+    def read(i: int) -> tuple[int, dict[str, Any] | None]:
+        uri = store_layout.run_file(root, runs[i].name, PROVENANCE_FILE)
+        try:
+            obj = json.loads(storage.read_bytes(uri))
+        except (StoreError, ValueError):
+            return i, None
+        return i, obj if isinstance(obj, dict) else None
+
+    found = dict(bounded_map(read, iter(range(len(runs))), max_concurrency, desc="provenance"))
+    return [replace(r, provenance=found.get(i)) for i, r in enumerate(runs)]
 
 
 def fetch_beaker(
@@ -718,6 +741,27 @@ def _mixed_scoring(rows: list[dict[str, Any]]) -> list[Issue]:
     ]
 
 
+def _mixed_settings(settings: dict[str, dict[str, str]], unknown: list[str]) -> list[Issue]:
+    """One ``mixed_settings`` issue when the rows disagree on a setting that can change a
+    score (:data:`rmeval.provenance.SCORE_FIELDS`; scoring has its own issue), or when some
+    rows' provenance is unknown (``unknown``: written before it was recorded) and others'
+    is not: nobody can tell whether they agree."""
+    fields = [f for f in provenance.SCORE_FIELDS if f != SCORING]
+    old = set(unknown)
+    known = (s for n, s in settings.items() if n not in old)
+    differ = provenance.disagreements({f: s[f] for f in fields} for s in known)
+    parts = [f"{f}: {' | '.join(v)}" for f, v in differ.items()]
+    names = list(differ)
+    if unknown and len(unknown) < len(settings):
+        more = f", … (+{len(unknown) - 3})" if len(unknown) > 3 else ""
+        parts.append(f"unknown provenance: {', '.join(unknown[:3])}{more}")
+        names.append("provenance")
+    if not parts:
+        return []
+    detail = "a table should come from one environment and dtype; " + "; ".join(parts)
+    return [Issue("mixed_settings", ", ".join(names), detail)]
+
+
 def build_table(
     runs: Iterable[RunMetrics],
     *,
@@ -780,6 +824,10 @@ def build_table(
         if gpt4_threshold is not None:
             row[LABEL] = int(row[TARGET] > gpt4_threshold)
     issues += _mixed_scoring(rows)
+    run_of = {j.run.name: j.run for j in joined}
+    settings = {r[NAME]: provenance.score_settings(run_of[r[NAME]].provenance) for r in rows}
+    unknown = sorted(n for n in settings if provenance.is_unknown(run_of[n].provenance))
+    issues += _mixed_settings(settings, unknown)
     rows.sort(key=lambda row: (-row[TARGET], row[NAME]))
     return Table(
         rows=rows,
@@ -789,6 +837,7 @@ def build_table(
         issues=sorted_issues(issues),
         mode=join.mode,
         runs_seen=runs_seen,
+        settings=settings,
     )
 
 

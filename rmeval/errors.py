@@ -93,3 +93,7 @@ class FitError(RmevalError):
 
 class CredentialsError(RmevalError):
     """Credentials given in the environment are malformed."""
+
+
+class ReproduceError(RmevalError):
+    """A published run cannot be re-scored (not published, or no model to re-score)."""

@@ -37,8 +37,12 @@ log = logging.getLogger(__name__)
 
 CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH = "convert", "evaluate", "run-one", "plan", "launch"
 COLLECT = "collect"
+REPRODUCE = "reproduce"
 # The commands whose template-variable options are run-one arguments of the planned tasks.
 TEMPLATE_COMMANDS = (PLAN, LAUNCH)
+# The commands whose options override a published run's recorded settings (default: as
+# recorded, so their default is None).
+RECORDED_COMMANDS = (REPRODUCE,)
 
 
 # --------------------------------------------------------------------------- value types
@@ -100,6 +104,12 @@ def _rope_scalings() -> tuple[str, ...]:
     return tuple(ROPE_SCALINGS)
 
 
+def _reward_tolerance() -> float:
+    from rmeval.reproduce import DEFAULT_REWARD_TOLERANCE
+
+    return DEFAULT_REWARD_TOLERANCE
+
+
 def _hub_dataset() -> str:
     from rmeval.rewardbench.data import HUB_DATASET
 
@@ -124,8 +134,8 @@ class Option:
     type: Callable[[str], Any] | None = str
     choices: tuple | Callable[[], tuple] | None = None
     default: Any = None
-    nargs: str | None = None
-    metavar: str | None = None
+    nargs: str | int | None = None
+    metavar: str | tuple[str, ...] | None = None
     aliases: tuple[str, ...] = ()
     deprecated: tuple[str, ...] = ()
     switch: bool = False  # a store_true flag
@@ -188,7 +198,7 @@ OPTIONS: tuple[Option, ...] = (
         "store",
         ("--store",),
         "results store URI (dir or gs://…): <store>/<run>/metrics.json (required)",
-        _cmds(RUN_ONE),
+        _cmds(RUN_ONE, REPRODUCE),
     ),
     Option("prefix", ("--prefix",), "run-name prefix: <prefix>-<experiment>", _cmds(RUN_ONE)),
     Option(
@@ -209,7 +219,7 @@ OPTIONS: tuple[Option, ...] = (
         "work_dir",
         ("--work-dir",),
         "where temporary files go (default: TMPDIR)",
-        _cmds(RUN_ONE),
+        _cmds(RUN_ONE, REPRODUCE),
     ),
     # ------------------------------------------------------------ convert
     Option(
@@ -276,7 +286,7 @@ OPTIONS: tuple[Option, ...] = (
         ("--dtype",),
         "weights' dtype: auto keeps the stored dtype when converting and evaluates in bf16 "
         "on a GPU, fp32 on the CPU; fp16 (run_rm's default) evaluates only on a GPU",
-        _cmds(CONVERT, EVALUATE, *_RUN),
+        _cmds(CONVERT, EVALUATE, *_RUN, REPRODUCE),
         choices=_dtypes,
         default="auto",
         template=True,
@@ -306,7 +316,7 @@ OPTIONS: tuple[Option, ...] = (
         ("--scoring",),
         "'trained': EasyLM's training text, reward at the eos; 'run_rm': what RewardBench's "
         "run_rm scores (upstream numbers)",
-        _cmds(EVALUATE, *_RUN),
+        _cmds(EVALUATE, *_RUN, REPRODUCE),
         choices=_scorings,
         default=_default_scoring,
         template=True,
@@ -315,7 +325,7 @@ OPTIONS: tuple[Option, ...] = (
         "device",
         ("--device",),
         "where to evaluate (auto: cuda when available)",
-        _cmds(EVALUATE, RUN_ONE),
+        _cmds(EVALUATE, RUN_ONE, REPRODUCE),
         choices=_devices,
         default="auto",
     ),
@@ -352,6 +362,32 @@ OPTIONS: tuple[Option, ...] = (
         _cmds(COLLECT),
         deprecated=("--dataset",),
     ),
+    # ------------------------------------------------------------ reproduce
+    Option(
+        "run",
+        ("run",),
+        "the published run's name (<store>/<run>/); omit with --random-new",
+        _cmds(REPRODUCE),
+        nargs="?",
+    ),
+    Option(
+        "reward_tolerance",
+        ("--reward-tolerance",),
+        "largest absolute per-pair reward difference accepted",
+        _cmds(REPRODUCE),
+        type=positive_float,
+        default=_reward_tolerance,
+        metavar="EPS",
+    ),
+    Option(
+        "random_new",
+        ("--random-new",),
+        "reproduce one random run that the table AFTER.csv has and BEFORE.csv lacks "
+        "(a collect's new rows; none: nothing to do)",
+        _cmds(REPRODUCE),
+        nargs=2,
+        metavar=("BEFORE.csv", "AFTER.csv"),
+    ),
     # ------------------------------------------------------------ the rest
     Option(
         "overwrite",
@@ -370,6 +406,9 @@ OPTIONS: tuple[Option, ...] = (
         switch=True,
     ),
 )
+
+# reproduce's overrides of what a run recorded
+RECORDED_SETTINGS = ("dtype", "device", "scoring")
 
 BY_DEST: dict[str, Option] = {}
 for _o in OPTIONS:
@@ -406,9 +445,11 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     are template variables: their default is None (unset: the template's own default, which
     is run-one's)."""
     as_variable = command in TEMPLATE_COMMANDS
+    as_recorded = command in RECORDED_COMMANDS
     for o in options_of(command):
         kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if o.hidden else o.help}
-        default = None if as_variable else o.resolved_default()
+        unset = as_variable or (as_recorded and o.dest in RECORDED_SETTINGS)
+        default = None if unset else o.resolved_default()
         if o.switch:
             p.add_argument(*o.flags, *o.aliases, dest=o.dest, action="store_true", **kwargs)
             continue
@@ -428,6 +469,8 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
             kwargs["help"] += f" (default {default})"
         elif as_variable:
             kwargs["help"] += " (passed to each task's run-one)"
+        elif unset:
+            kwargs["help"] += " (default: as the run recorded)"
         if o.deprecated:
             kwargs["action"] = _Deprecated
             kwargs["new_name"] = o.name
@@ -707,7 +750,9 @@ def markdown_table() -> str:
         default = o.resolved_default()
         default = "-" if default is None or o.switch else f"`{default}`"
         commands = [
-            c for c in (CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH, COLLECT) if c in o.commands
+            c
+            for c in (CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH, COLLECT, REPRODUCE)
+            if c in o.commands
         ]
         if o.template:
             commands.append("pipeline")

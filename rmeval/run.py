@@ -7,7 +7,9 @@ is :mod:`rmeval.store`'s):
 
 - ``scores.jsonl``: the evaluator's per-pair scores;
 - ``provenance.json``: checkpoint URI, run name, rmeval version, git sha when known,
-  per-stage timings, converter notes, dataset, host name;
+  per-stage timings, converter notes, dataset, host name, and what
+  :func:`rmeval.provenance.run_fields` records (library versions, lock hash, device,
+  dtype, attention, scoring, max length, token budget, checkpoint index and weight hashes);
 - ``metrics.json``: exactly the evaluator's metrics file, written **last**: its presence
   means the run is done. A run whose metrics.json exists is skipped unless ``force``.
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rmeval import preflight, source_root, storage, version
+from rmeval import provenance as run_provenance
 from rmeval import store as store_layout
 from rmeval.errors import AlreadyExistsError, StoreError
 from rmeval.procutil import git_head, is_stale, owned_name, sigterm_as_exit
@@ -212,6 +215,14 @@ def run_one(
         timings["evaluate"] = time.perf_counter() - t0
 
         metrics_bytes = metrics_path.read_bytes()  # exactly the evaluator's file
+        recorded = run_provenance.run_fields(
+            conv,
+            ev,
+            num_heads=num_heads,
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+        )
         timings_s = {k: round(v, 3) for k, v in timings.items()}
         provenance = {
             "run": run,
@@ -246,6 +257,7 @@ def run_one(
                 "seconds": ev.seconds,
             },
         }
+        run_provenance.merge(provenance, recorded)
         with _claim(dest, force) as claim:
             if claim is None or (not force and store_layout.is_complete(store, run)):
                 detail = _lost_detail(run, claim)

@@ -66,6 +66,8 @@ ISSUE_KINDS: dict[str, str] = {
     "duplicate_run": "the same run name appears more than once (one kept)",
     "duplicate_key": "several runs share one join key, e.g. uuid and budget (newest kept)",
     "mixed_scoring": "rows scored in different formats (see the scoring column)",
+    "mixed_settings": "rows from different software or settings: dtype, transformers "
+    "major.minor, lock file (the columns sidecar's settings name each run's)",
     "unparsable_name": "a name lacks the pattern the join needs",
     "run_without_features": "run has no matching feature entry",
     "budget_mismatch": "the uuid's counts files are for other budgets (row left out)",
@@ -113,6 +115,8 @@ class Table:
     experiment_prefix: str | None = None
     mode: str = "scores"
     runs_seen: int = 0
+    # run name -> the settings that can change its scores (rmeval.provenance.score_settings)
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -138,6 +142,7 @@ class Table:
             "mode": self.mode,
             "float_digits": FLOAT_DIGITS,
             WEIGHTS: {"id": scoring.WEIGHTS_ID, "counts": dict(scoring.EXAMPLE_COUNTS)},
+            "settings": {name: self.settings[name] for name in sorted(self.settings)},
         }
 
     def scoring_counts(self) -> dict[str, int]:

@@ -58,7 +58,9 @@ def test_only_our_package_is_copied_and_no_credential_files(instructions):
     # nothing fetches code from the network
     runs = " ".join(v for ins, v in instructions if ins == "RUN")
     assert not re.search(r"\b(git clone|curl|wget|gsutil|gcloud)\b", runs)
-    assert re.search(r"pip install [\"']?\.\[beaker\][\"']?", runs)
+    # the dependencies (the beaker extra's included) from the lock, then rmeval alone
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in runs
+    assert re.search(r"pip install --no-deps \.(\s|$)", runs)
 
 
 def test_no_secret_in_env_or_args(parser):

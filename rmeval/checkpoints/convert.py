@@ -40,6 +40,7 @@ from rmeval import naming, storage
 from rmeval.checkpoints import llama
 from rmeval.checkpoints.easylm import CheckpointReader, numpy_dtype
 from rmeval.errors import AlreadyExistsError, CheckpointError, ConvertError, UsageError
+from rmeval.provenance import ChunkedSha256, file_digest, index_sha256
 
 if TYPE_CHECKING:
     from rmeval.checkpoints.reference import VerifyResult
@@ -67,6 +68,10 @@ class ConvertResult:
     peak_rss_bytes: int
     notes: list[str] = field(default_factory=list)
     verify: VerifyResult | None = None
+    # sha256 of the checkpoint's index; chunked sha256 of each written file, computed as
+    # it was written (rmeval.provenance.ChunkedSha256)
+    index_sha256: str = ""
+    weights_sha256: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         mb_s = self.bytes_read / max(self.seconds, 1e-9) / 1e6
@@ -109,6 +114,14 @@ class _Placed:
     shard: int
     offset: int  # absolute byte offset in the shard file
     nbytes: int
+
+
+@dataclass
+class _Out:
+    """An open shard file and the digest of what has been written to it."""
+
+    fd: int
+    digest: ChunkedSha256
 
 
 @dataclass
@@ -158,13 +171,15 @@ def _layout(plans: list[llama.TensorPlan], out_dtype: str | None, max_shard: int
 # --------------------------------------------------------------------------- data path
 
 
-def _pwrite_all(fd: int, data: memoryview | np.ndarray | bytes, offset: int) -> None:
+def _pwrite_all(out: _Out, data: memoryview | np.ndarray | bytes, offset: int) -> None:
+    """Write ``data`` at ``offset`` of the shard and hash it (still in cache)."""
     if isinstance(data, np.ndarray):
         data = data.reshape(-1).view(np.uint8).data
     data = memoryview(data).cast("B")
+    out.digest.update(offset, data)
     done = 0
     while done < len(data):
-        done += os.pwrite(fd, data[done : done + (1 << 30)], offset + done)
+        done += os.pwrite(out.fd, data[done : done + (1 << 30)], offset + done)
 
 
 def _same_width_uint(dt: np.dtype) -> np.dtype:
@@ -236,7 +251,7 @@ class _Writer:
             for f in [self.pool.submit(j) for j in jobs]:
                 f.result()
 
-    def write(self, fd: int, placed: _Placed, src_bytes: np.ndarray) -> None:
+    def write(self, shard: _Out, placed: _Placed, src_bytes: np.ndarray) -> None:
         p = placed.plan
         src_dt, dst_dt = p.src.np_dtype, placed.out_dtype
         same = src_dt == dst_dt
@@ -245,7 +260,7 @@ class _Writer:
         src = src_bytes.view(src_dt)
         if not p.transform.transposes:
             if same:
-                _write_checked(fd, placed, src_bytes, placed.offset)
+                _write_checked(shard, placed, src_bytes, placed.offset)
                 return
             flat = src.reshape(-1)
             step = max(1, BLOCK_BYTES // dst_dt.itemsize)
@@ -257,7 +272,7 @@ class _Writer:
                     np.copyto(out.view(dst_dt), flat[s:e], casting="unsafe")
                 if not _all_finite(out, placed.out_dtype):
                     raise _nonfinite_error(placed)
-                _pwrite_all(fd, out, placed.offset + s * dst_dt.itemsize)
+                _pwrite_all(shard, out, placed.offset + s * dst_dt.itemsize)
 
             self._run([lambda s=s: cast(s) for s in range(0, flat.size, step)])
             return
@@ -271,12 +286,12 @@ class _Writer:
                 n = min(rows_per_block, count - r)
                 jobs.append(
                     lambda d=dst0 + r, c=col0 + r * step, n=n, s=step: self._block(
-                        fd, placed, kernel, dst_dt, d, c, n, s
+                        shard, placed, kernel, dst_dt, d, c, n, s
                     )
                 )
         self._run(jobs)
 
-    def _block(self, fd, placed: _Placed, kernel, dst_dt, dst_row, src_col, n, step) -> None:
+    def _block(self, shard, placed: _Placed, kernel, dst_dt, dst_row, src_col, n, step) -> None:
         n_in = kernel.shape[0]
         nbytes = n * n_in * dst_dt.itemsize
         out = self._buffer(nbytes)[:nbytes].view(dst_dt).reshape(n, n_in)
@@ -291,27 +306,27 @@ class _Writer:
                     )
         if not _all_finite(out, placed.out_dtype):
             raise _nonfinite_error(placed)
-        _pwrite_all(fd, out, placed.offset + dst_row * n_in * dst_dt.itemsize)
+        _pwrite_all(shard, out, placed.offset + dst_row * n_in * dst_dt.itemsize)
 
 
-def _write_checked(fd: int, placed: _Placed, data: np.ndarray, offset: int) -> None:
+def _write_checked(shard: _Out, placed: _Placed, data: np.ndarray, offset: int) -> None:
     """Write raw bytes stored exactly as they are written (no transform, no cast), block
     by block, each checked while it is in cache."""
     for s in range(0, data.size, BLOCK_BYTES):
         block = data[s : s + BLOCK_BYTES]
         if not _all_finite(block, placed.out_dtype):
             raise _nonfinite_error(placed)
-        _pwrite_all(fd, block, offset + s)
+        _pwrite_all(shard, block, offset + s)
 
 
-def _copy_plain(reader: CheckpointReader, placed: _Placed, fd: int, buf: np.ndarray) -> None:
+def _copy_plain(reader: CheckpointReader, placed: _Placed, shard: _Out, buf: np.ndarray) -> None:
     """A tensor stored exactly as written (embedding, norms), from a local source: read,
     checked and written block by block through one small buffer, never whole in memory."""
     info = placed.plan.src
     for start in range(0, info.nbytes, buf.nbytes):
         view = buf[: min(buf.nbytes, info.nbytes - start)]
         reader.read_into(info, view, start=start)
-        _write_checked(fd, placed, view, placed.offset + start)
+        _write_checked(shard, placed, view, placed.offset + start)
 
 
 # --------------------------------------------------------------------------- output dir
@@ -406,7 +421,7 @@ def _build(
 ) -> ConvertResult:
     """Write the model (shards, index, tokenizer, config.json) into ``build``."""
     notes: list[str] = []
-    written = _write_model(reader, plans, out_dtype, max_shard, build, progress)
+    written, digests = _write_model(reader, plans, out_dtype, max_shard, build, progress)
     pad_id = None
     if tokenizer:
         from rmeval.tokenizer import prepare_tokenizer
@@ -439,6 +454,8 @@ def _build(
         seconds=0.0,
         peak_rss_bytes=0,
         notes=notes,
+        index_sha256=index_sha256(reader.index),
+        weights_sha256=digests,
     )
 
 
@@ -500,19 +517,21 @@ def _write_model(
     max_shard: int,
     build: Path,
     progress: bool,
-) -> int:
+) -> tuple[int, dict[str, str]]:
+    """Write the shards (and their index); returns the bytes written and the chunked
+    sha256 of each file written."""
     from tqdm.auto import tqdm
 
     shards = _layout(plans, out_dtype, max_shard)
-    fds: list[int] = []
+    fds: list[_Out] = []
     writer = _Writer(threads=min(4, os.cpu_count() or 1))
     total = sum(p.src.nbytes for p in plans)
     try:
         for sh in shards:
             fd = os.open(build / sh.name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            fds.append(fd)
+            fds.append(_Out(fd, ChunkedSha256(sh.size)))
             _allocate(fd, sh.size)
-            _pwrite_all(fd, sh.header, 0)
+            _pwrite_all(fds[-1], sh.header, 0)
         placed = sorted(
             (t for sh in shards for t in sh.tensors), key=lambda t: t.plan.src.pieces[0][0]
         )
@@ -539,15 +558,18 @@ def _write_model(
                 bar.update(t.plan.src.nbytes)
     finally:
         writer.close()
-        for fd in fds:
+        for o in fds:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                os.close(o.fd)
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.nbytes for sh in shards for t in sh.tensors)},
             "weight_map": {t.plan.hf_name: sh.name for sh in shards for t in sh.tensors},
         }
         (build / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    digests = {sh.name: o.digest.hexdigest() for sh, o in zip(shards, fds, strict=True)}
+    if len(shards) > 1:
+        digests[INDEX_NAME] = file_digest(build / INDEX_NAME)  # a few KB
     return sum(sh.size for sh in shards) + (
         (build / INDEX_NAME).stat().st_size if len(shards) > 1 else 0
-    )
+    ), digests

@@ -76,6 +76,7 @@ class EvalResult:
     n_batches: int = 0
     n_truncated: int = 0
     unknown_subsets: list[str] = field(default_factory=list)
+    attention: str = ""  # the attention implementation the model ran with (e.g. sdpa)
 
 
 # --------------------------------------------------------------------------- setup
@@ -463,6 +464,7 @@ def evaluate(
     with contextlib.ExitStack() as stack:
         local = _local_model_dir(model_dir, stack)
         model, tokenizer = load_reward_model(local, dev, torch_dtype)
+        attention = str(getattr(model.config, "_attn_implementation", "") or "")
         t0 = time.perf_counter()
         limit = getattr(model.config, "max_position_embeddings", None) or max_length
         if limit < max_length:  # a model with learned positions cannot read further
@@ -553,6 +555,7 @@ def evaluate(
         n_batches=len(batches),
         n_truncated=n_truncated,
         unknown_subsets=scoring.unknown_subsets(per_subset),
+        attention=attention,
     )
     files = []  # one unit, metrics last: its presence means the scores beside it are whole
     if save_scores:
