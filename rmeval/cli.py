@@ -615,6 +615,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.model,
         args.eval_data,
         args.output,
+        benchmark=args.benchmark,
         subsets=args.subsets,
         scoring_format=args.scoring,
         chat_template=args.chat_template,
@@ -635,8 +636,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_rewardbench_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rewardbench-sample",
-        help="write a deterministic RewardBench-format sample (all 23 subsets, generated text)",
+        help="write a deterministic RewardBench-format sample (all 23 subsets, generated text; "
+        "--benchmark rewardbench2: all six RewardBench 2 subsets, Ties ref/tied pairs)",
     )
+    options.add_arguments(p, options.SAMPLE)
     p.add_argument("out", help="JSON-lines file to write (local or gs://)")
     p.add_argument("--per-subset", type=int, default=10, help="pairs per subset (default 10)")
     p.add_argument("--seed", type=int, default=0)
@@ -648,7 +651,11 @@ def _run_rewardbench_sample(args: argparse.Namespace) -> int:
     from rmeval.rewardbench.data import write_sample
 
     out = write_sample(
-        args.out, per_subset=args.per_subset, seed=args.seed, overwrite=args.overwrite
+        args.out,
+        per_subset=args.per_subset,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        benchmark=args.benchmark,
     )
     _print(f"wrote {out}")
     return 0

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH = "convert", "evaluate", "run-one", "plan", "launch"
 COLLECT = "collect"
+SAMPLE = "rewardbench-sample"
 # The commands whose template-variable options are run-one arguments of the planned tasks.
 TEMPLATE_COMMANDS = (PLAN, LAUNCH)
 
@@ -98,6 +99,18 @@ def _rope_scalings() -> tuple[str, ...]:
     from rmeval.checkpoints.llama import ROPE_SCALINGS
 
     return tuple(ROPE_SCALINGS)
+
+
+def _benchmarks() -> tuple[str, ...]:
+    from rmeval.rewardbench.data import BENCHMARKS
+
+    return BENCHMARKS
+
+
+def _default_benchmark() -> str:
+    from rmeval.rewardbench.data import DEFAULT_BENCHMARK
+
+    return DEFAULT_BENCHMARK
 
 
 def _hub_dataset() -> str:
@@ -282,6 +295,15 @@ OPTIONS: tuple[Option, ...] = (
         template=True,
     ),
     # ------------------------------------------------------------ evaluate
+    Option(
+        "benchmark",
+        ("--benchmark",),
+        "which benchmark the data is: RewardBench pairs or RewardBench 2 rows (with the "
+        "default --eval-data, that benchmark's hub dataset)",
+        _cmds(EVALUATE, SAMPLE),
+        choices=_benchmarks,
+        default=_default_benchmark,
+    ),
     Option(
         "eval_data",
         ("--eval-data",),

@@ -39,8 +39,7 @@ class _Table:
         return self.df.copy()
 
     def __iter__(self):
-        for rec in self.df.to_dict("records"):
-            yield rec
+        yield from self.df.to_dict("records")
 
     def __getitem__(self, col):
         return self.df[col].tolist()
@@ -146,9 +145,7 @@ def test_ties_random_tables(theirs):
                     continue
                 nc = 1 if kind == "ref" else rng.randint(2, 5)
                 total = nc + rng.randint(1, 6)
-                rows.append(
-                    (f"{kind}:{n}", nc, [float(rng.randint(-3, 3)) for _ in range(total)])
-                )
+                rows.append((f"{kind}:{n}", nc, [float(rng.randint(-3, 3)) for _ in range(total)]))
         if not rows:
             continue
         _ties_case(theirs, rows)

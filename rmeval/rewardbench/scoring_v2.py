@@ -139,7 +139,7 @@ def subset_score(subset: str, rows: Sequence[tuple[str, int, Sequence[float]]]) 
 
 def overall(metrics: Mapping[str, object]) -> float | None:
     """Mean of the six subset scores; ``None`` unless all six are present."""
-    vals = [metrics.get(s) for s in SUBSETS]
-    if any(not isinstance(v, (int, float)) for v in vals):
+    vals = [v for s in SUBSETS if isinstance(v := metrics.get(s), (int, float))]
+    if len(vals) < len(SUBSETS):
         return None
-    return sum(float(v) for v in vals) / len(SUBSETS)  # type: ignore[arg-type]
+    return sum(float(v) for v in vals) / len(SUBSETS)
