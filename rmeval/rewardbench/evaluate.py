@@ -20,7 +20,11 @@ What it does, and why:
 - ``--benchmark rewardbench2``: every completion of a RewardBench 2 row is one text in the
   same formats and the same batches; rows roll up as run_v2 does
   (:mod:`rmeval.rewardbench.scoring_v2`), metrics.json is run_v2's flat object (one score
-  per subset) and the scores file has one line per completion;
+  per subset) and the scores file has one line per completion. One difference from
+  run_v2, on purpose: run_rm truncates a too-long text from the left
+  (``tokenizer.truncation_side = "left"``), run_v2 does not set it and so cuts the end of
+  the response, eos included, where the reward is read; rmeval truncates from the left
+  for both (tests/test_run_v2_parity.py shows the difference on such texts);
 - ``metrics.json`` is the flat object RewardBench's ``run_rm`` saves: ``model``,
   ``model_type`` ("Seq. Classifier"), ``chat_template`` (which format: ``easylm-trained``,
   or run_rm's own ``tulu`` / ``tokenizer``), one accuracy per subset.
