@@ -113,6 +113,12 @@ def _default_benchmark() -> str:
     return DEFAULT_BENCHMARK
 
 
+def _hub_dataset_v2() -> str:
+    from rmeval.rewardbench.data import HUB_DATASET_V2
+
+    return HUB_DATASET_V2
+
+
 def _hub_dataset() -> str:
     from rmeval.rewardbench.data import HUB_DATASET
 
@@ -312,6 +318,26 @@ OPTIONS: tuple[Option, ...] = (
         _cmds(EVALUATE, *_RUN),
         default=_hub_dataset,
         deprecated=("--dataset",),
+        template=True,
+    ),
+    Option(
+        "benchmarks",
+        ("--benchmarks",),
+        "the benchmarks to score the converted model on (one conversion feeds all); a run is "
+        "done for a benchmark when its metrics file is in the store",
+        _cmds(*_RUN),
+        choices=_benchmarks,
+        nargs="+",
+        metavar="BENCHMARK",
+        template=True,
+    ),
+    Option(
+        "eval_data_v2",
+        ("--eval-data-v2",),
+        "RewardBench 2 data for --benchmarks rewardbench2: a .json/.jsonl/.parquet file "
+        "(local or gs://) or a hub id",
+        _cmds(*_RUN),
+        default=_hub_dataset_v2,
         template=True,
     ),
     Option(

@@ -26,6 +26,7 @@ from pathlib import Path
 from rmeval import storage
 from rmeval.errors import EvalError, StoreError
 from rmeval.rewardbench import scoring
+from rmeval.store import V1, V2  # the benchmark names, declared with their store files
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ REQUIRED_COLUMNS_V2: tuple[str, ...] = (
 )
 HUB_DATASET_V2 = "allenai/reward-bench-2"
 HUB_SPLIT_V2 = "test"
-V1, V2 = "rewardbench", "rewardbench2"
 BENCHMARKS: tuple[str, ...] = (V1, V2)
 DEFAULT_BENCHMARK = V1
 LOCAL_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet")
