@@ -406,6 +406,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         experiments_file=args.experiments_file,
         dataset_total_size=args.dataset_total_size,
         gpt4_threshold=args.gpt4_threshold,
+        target=args.target,
     )
     _print(out.table.summary())
     if out.unchanged:
@@ -463,7 +464,11 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "--model", choices=MODELS, default="linear", help="lightgbm needs the [lightgbm] extra"
     )
     p.add_argument("--log-linear", action="store_true", help="fit on log1p of the features")
-    p.add_argument("--target", default="Overall", help="score column to predict (default Overall)")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="score column to predict (default: what collect --target recorded, else Overall)",
+    )
     p.add_argument("--features", nargs="+", default=None, metavar="COLUMN", help="feature columns")
     p.add_argument("--seed", type=int, default=42, help="train/dev split seed (default 42)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")

@@ -113,6 +113,18 @@ def _default_benchmark() -> str:
     return DEFAULT_BENCHMARK
 
 
+def _targets() -> tuple[str, ...]:
+    from rmeval.table import TARGETS
+
+    return TARGETS
+
+
+def _default_target() -> str:
+    from rmeval.table import TARGET
+
+    return TARGET
+
+
 def _hub_dataset_v2() -> str:
     from rmeval.rewardbench.data import HUB_DATASET_V2
 
@@ -399,6 +411,15 @@ OPTIONS: tuple[Option, ...] = (
         "results dataset name: results/<results-dataset>/<table>.csv, e.g. helpsteer2",
         _cmds(COLLECT),
         deprecated=("--dataset",),
+    ),
+    Option(
+        "target",
+        ("--target",),
+        "the regressor's target column: RewardBench's Overall or RewardBench 2's rb2_Overall "
+        "(recorded in the columns sidecar that fit and report read)",
+        _cmds(COLLECT),
+        choices=_targets,
+        default=_default_target,
     ),
     # ------------------------------------------------------------ the rest
     Option(

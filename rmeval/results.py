@@ -473,6 +473,8 @@ def update(
             "previous_sha256": _sha256(old_csv) if old_csv is not None else None,
             "scoring": table.scoring_counts(),
             "weights": scoring.WEIGHTS_ID,
+            "benchmarks": ["rewardbench", *(["rewardbench2"] if table.v2 else [])],
+            "target": table.target,
             "rmeval_version": version(),
             "git_sha": git_head(_existing_ancestor(path.parent)),
             "command": command if command is not None else default_command(),
