@@ -688,10 +688,11 @@ def _check_value(key: Key, value: Any, where: str, context: str, error) -> None:
     choices = key.choices_in(context)
     if callable(choices):
         choices = choices()
-    if choices is not None and value not in choices:
-        raise error(
-            f"{where}: {key.name} must be one of {', '.join(map(str, choices))}, got {value!r}"
-        )
+    for v in value if isinstance(value, list) else [value]:  # a list: each of its items
+        if choices is not None and v not in choices:
+            raise error(
+                f"{where}: {key.name} must be one of {', '.join(map(str, choices))}, got {v!r}"
+            )
     if key.positive and value <= 0:
         raise error(f"{where}: {key.name} must be positive, got {value!r}")
 
