@@ -62,6 +62,7 @@ from rmeval.rewardbench import scoring
 from rmeval.table import (
     HISTORY_FILE,
     NAME,
+    V2_PREFIX,
     Table,
     TablePaths,
     count_rows,
@@ -86,6 +87,7 @@ class RowDiff:
     added: int
     changed: int
     removed: int
+    changed_v2: int = 0  # rows whose RewardBench 2 cells (rb2_…) changed, kept apart
 
 
 def table_paths(results_dir: str | os.PathLike, dataset: str, name: str) -> TablePaths:
@@ -239,13 +241,23 @@ def _rows_by_name(text: str) -> dict[str, tuple[tuple[str, str], ...]]:
 
 def diff_rows(old_csv: str, new_csv: str) -> RowDiff:
     """Rows added / changed / removed between two CSV texts, matched on ``name``. A row
-    counts as changed when any cell differs or the columns changed."""
+    counts as changed when any cell differs or the columns changed; RewardBench 2's cells
+    (``rb2_…``) are counted apart (``changed_v2``), so adding RewardBench 2 to a table
+    does not read as every RewardBench result changing."""
     old = _rows_by_name(old_csv)
     new = _rows_by_name(new_csv)
     added = len(new.keys() - old.keys())
     removed = len(old.keys() - new.keys())
-    changed = sum(1 for k in new.keys() & old.keys() if new[k] != old[k])
-    return RowDiff(total=len(new), added=added, changed=changed, removed=removed)
+
+    def part(cells: tuple[tuple[str, str], ...], v2: bool) -> tuple[tuple[str, str], ...]:
+        return tuple(c for c in cells if c[0].startswith(V2_PREFIX) == v2)
+
+    both = new.keys() & old.keys()
+    changed = sum(1 for k in both if part(new[k], False) != part(old[k], False))
+    changed_v2 = sum(1 for k in both if part(new[k], True) != part(old[k], True))
+    return RowDiff(
+        total=len(new), added=added, changed=changed, removed=removed, changed_v2=changed_v2
+    )
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -467,6 +479,7 @@ def update(
                 "added": diff.added,
                 "changed": diff.changed,
                 "removed": diff.removed,
+                **({"changed_rewardbench2": diff.changed_v2} if table.v2 else {}),
             },
             "issues": len(table.issues),
             "sha256": _sha256(files[path]),

@@ -80,3 +80,17 @@ def test_malformed_v2_file_is_an_issue_and_keeps_the_v1_row(store):
     assert {r["name"] for r in table.rows} == {"run-0", "run-1", "run-2"}
     assert any(i.kind == "malformed_metrics" and i.name == "run-1" for i in table.issues)
     assert {r["name"]: r[V2_OVERALL] for r in table.rows}["run-1"] is None
+
+
+def test_adding_rewardbench2_is_not_a_change_of_the_v1_results(store, tmp_path):
+    v1_only = tmp_path / "v1"
+    for seed in range(3):
+        storage.write_bytes(str(v1_only / f"run-{seed}" / "metrics.json"), metrics_bytes(seed))
+    old = render_csv(collect.collect(str(v1_only)))
+    new = render_csv(collect.collect(store))
+    d = results.diff_rows(old, new)
+    assert (d.total, d.added, d.changed, d.removed, d.changed_v2) == (3, 0, 0, 0, 3)
+    rec = results.update(collect.collect(str(v1_only)), tmp_path / "r", "ds", "t")
+    assert "changed_rewardbench2" not in rec["rows"]  # a v1 table's record as before
+    rec = results.update(collect.collect(store), tmp_path / "r", "ds", "t")
+    assert (rec["rows"]["changed"], rec["rows"]["changed_rewardbench2"]) == (0, 3)
