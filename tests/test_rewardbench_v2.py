@@ -201,3 +201,18 @@ def test_cli_sample_and_evaluate_v2(model_dir, tmp_path, capsys):
     metrics = json.loads(out.read_text())
     for s in scoring_v2.SUBSETS:
         assert f"  {s:<24} {100 * metrics[s]:6.2f}" in printed
+
+
+def test_the_default_dataset_is_the_v2_hub_release(tmp_path):
+    """--benchmark rewardbench2 with the option's default (v1's hub id) reads
+    allenai/reward-bench-2; without the datasets package (as here) that is one line."""
+    try:
+        import datasets  # noqa: F401
+
+        pytest.skip("the datasets package is installed: the hub would be asked")
+    except ImportError:
+        pass
+    with pytest.raises(EvalError, match=r"^allenai/reward-bench-2: .*`datasets` package"):
+        evaluate(
+            str(tmp_path / "m"), "allenai/reward-bench", benchmark="rewardbench2", device="cpu"
+        )
