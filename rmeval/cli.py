@@ -607,7 +607,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "text + eos, or the tokenizer's chat template; reward at the last non-pad token). "
         "Left truncation, length-sorted batches packed by a token budget; a reward does not "
         "depend on its batch. Writes metrics.json as run_rm saves it (chat_template: "
-        "easylm-trained, tulu or tokenizer), atomically; prints the section scores and Overall.",
+        "easylm-trained, tulu or tokenizer), atomically; prints the section scores and Overall. "
+        "--benchmark rewardbench2: RewardBench 2 rows (every completion one text, best-of-n "
+        "with shared tie credit, the Ties formula), run_v2's metrics.json and Overall.",
     )
     options.add_arguments(p, options.EVALUATE)
     p.set_defaults(handler=_run_evaluate, exists_hint=OVERWRITE_HINT)
