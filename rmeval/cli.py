@@ -434,6 +434,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         experiments_file=args.experiments_file,
         dataset_total_size=args.dataset_total_size,
         gpt4_threshold=args.gpt4_threshold,
+        target=args.target,
     )
     _print(out.table.summary())
     if out.unchanged:
@@ -537,7 +538,11 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "--model", choices=MODELS, default="linear", help="lightgbm needs the [lightgbm] extra"
     )
     p.add_argument("--log-linear", action="store_true", help="fit on log1p of the features")
-    p.add_argument("--target", default="Overall", help="score column to predict (default Overall)")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="score column to predict (default: what collect --target recorded, else Overall)",
+    )
     p.add_argument("--features", nargs="+", default=None, metavar="COLUMN", help="feature columns")
     p.add_argument("--seed", type=int, default=42, help="train/dev split seed (default 42)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
@@ -713,7 +718,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "text + eos, or the tokenizer's chat template; reward at the last non-pad token). "
         "Left truncation, length-sorted batches packed by a token budget; a reward does not "
         "depend on its batch. Writes metrics.json as run_rm saves it (chat_template: "
-        "easylm-trained, tulu or tokenizer), atomically; prints the section scores and Overall.",
+        "easylm-trained, tulu or tokenizer), atomically; prints the section scores and Overall. "
+        "--benchmark rewardbench2: RewardBench 2 rows (every completion one text, best-of-n "
+        "with shared tie credit, the Ties formula), run_v2's metrics.json and Overall.",
     )
     options.add_arguments(p, options.EVALUATE)
     p.set_defaults(handler=_run_evaluate, exists_hint=OVERWRITE_HINT)
@@ -726,6 +733,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.model,
         args.eval_data,
         args.output,
+        benchmark=args.benchmark,
         subsets=args.subsets,
         scoring_format=args.scoring,
         chat_template=args.chat_template,
@@ -746,8 +754,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_rewardbench_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rewardbench-sample",
-        help="write a deterministic RewardBench-format sample (all 23 subsets, generated text)",
+        help="write a deterministic RewardBench-format sample (all 23 subsets, generated text; "
+        "--benchmark rewardbench2: all six RewardBench 2 subsets, Ties ref/tied pairs)",
     )
+    options.add_arguments(p, options.SAMPLE)
     p.add_argument("out", help="JSON-lines file to write (local or gs://)")
     p.add_argument("--per-subset", type=int, default=10, help="pairs per subset (default 10)")
     p.add_argument("--seed", type=int, default=0)
@@ -759,7 +769,11 @@ def _run_rewardbench_sample(args: argparse.Namespace) -> int:
     from rmeval.rewardbench.data import write_sample
 
     out = write_sample(
-        args.out, per_subset=args.per_subset, seed=args.seed, overwrite=args.overwrite
+        args.out,
+        per_subset=args.per_subset,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        benchmark=args.benchmark,
     )
     _print(f"wrote {out}")
     return 0

@@ -70,7 +70,7 @@ from rmeval import store as store_layout
 from rmeval.backends import beaker as beaker_backend
 from rmeval.errors import CollectError, StoreError, UsageError
 from rmeval.procutil import bounded_map
-from rmeval.rewardbench import formats, scoring
+from rmeval.rewardbench import formats, scoring, scoring_v2
 from rmeval.store import METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
 from rmeval.table import (
     JOIN_COLUMNS,
@@ -81,6 +81,9 @@ from rmeval.table import (
     SECTION_COLUMNS,
     SUBSET_COLUMNS,
     TARGET,
+    TARGETS,
+    V2_OVERALL,
+    V2_PREFIX,
     WEIGHTS,
     Issue,
     Table,
@@ -101,6 +104,7 @@ class RunMetrics:
     created: float = 0.0
     scores_uri: str | None = None
     provenance: dict[str, Any] | None = None  # its provenance.json, when the source has one
+    metrics_v2: dict[str, Any] | None = None  # the run's RewardBench 2 file, when it has one
 
 
 # --------------------------------------------------------------------------- sources
@@ -145,6 +149,7 @@ def fetch_store(
         if not r.complete
     ]
     complete = [r for r in stored if r.complete]
+    v2 = _read_v2(complete, max_concurrency, issues)
     runs: list[RunMetrics] = []
     for run, info, raw in store_layout.read_metrics(complete, max_concurrency, total=len(complete)):
         if isinstance(raw, StoreError):
@@ -161,6 +166,7 @@ def fetch_store(
                 parsed.metrics,
                 created=info.updated.timestamp() if info.updated else 0.0,
                 scores_uri=run.scores.uri if run.scores else None,
+                metrics_v2=v2.get(run.name),
             )
         )
     return _with_provenance(root, runs, max_concurrency), issues
@@ -180,6 +186,53 @@ def _with_provenance(root: str, runs: list[RunMetrics], max_concurrency: int) ->
 
     found = dict(bounded_map(read, iter(range(len(runs))), max_concurrency, desc="provenance"))
     return [replace(r, provenance=found.get(i)) for i, r in enumerate(runs)]
+
+
+def _read_v2(
+    complete: list[store_layout.StoredRun], max_concurrency: int, issues: list[Issue]
+) -> dict[str, dict[str, Any]]:
+    """The RewardBench 2 metrics of the runs that have them, by run name; a malformed file
+    is a ``malformed_metrics`` issue (the run's v1 row stays, its v2 cells empty)."""
+    from dataclasses import replace
+
+    have = [replace(r, metrics=r.metrics_v2) for r in complete if r.metrics_v2 is not None]
+    out: dict[str, dict[str, Any]] = {}
+    for run, info, raw in store_layout.read_metrics(have, max_concurrency, total=len(have)):
+        if isinstance(raw, StoreError):
+            issues.append(Issue("missing_metrics", run.name, str(raw), file=info.uri))
+            continue
+        parsed = parse_metrics_v2(run.name, info.uri, raw)
+        if isinstance(parsed, Issue):
+            issues.append(parsed)
+        else:
+            out[run.name] = parsed
+    return out
+
+
+def parse_metrics_v2(name: str, uri: str, raw: bytes) -> dict[str, Any] | Issue:
+    """A RewardBench 2 metrics file: a JSON object with a finite number for each of the six
+    subsets (Ties' formula can go a little below 0 or above 1)."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return Issue("malformed_metrics", name, f"not JSON ({exc})", file=uri)
+    if not isinstance(obj, dict):
+        return Issue("malformed_metrics", name, "expected an object", file=uri)
+    bad = [
+        f"{s}={obj.get(s)!r}"
+        for s in scoring_v2.SUBSETS
+        if isinstance(obj.get(s), bool)
+        or not isinstance(obj.get(s), (int, float))
+        or not math.isfinite(obj[s])
+    ]
+    if bad:
+        return Issue(
+            "malformed_metrics",
+            name,
+            f"RewardBench 2 subset scores must be numbers: {', '.join(bad)}",
+            file=uri,
+        )
+    return obj
 
 
 def fetch_beaker(
@@ -272,6 +325,9 @@ def metrics_row(run: RunMetrics) -> dict[str, Any]:
     }
     row.update(scoring.summarize(acc))
     row.update({s: acc[s] for s in SUBSET_COLUMNS})
+    v2 = run.metrics_v2 or {}
+    row[V2_OVERALL] = scoring_v2.overall(v2)
+    row.update({V2_PREFIX + s: v2.get(s) for s in scoring_v2.SUBSETS})
     return row
 
 
@@ -767,8 +823,13 @@ def build_table(
     *,
     join: Join | None = None,
     gpt4_threshold: float | None = None,
+    target: str = TARGET,
 ) -> Table:
-    """Rows from validated runs, joined with features by ``join`` (default: scores only)."""
+    """Rows from validated runs, joined with features by ``join`` (default: scores only).
+    ``target``: the score column the regressor predicts (``Overall`` or RewardBench 2's
+    ``rb2_Overall``); rows are sorted by it, the columns sidecar names it."""
+    if target not in TARGETS:
+        raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     if gpt4_threshold is not None and not 0.0 <= gpt4_threshold <= 1.0:
         raise UsageError(
             f"--gpt4-threshold {gpt4_threshold} is outside [0, 1]; scores are fractions (e.g. 0.85)"
@@ -828,7 +889,13 @@ def build_table(
     settings = {r[NAME]: provenance.score_settings(run_of[r[NAME]].provenance) for r in rows}
     unknown = sorted(n for n in settings if provenance.is_unknown(run_of[n].provenance))
     issues += _mixed_settings(settings, unknown)
-    rows.sort(key=lambda row: (-row[TARGET], row[NAME]))
+    has_v2 = any(r.metrics_v2 is not None for r in finite)
+    if target != TARGET and not has_v2:
+        raise CollectError(
+            f"--target {target}: no run has RewardBench 2 metrics "
+            f"({store_layout.METRICS_V2_FILE}); run with benchmarks: [rewardbench2]"
+        )
+    rows.sort(key=lambda row: (row[target] is None, -(row[target] or 0.0), row[NAME]))
     return Table(
         rows=rows,
         meta_columns=meta,
@@ -838,6 +905,8 @@ def build_table(
         mode=join.mode,
         runs_seen=runs_seen,
         settings=settings,
+        v2=has_v2,
+        target=target,
     )
 
 
@@ -855,6 +924,7 @@ def collect(
     dataset_total_size: int | None = None,
     gpt4_threshold: float | None = None,
     beaker_timeout: float | None = None,
+    target: str = TARGET,
 ) -> Table:
     """Fetch the source's metrics and build the table (see the module doc). For a Beaker
     source the experiment prefix defaults to ``rm-eval-``; a store takes every run.
@@ -883,7 +953,7 @@ def collect(
             )
         except StoreError as exc:
             raise CollectError(f"results store: {exc}") from exc
-    table = build_table(runs, join=join, gpt4_threshold=gpt4_threshold)
+    table = build_table(runs, join=join, gpt4_threshold=gpt4_threshold, target=target)
     table.issues = sorted_issues(table.issues + issues)
     table.source = source
     table.experiment_prefix = prefix

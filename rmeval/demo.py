@@ -8,6 +8,8 @@
 - ``bucket/feats/regressor_feats_ID__<uuid>__SWAPS_<n>.json``: the matching feature counts;
 - ``bucket/tokenizer/``: a byte-level BPE tokenizer trained on the sample's text;
 - ``rewardbench-sample.jsonl``: a RewardBench-format sample covering all 23 subsets;
+- ``rewardbench2-sample.jsonl``: a RewardBench 2 sample covering its six subsets (the
+  pipeline scores every model on both benchmarks from one conversion);
 - ``pipeline.yml``: the config that ``rmeval pipeline`` runs (local backend, local store).
 
 Everything is deterministic in ``seed``; existing files are kept, so a second ``rmeval demo``
@@ -61,6 +63,7 @@ class DemoLayout:
     features: Path
     tokenizer: Path
     dataset: Path
+    dataset_v2: Path
     store: Path
     results: Path
     config: Path
@@ -77,6 +80,7 @@ def layout(workdir: str | Path) -> DemoLayout:
         features=bucket / "feats",
         tokenizer=bucket / "tokenizer",
         dataset=w / "rewardbench-sample.jsonl",
+        dataset_v2=w / "rewardbench2-sample.jsonl",
         store=w / "store",
         results=w / "results",
         config=w / "pipeline.yml",
@@ -113,6 +117,10 @@ def build(
 
     if not lay.dataset.exists():
         write_sample(str(lay.dataset), per_subset=DEMO_PER_SUBSET, seed=seed)
+    if not lay.dataset_v2.exists():
+        write_sample(
+            str(lay.dataset_v2), per_subset=DEMO_PER_SUBSET, seed=seed, benchmark="rewardbench2"
+        )
     if not (lay.tokenizer / "tokenizer.json").exists():
         pairs = load_pairs(str(lay.dataset))
         texts = [t for p in pairs for t in (p.prompt, p.chosen, p.rejected)]
@@ -154,6 +162,8 @@ def pipeline_config(lay: DemoLayout) -> dict:
         "backend": "local",
         "max_parallel": 2,
         "eval_data": str(lay.dataset),
+        "benchmarks": ["rewardbench", "rewardbench2"],
+        "eval_data_v2": str(lay.dataset_v2),
         "tokenizer": str(lay.tokenizer),
         "model_size": "auto",
         "num_heads": DEMO_MODEL["n_heads"],

@@ -56,6 +56,7 @@ from typing import Any
 from rmeval import storage
 from rmeval.errors import AlreadyExistsError, FitError
 from rmeval.rewardbench.scoring import META_KEYS, OVERALL, SECTION_NAMES, SUBSETS
+from rmeval.table import V2_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ LIGHTGBM_PARAMS = {
 # Columns of the results table that are never features.
 ID_COLUMNS = ("run", "name", "experiment", "uuid", "budget", "label", "step", "checkpoint")
 NON_FEATURE_COLUMNS: frozenset[str] = frozenset(
-    {*META_KEYS, *SECTION_NAMES, OVERALL, *SUBSETS, *ID_COLUMNS}
+    {*META_KEYS, *SECTION_NAMES, OVERALL, *SUBSETS, *ID_COLUMNS, *V2_COLUMNS}
 )
 # The column that names a row in plots and predictions, first present wins.
 LABEL_COLUMNS = ("run", "name", "experiment", "model", "uuid")
@@ -190,6 +191,22 @@ def recorded_features(csv: str | os.PathLike) -> list[str] | None:
             f"{sidecar}: no list of feature columns under 'features'; collect the table again"
         )
     return list(feats)
+
+
+def recorded_target(csv: str | os.PathLike) -> str | None:
+    """The target collect recorded for ``csv`` (``--target``: its columns sidecar's
+    ``target``), or ``None`` without a sidecar."""
+    from rmeval.table import columns_path
+
+    sidecar = columns_path(csv)
+    if not storage.exists(sidecar):
+        return None
+    try:
+        data = json.loads(storage.read_text(sidecar))
+    except json.JSONDecodeError as exc:
+        raise FitError(f"{sidecar}: not valid JSON ({exc.msg}); collect the table again") from exc
+    target = data.get("target") if isinstance(data, dict) else None
+    return target if isinstance(target, str) else None
 
 
 def _is_numeric(series) -> bool:
@@ -444,14 +461,16 @@ def fit(
     *,
     model: str = "linear",
     log_linear: bool = False,
-    target: str = OVERALL,
+    target: str | None = None,
     features: Sequence[str] | None = None,
     seed: int = 42,
     overwrite: bool = False,
 ) -> FitResult:
     """Fit ``model`` on ``csv`` and write metrics, coefficients, predictions and the model
     under ``out`` (local dir or gs:// prefix). Nothing is visible at ``out`` unless
-    everything was written; an existing non-empty ``out`` needs ``overwrite``."""
+    everything was written; an existing non-empty ``out`` needs ``overwrite``.
+    ``target``: the column to predict (default: the one collect's ``--target`` recorded
+    in the table's columns sidecar, else ``Overall``)."""
     _sklearn()
     import joblib
     import numpy as np
@@ -473,6 +492,8 @@ def fit(
             out,
         )
 
+    if target is None:
+        target = recorded_target(csv) or OVERALL
     frame, cols = load_table(csv, target=target, features=features)
     x = _design(frame, cols, log_linear, csv, model)
     y = frame[target].to_numpy(dtype=float)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from rmeval import naming, preflight, specs, storage
+from rmeval import store as store_layout
 from rmeval.backends.local import LaunchSummary
 from rmeval.errors import RmevalError, UsageError
-from rmeval.run import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,11 @@ def check_local_tasks(tasks, *, environment: bool = True) -> None:
             run = preflight.check_values(ns.checkpoint, ns.store, **kwargs)
             if not environment:
                 continue
-            done = storage.exists(storage.join(ns.store, run, METRICS_FILE))
-            if ns.force or not done:  # a done run is only skipped
+            done = all(
+                store_layout.is_complete(ns.store, run, b)
+                for b in kwargs.get("benchmarks") or [store_layout.V1]
+            )
+            if ns.force or not done:  # a run done for every benchmark is only skipped
                 preflight.check_run(ns.checkpoint, ns.store, checked=checked, **kwargs)
         except RmevalError as exc:
             raise type(exc)(f"task {name}: {exc}") from exc

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH = "convert", "evaluate", "run-one", "plan", "launch"
 COLLECT = "collect"
 REPRODUCE = "reproduce"
+SAMPLE = "rewardbench-sample"
 # The commands whose template-variable options are run-one arguments of the planned tasks.
 TEMPLATE_COMMANDS = (PLAN, LAUNCH)
 # The commands whose options override a published run's recorded settings (default: as
@@ -108,6 +109,36 @@ def _reward_tolerance() -> float:
     from rmeval.reproduce import DEFAULT_REWARD_TOLERANCE
 
     return DEFAULT_REWARD_TOLERANCE
+
+
+def _benchmarks() -> tuple[str, ...]:
+    from rmeval.rewardbench.data import BENCHMARKS
+
+    return BENCHMARKS
+
+
+def _default_benchmark() -> str:
+    from rmeval.rewardbench.data import DEFAULT_BENCHMARK
+
+    return DEFAULT_BENCHMARK
+
+
+def _targets() -> tuple[str, ...]:
+    from rmeval.table import TARGETS
+
+    return TARGETS
+
+
+def _default_target() -> str:
+    from rmeval.table import TARGET
+
+    return TARGET
+
+
+def _hub_dataset_v2() -> str:
+    from rmeval.rewardbench.data import HUB_DATASET_V2
+
+    return HUB_DATASET_V2
 
 
 def _hub_dataset() -> str:
@@ -293,6 +324,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # ------------------------------------------------------------ evaluate
     Option(
+        "benchmark",
+        ("--benchmark",),
+        "which benchmark the data is: RewardBench pairs or RewardBench 2 rows (with the "
+        "default --eval-data, that benchmark's hub dataset)",
+        _cmds(EVALUATE, SAMPLE),
+        choices=_benchmarks,
+        default=_default_benchmark,
+    ),
+    Option(
         "eval_data",
         ("--eval-data",),
         "RewardBench data: a .json/.jsonl/.parquet file (local or gs://) or a hub id "
@@ -300,6 +340,26 @@ OPTIONS: tuple[Option, ...] = (
         _cmds(EVALUATE, *_RUN),
         default=_hub_dataset,
         deprecated=("--dataset",),
+        template=True,
+    ),
+    Option(
+        "benchmarks",
+        ("--benchmarks",),
+        "the benchmarks to score the converted model on (one conversion feeds all); a run is "
+        "done for a benchmark when its metrics file is in the store",
+        _cmds(*_RUN),
+        choices=_benchmarks,
+        nargs="+",
+        metavar="BENCHMARK",
+        template=True,
+    ),
+    Option(
+        "eval_data_v2",
+        ("--eval-data-v2",),
+        "RewardBench 2 data for --benchmarks rewardbench2: a .json/.jsonl/.parquet file "
+        "(local or gs://) or a hub id",
+        _cmds(*_RUN),
+        default=_hub_dataset_v2,
         template=True,
     ),
     Option(
@@ -387,6 +447,15 @@ OPTIONS: tuple[Option, ...] = (
         _cmds(REPRODUCE),
         nargs=2,
         metavar=("BEFORE.csv", "AFTER.csv"),
+    ),
+    Option(
+        "target",
+        ("--target",),
+        "the regressor's target column: RewardBench's Overall or RewardBench 2's rb2_Overall "
+        "(recorded in the columns sidecar that fit and report read)",
+        _cmds(COLLECT),
+        choices=_targets,
+        default=_default_target,
     ),
     # ------------------------------------------------------------ the rest
     Option(
@@ -670,10 +739,11 @@ def _check_value(key: Key, value: Any, where: str, context: str, error) -> None:
     choices = key.choices_in(context)
     if callable(choices):
         choices = choices()
-    if choices is not None and value not in choices:
-        raise error(
-            f"{where}: {key.name} must be one of {', '.join(map(str, choices))}, got {value!r}"
-        )
+    for v in value if isinstance(value, list) else [value]:  # a list: each of its items
+        if choices is not None and v not in choices:
+            raise error(
+                f"{where}: {key.name} must be one of {', '.join(map(str, choices))}, got {v!r}"
+            )
     if key.positive and value <= 0:
         raise error(f"{where}: {key.name} must be positive, got {value!r}")
 

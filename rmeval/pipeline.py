@@ -17,6 +17,8 @@ deprecation note)::
     eval_data: rewardbench-sample.jsonl   #   RewardBench data (default: the hub dataset),
     model_size: auto                      #   converter preset,
     num_heads: 4                          #   converter heads when model_size is auto,
+    benchmarks: [rewardbench, rewardbench2]  # default [rewardbench]; one conversion feeds both
+    eval_data_v2: rewardbench2-sample.jsonl  #   RewardBench 2 data (default: the hub dataset)
     scoring: trained                      #   trained (default) | run_rm; also dtype,
                                           #   subsets, max_length, rope_theta, rope_scaling
     feature_counts_dir: bucket/feats      # regressor_feats_ID__<uuid>__SWAPS_<n>.json

@@ -175,8 +175,15 @@ def plan(
     existing_experiments: Iterable[str] | None = None,
     force: bool = False,
     allow_empty: bool = False,
+    benchmarks: Iterable[str] | None = None,
 ) -> Plan:
     """List checkpoints under ``source`` and decide what to run (see the module doc).
+
+    ``benchmarks`` (default RewardBench alone): a run is done when it is done for every one
+    of them (:func:`rmeval.store.completed_runs`); a run done for RewardBench but not for
+    RewardBench 2 is planned again, and its task evaluates only RewardBench 2 (run-one
+    skips what is done). A Beaker experiment that exists counts as done only for
+    RewardBench alone.
 
     ``store`` is where results are published; ``existing_experiments`` are Beaker
     experiment names already present (a run whose experiment name is in it is done).
@@ -235,8 +242,13 @@ def plan(
     for loser, _ in losers:
         kept = best[loser.run][1].checkpoint
         result.superseded.append(Superseded(checkpoint=loser.checkpoint, run=loser.run, kept=kept))
-    finished = store_layout.completed_runs(store) if store else set()
-    existing = set(existing_experiments or ())
+    benches = list(dict.fromkeys(benchmarks or [store_layout.V1]))
+    finished: set[str] = set()
+    if store:
+        done_each = [store_layout.completed_runs(store, b) for b in benches]
+        finished = set.intersection(*done_each)
+    only_v1 = benches == [store_layout.V1]
+    existing = set(existing_experiments or ()) if only_v1 else set()
     for run in sorted(best):
         planned = best[run][1]
         is_done = planned.run in finished or planned.experiment in existing
@@ -309,6 +321,19 @@ def write_spec(text: str, output: str, overwrite: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------- one call
+
+
+def _benchmark_list(value: Any) -> list[str] | None:
+    """The ``benchmarks`` template variable (a list, or one name) as a checked list."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else list(value)
+    for name in names:
+        if name not in store_layout.FILES:
+            raise SpecError(
+                f"benchmarks: unknown benchmark {name!r}; expected {', '.join(store_layout.FILES)}"
+            )
+    return names
 
 
 def make_plan(
@@ -385,6 +410,7 @@ def make_plan(
         existing_experiments=existing,
         force=force,
         allow_empty=allow_empty,
+        benchmarks=_benchmark_list(merged.get("benchmarks")),
     )
     if not render or not p.to_run:
         return p, None

@@ -42,7 +42,7 @@ class Checked:
     devices: set[tuple[str, str]] = field(default_factory=set)
     writable: set[str] = field(default_factory=set)
     credentials: set[str] = field(default_factory=set)
-    datasets: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+    datasets: set[tuple[str, str, tuple[str, ...]]] = field(default_factory=set)
     tokenizers: dict[str, int] = field(default_factory=dict)  # tokenizer -> ids
 
 
@@ -122,6 +122,8 @@ def check_run(
     subsets: list[str] | None = None,
     keep_model: str | None = None,
     work_dir: str | None = None,
+    benchmarks: list[str] | None = None,
+    eval_data_v2: str | None = None,
     **opts: Any,
 ) -> str:
     """Every check of the module doc, cheapest first; returns the run's name. Raises the
@@ -138,7 +140,7 @@ def check_run(
         checked.devices.add((device, dtype))
 
     data = eval_data or _hub()
-    uris = [checkpoint, store, tokenizer, data, keep_model or ""]
+    uris = [checkpoint, store, tokenizer, data, eval_data_v2 or "", keep_model or ""]
     for uri in uris:
         if storage.is_gcs(uri):
             bucket = storage.split_gcs(uri)[0]
@@ -161,15 +163,21 @@ def check_run(
             raise StoreError(f"{flag}: {exc}") from exc
         checked.writable.add(key)
 
-    wanted = (data, tuple(subsets or ()))
-    if wanted not in checked.datasets:
-        from rmeval.rewardbench.data import load_pairs
+    from rmeval.rewardbench.data import HUB_DATASET_V2, V1, V2, load_pairs, load_rows_v2
 
+    benches = benchmarks or [V1]
+    for bench, flag, uri, load in (
+        (V1, "--eval-data", data, load_pairs),
+        (V2, "--eval-data-v2", eval_data_v2 or HUB_DATASET_V2, load_rows_v2),
+    ):
+        wanted = (uri, tuple(subsets or ()))
+        if bench not in benches or (bench, *wanted) in checked.datasets:
+            continue
         try:
-            load_pairs(data, subsets)
+            load(uri, subsets)
         except EvalError as exc:
-            raise EvalError(f"--eval-data: {exc}") from exc
-        checked.datasets.add(wanted)
+            raise EvalError(f"{flag}: {exc}") from exc
+        checked.datasets.add((bench, *wanted))
 
     vocab = _check_checkpoint(checkpoint, opts)
     ids = checked.tokenizers.get(tokenizer)

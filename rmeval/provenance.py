@@ -279,19 +279,22 @@ def run_fields(conv, ev, **convert_settings: Any) -> dict[str, Any]:
     """What run-one adds to ``provenance.json`` from a conversion (:class:`~rmeval.
     checkpoints.convert.ConvertResult`) and an evaluation (:class:`~rmeval.rewardbench.
     evaluate.EvalResult`): ``software``, ``device``, and more ``convert`` (the settings the
-    model was converted with, the index and weight hashes) and ``evaluate`` (attention,
+    model was converted with, the index and weight hashes; none when ``conv`` is None, a kept
+    model evaluated again) and ``evaluate`` (attention,
     token budget) fields. ``max_tokens`` among ``convert_settings`` goes to ``evaluate``."""
     max_tokens = convert_settings.pop("max_tokens", None)
-    return {
+    fields: dict[str, Any] = {
         "software": software(),
         "device": device_info(ev.device),
-        "convert": {
+        "evaluate": {"attention": ev.attention, "max_tokens": max_tokens},
+    }
+    if conv is not None:  # None: a kept model was evaluated, nothing converted
+        fields["convert"] = {
             "settings": dict(convert_settings),
             "index_sha256": conv.index_sha256,
             "weights_sha256": dict(conv.weights_sha256),
-        },
-        "evaluate": {"attention": ev.attention, "max_tokens": max_tokens},
-    }
+        }
+    return fields
 
 
 def merge(provenance: dict[str, Any], fields: Mapping[str, Any]) -> None:

@@ -36,7 +36,10 @@ from rmeval import storage
 from rmeval.errors import AlreadyExistsError, FitError
 from rmeval.procutil import child_env
 from rmeval.rewardbench.scoring import OVERALL, SECTION_NAMES, SUBSETS
-from rmeval.table import figures_dir  # where a notebook's PNGs go: <stem>_figures/
+from rmeval.table import (
+    V2_OVERALL,
+    figures_dir,  # where a notebook's PNGs go: <stem>_figures/
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +228,19 @@ def build_notebook(
         code("show(figures.overall_vs_budget(df, labels, META))", figure="overall_vs_budget")
     else:
         md("_The table has no `budget` column._")
+
+    if V2_OVERALL in cols:
+        md(
+            "## RewardBench vs RewardBench 2\n\n"
+            f"`{OVERALL}` (RewardBench) beside `{V2_OVERALL}` (RewardBench 2: the mean of its "
+            "six subsets), per run."
+        )
+        name_col = "name" if "name" in cols else None
+        pair = [c for c in [name_col, OVERALL, V2_OVERALL] if c]
+        code(
+            f"both = df[{pair!r}].sort_values({OVERALL!r}, ascending=False, kind='mergesort')\n"
+            "both.round(4).reset_index(drop=True)"
+        )
 
     md("## Accuracy per RewardBench subset")
     if subsets:

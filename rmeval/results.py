@@ -64,6 +64,7 @@ from rmeval.rewardbench import scoring
 from rmeval.table import (
     HISTORY_FILE,
     NAME,
+    V2_PREFIX,
     Table,
     TablePaths,
     count_rows,
@@ -103,6 +104,13 @@ class RowDiff:
     @property
     def removed(self) -> int:
         return len(self.removed_names)
+
+    # rows whose RewardBench 2 cells (rb2_…) changed, kept apart from ``changed_names``
+    changed_v2_names: tuple[str, ...] = ()
+
+    @property
+    def changed_v2(self) -> int:
+        return len(self.changed_v2_names)
 
 
 def table_paths(results_dir: str | os.PathLike, dataset: str, name: str) -> TablePaths:
@@ -256,14 +264,22 @@ def _rows_by_name(text: str) -> dict[str, tuple[tuple[str, str], ...]]:
 
 def diff_rows(old_csv: str, new_csv: str) -> RowDiff:
     """Rows added / changed / removed between two CSV texts, matched on ``name``. A row
-    counts as changed when any cell differs or the columns changed."""
+    counts as changed when any cell differs or the columns changed; RewardBench 2's cells
+    (``rb2_…``) are counted apart (``changed_v2``), so adding RewardBench 2 to a table
+    does not read as every RewardBench result changing."""
     old = _rows_by_name(old_csv)
     new = _rows_by_name(new_csv)
+
+    def part(cells: tuple[tuple[str, str], ...], v2: bool) -> tuple[tuple[str, str], ...]:
+        return tuple(c for c in cells if c[0].startswith(V2_PREFIX) == v2)
+
+    both = sorted(new.keys() & old.keys())
     return RowDiff(
         total=len(new),
         added_names=tuple(sorted(new.keys() - old.keys())),
-        changed_names=tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k])),
+        changed_names=tuple(k for k in both if part(new[k], False) != part(old[k], False)),
         removed_names=tuple(sorted(old.keys() - new.keys())),
+        changed_v2_names=tuple(k for k in both if part(new[k], True) != part(old[k], True)),
     )
 
 
@@ -509,6 +525,7 @@ def update(
                 "added": diff.added,
                 "changed": diff.changed,
                 "removed": diff.removed,
+                **({"changed_rewardbench2": diff.changed_v2} if table.v2 else {}),
             },
             "runs": {
                 "added": list(diff.added_names),
@@ -520,6 +537,8 @@ def update(
             "previous_sha256": _sha256(old_csv) if old_csv is not None else None,
             "scoring": table.scoring_counts(),
             "weights": scoring.WEIGHTS_ID,
+            "benchmarks": ["rewardbench", *(["rewardbench2"] if table.v2 else [])],
+            "target": table.target,
             "rmeval_version": version(),
             "git_sha": git_head(_existing_ancestor(path.parent)),
             "command": command if command is not None else default_command(),

@@ -44,7 +44,7 @@ from rmeval import store as store_layout
 from rmeval.errors import AlreadyExistsError, StoreError
 from rmeval.procutil import git_head, is_stale, owned_name, sigterm_as_exit
 from rmeval.rewardbench import formats
-from rmeval.store import CLAIM_FILE, METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
+from rmeval.store import CLAIM_FILE, METRICS_FILE, PROVENANCE_FILE, SCORES_FILE  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ class RunOneResult:
     metrics: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     attempt: str | None = None  # the id provenance.json records (published runs)
-    detail: str = ""  # why nothing was published (status "skipped")
+    detail: str = ""  # why nothing was published (status "skipped"), or how the model was got
+    benchmarks: list[str] = field(default_factory=list)  # those evaluated and published
+    metrics_by_benchmark: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(self.record(), indent=2, default=str)
@@ -119,6 +121,8 @@ def run_one(
     work_dir: str | None = None,
     progress: bool = True,
     checked: preflight.Checked | None = None,
+    benchmarks: list[str] | None = None,
+    eval_data_v2: str | None = None,
 ) -> RunOneResult:
     """Convert ``checkpoint``, evaluate it on ``eval_data`` and publish under ``store``.
     Every option is checked first (:func:`rmeval.preflight.check_run`: values, device,
@@ -127,7 +131,13 @@ def run_one(
     format (:mod:`rmeval.rewardbench.formats`).
 
     ``run_name`` overrides the name derived from the checkpoint (plan gives one when two
-    run directories would otherwise share a name; see :func:`rmeval.naming.run_names`)."""
+    run directories would otherwise share a name; see :func:`rmeval.naming.run_names`).
+
+    ``benchmarks`` (default: RewardBench alone): one conversion is scored on each benchmark
+    not done yet (``eval_data`` for RewardBench, ``eval_data_v2`` for RewardBench 2), each
+    published as its own files (:data:`rmeval.store.FILES`). When only benchmarks other
+    than a done RewardBench remain, the kept model (``keep_model``) is evaluated as it is;
+    with none kept the checkpoint is converted again, and the result's ``detail`` says so."""
     opts: dict[str, Any] = {  # the options check_values and check_run take by keyword
         "prefix": prefix,
         "run_name": run_name,
@@ -144,22 +154,31 @@ def run_one(
     }
     run = preflight.check_values(checkpoint, store, **opts)
     dest = store_layout.run_dir(store, run)
-    if not force and store_layout.is_complete(store, run):
+    wanted = list(dict.fromkeys(benchmarks or [store_layout.V1]))
+    for b in wanted:
+        store_layout.files_of(b)
+    todo = [b for b in wanted if force or not store_layout.is_complete(store, run, b)]
+    if not todo:
         log.info(
             "%s: already done (%s exists); pass --force to redo it",
             run,
-            store_layout.run_file(store, run, METRICS_FILE),
+            ", ".join(
+                store_layout.run_file(store, run, store_layout.files_of(b).metrics) for b in wanted
+            ),
         )
         return RunOneResult(run, "skipped", dest)
-    if not eval_data:
-        from rmeval.rewardbench.data import HUB_DATASET
+    from rmeval.rewardbench.data import HUB_DATASET, HUB_DATASET_V2
 
-        eval_data = HUB_DATASET
+    eval_data = eval_data or HUB_DATASET
+    eval_data_v2 = eval_data_v2 or HUB_DATASET_V2
+    data_of = {store_layout.V1: eval_data, store_layout.V2: eval_data_v2}
     preflight.check_run(
         checkpoint,
         store,
         checked=checked,
         eval_data=eval_data,
+        eval_data_v2=eval_data_v2,
+        benchmarks=todo,
         subsets=subsets,
         keep_model=keep_model,
         work_dir=work_dir,
@@ -167,8 +186,25 @@ def run_one(
     )
 
     from rmeval.checkpoints.convert import convert
+    from rmeval.checkpoints.llama import CONFIG_FILE
     from rmeval.rewardbench.evaluate import DEFAULT_MAX_TOKENS, evaluate
 
+    reuse = (
+        keep_model
+        if keep_model
+        and store_layout.V1 not in todo
+        and storage.dir_state(keep_model, marker=CONFIG_FILE) == storage.COMPLETE
+        else None
+    )
+    detail = ""
+    if store_layout.V1 not in todo:
+        detail = (
+            f"{run}: evaluating the kept model {reuse} (no conversion)"
+            if reuse
+            else f"{run}: converting again for {', '.join(todo)}: no kept model"
+            + (f" at {keep_model}" if keep_model else " (run without --keep-model)")
+        )
+        log.info("%s", detail)
     timings: dict[str, float] = {}
     started = time.time()
     if work_dir:
@@ -177,68 +213,68 @@ def run_one(
         except OSError as exc:
             raise storage.write_error(exc, work_dir, "create the work directory") from exc
     with sigterm_as_exit(), storage.owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
-        model_dir = tmpdir / run
-        metrics_path = tmpdir / METRICS_FILE
-        scores_path = tmpdir / SCORES_FILE
+        model_dir = str(tmpdir / run)
+        conv = None
+        if reuse:
+            model_dir = reuse
+        else:
+            t0 = time.perf_counter()
+            log.info("%s: converting %s", run, checkpoint)
+            conv = convert(
+                checkpoint,
+                model_dir,
+                model_size=model_size,
+                num_heads=num_heads,
+                rope_theta=rope_theta,
+                rope_scaling=rope_scaling,
+                tokenizer=tokenizer,
+                verify=verify,
+                progress=progress,
+            )
+            timings["convert"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        log.info("%s: converting %s", run, checkpoint)
-        conv = convert(
-            checkpoint,
-            str(model_dir),
-            model_size=model_size,
-            num_heads=num_heads,
-            rope_theta=rope_theta,
-            rope_scaling=rope_scaling,
-            tokenizer=tokenizer,
-            verify=verify,
-            progress=progress,
-        )
-        timings["convert"] = time.perf_counter() - t0
+        evals = {}
+        for bench in todo:
+            names = store_layout.files_of(bench)
+            t0 = time.perf_counter()
+            log.info("%s: evaluating on %s (%s)", run, data_of[bench], bench)
+            evals[bench] = evaluate(
+                model_dir,
+                data_of[bench],
+                str(tmpdir / names.metrics),
+                benchmark=bench,
+                subsets=subsets,
+                scoring_format=scoring,
+                max_length=max_length,
+                max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+                device=device,
+                dtype=dtype,
+                save_scores=str(tmpdir / names.scores),
+                progress=progress,
+                model_name=run,  # metrics.json names the run, not a temporary directory
+            )
+            timings["evaluate" if bench == store_layout.V1 else f"evaluate_{bench}"] = (
+                time.perf_counter() - t0
+            )
 
-        t0 = time.perf_counter()
-        log.info("%s: evaluating on %s", run, eval_data)
-        ev = evaluate(
-            str(model_dir),
-            eval_data,
-            str(metrics_path),
-            subsets=subsets,
-            scoring_format=scoring,
-            max_length=max_length,
-            max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
-            device=device,
-            dtype=dtype,
-            save_scores=str(scores_path),
-            progress=progress,
-            model_name=run,  # metrics.json names the run, not a temporary directory
-        )
-        timings["evaluate"] = time.perf_counter() - t0
-
-        metrics_bytes = metrics_path.read_bytes()  # exactly the evaluator's file
-        recorded = run_provenance.run_fields(
-            conv,
-            ev,
-            num_heads=num_heads,
-            rope_theta=rope_theta,
-            rope_scaling=rope_scaling,
-            max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
-        )
         timings_s = {k: round(v, 3) for k, v in timings.items()}
-        provenance = {
+        base = {
             "run": run,
             "checkpoint": checkpoint,
             "rmeval_version": version(),
             "git_sha": git_sha(),
             "hostname": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "dataset": str(eval_data),
             "subsets": subsets,
             "max_length": max_length,
             "model_size": model_size,
             "tokenizer": tokenizer,
             "kept_model": keep_model,
+            "evaluated_kept_model": reuse,
             "timings_s": timings_s,
-            "convert": {
+            "convert": None
+            if conv is None
+            else {
                 "kind": conv.kind,
                 "bytes_read": conv.bytes_read,
                 "bytes_written": conv.bytes_written,
@@ -246,46 +282,73 @@ def run_one(
                 "notes": _plain(conv.notes),
                 "verify": _plain(conv.verify),
             },
-            "evaluate": {
-                "n_pairs": ev.n_pairs,
-                "overall": ev.overall,
-                "padding_ratio": ev.padding_ratio,
-                "device": ev.device,
-                "dtype": ev.dtype,
-                "scoring": ev.scoring,
-                "chat_template": ev.chat_template,
-                "seconds": ev.seconds,
-            },
         }
-        run_provenance.merge(provenance, recorded)
+
+        def provenance_of(bench: str) -> dict[str, Any]:
+            ev = evals[bench]
+            recorded = {
+                **base,
+                "benchmark": bench,
+                "dataset": str(data_of[bench]),
+                "evaluate": {
+                    "n_pairs": ev.n_pairs,
+                    "overall": ev.overall,
+                    "padding_ratio": ev.padding_ratio,
+                    "device": ev.device,
+                    "dtype": ev.dtype,
+                    "scoring": ev.scoring,
+                    "chat_template": ev.chat_template,
+                    "seconds": ev.seconds,
+                },
+            }
+            settings = dict(num_heads=num_heads, rope_theta=rope_theta, rope_scaling=rope_scaling)
+            fields = run_provenance.run_fields(
+                conv, ev, **settings, max_tokens=max_tokens or DEFAULT_MAX_TOKENS
+            )
+            run_provenance.merge(recorded, fields)
+            return recorded
+
         with _claim(dest, force) as claim:
-            if claim is None or (not force and store_layout.is_complete(store, run)):
+            if claim is None or (
+                not force and all(store_layout.is_complete(store, run, b) for b in todo)
+            ):
                 detail = _lost_detail(run, claim)
                 log.info("%s", detail)
                 return RunOneResult(run, "skipped", dest, detail=detail)
-            provenance["attempt"] = claim
             t0 = time.perf_counter()
-            if keep_model:
-                _keep(model_dir, keep_model, overwrite=force)
+            if keep_model and not reuse:
+                _keep(Path(model_dir), keep_model, overwrite=force)
+            # RewardBench last: its metrics.json is what older readers take as "done"
+            for bench in sorted(todo, key=lambda b: b == store_layout.V1):
+                names = store_layout.files_of(bench)
+                provenance = provenance_of(bench)
+                provenance["attempt"] = claim
 
-            def provenance_json() -> bytes:  # written after the scores: it times them
-                timings["publish"] = time.perf_counter() - t0
-                timings_s["publish"] = round(timings["publish"], 3)
-                text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
-                return text.encode("utf-8")
+                def provenance_json(provenance=provenance) -> bytes:  # after the scores
+                    timings["publish"] = time.perf_counter() - t0
+                    timings_s["publish"] = round(timings["publish"], 3)
+                    text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
+                    return text.encode("utf-8")
 
-            scores: list[tuple[str, store_layout.Content]] = (
-                [(SCORES_FILE, scores_path)] if scores_path.exists() else []
-            )
-            metrics_uri = store_layout.publish(
-                store,
-                run,
-                [*scores, (PROVENANCE_FILE, provenance_json)],
-                metrics_bytes,
-                replace_metrics=force,
-            )
-    log.info("%s: published %s", run, metrics_uri)
-    return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings, attempt=claim)
+                scores_path = tmpdir / names.scores
+                scores: list[tuple[str, store_layout.Content]] = (
+                    [(names.scores, scores_path)] if scores_path.exists() else []
+                )
+                metrics_uri = store_layout.publish(
+                    store,
+                    run,
+                    [*scores, (names.provenance, provenance_json)],
+                    (tmpdir / names.metrics).read_bytes(),  # exactly the evaluator's file
+                    replace_metrics=force,
+                    metrics_name=names.metrics,
+                )
+                log.info("%s: published %s", run, metrics_uri)
+    first = todo[0]
+    metrics = json.loads(json.dumps(evals[first].metrics))
+    return RunOneResult(
+        run, "ok", dest, metrics, timings, attempt=claim, detail=detail, benchmarks=todo,
+        metrics_by_benchmark={b: evals[b].metrics for b in todo},
+    )  # fmt: skip
 
 
 def _lost_detail(run: str, claim: str | None) -> str:

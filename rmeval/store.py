@@ -10,6 +10,14 @@ the run (:func:`rmeval.naming.run_name`)::
                                     means the run is complete
     <store>/<run>/.claim            held while one attempt publishes (run-one)
 
+and, for RewardBench 2 (run-one's ``benchmarks``), beside them and on the same rule::
+
+    <store>/<run>/scores-rewardbench2.jsonl, provenance-rewardbench2.json,
+    <store>/<run>/metrics-rewardbench2.json   its presence: done for RewardBench 2
+
+metrics.json stays RewardBench's (v1) file, unchanged for the upstream fetch script. A run
+is done for a benchmark when that benchmark's metrics file exists.
+
 Hidden entries of the store (``.<name>``: staging directories such as
 ``.<run>.partial-…``) are not runs; files directly in the store are not runs either; files
 deeper inside a run directory (e.g. a kept model's) only mark it as a run. Plan's done check
@@ -32,6 +40,32 @@ METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.jsonl"
 PROVENANCE_FILE = "provenance.json"
 CLAIM_FILE = ".claim"
+METRICS_V2_FILE = "metrics-rewardbench2.json"
+SCORES_V2_FILE = "scores-rewardbench2.jsonl"
+PROVENANCE_V2_FILE = "provenance-rewardbench2.json"
+V1, V2 = "rewardbench", "rewardbench2"  # the benchmark names of rmeval.rewardbench.data
+
+
+@dataclass(frozen=True)
+class BenchmarkFiles:
+    metrics: str
+    scores: str
+    provenance: str
+
+
+FILES: dict[str, BenchmarkFiles] = {
+    V1: BenchmarkFiles(METRICS_FILE, SCORES_FILE, PROVENANCE_FILE),
+    V2: BenchmarkFiles(METRICS_V2_FILE, SCORES_V2_FILE, PROVENANCE_V2_FILE),
+}
+
+
+def files_of(benchmark: str) -> BenchmarkFiles:
+    try:
+        return FILES[benchmark]
+    except KeyError:
+        raise StoreError(
+            f"unknown benchmark {benchmark!r}; expected one of {', '.join(FILES)}"
+        ) from None
 
 
 def run_dir(store: str | os.PathLike, run: str) -> str:
@@ -44,9 +78,9 @@ def run_file(store: str | os.PathLike, run: str, name: str) -> str:
     return storage.join(store, run, name)
 
 
-def is_complete(store: str | os.PathLike, run: str) -> bool:
-    """Whether ``run`` has published its metrics.json (one lookup, no listing)."""
-    return storage.exists(run_file(store, run, METRICS_FILE))
+def is_complete(store: str | os.PathLike, run: str, benchmark: str = V1) -> bool:
+    """Whether ``run`` has published ``benchmark``'s metrics file (one lookup, no listing)."""
+    return storage.exists(run_file(store, run, files_of(benchmark).metrics))
 
 
 @dataclass(frozen=True)
@@ -57,10 +91,15 @@ class StoredRun:
     uri: str  # the run directory
     metrics: storage.ObjectInfo | None = None
     scores: storage.ObjectInfo | None = None
+    metrics_v2: storage.ObjectInfo | None = None
 
     @property
     def complete(self) -> bool:
         return self.metrics is not None
+
+    def done(self, benchmark: str = V1) -> bool:
+        """Whether the run has ``benchmark``'s metrics file."""
+        return (self.metrics_v2 if benchmark == V2 else self.metrics) is not None
 
 
 def list_runs(store: str | os.PathLike, *, missing_ok: bool = False) -> dict[str, StoredRun]:
@@ -74,19 +113,25 @@ def list_runs(store: str | os.PathLike, *, missing_ok: bool = False) -> dict[str
         if len(parts) < 2 or parts[0].startswith("."):
             continue  # a file of the store itself, or a hidden / staging directory
         mine = found.setdefault(parts[0], {})
-        if len(parts) == 2 and parts[1] in (METRICS_FILE, SCORES_FILE):
+        if len(parts) == 2 and parts[1] in (METRICS_FILE, SCORES_FILE, METRICS_V2_FILE):
             mine[parts[1]] = obj  # deeper files only mark the run directory
     return {
         run: StoredRun(
-            run, run_dir(store, run), metrics=files.get(METRICS_FILE), scores=files.get(SCORES_FILE)
+            run,
+            run_dir(store, run),
+            metrics=files.get(METRICS_FILE),
+            scores=files.get(SCORES_FILE),
+            metrics_v2=files.get(METRICS_V2_FILE),
         )
         for run, files in found.items()
     }
 
 
-def completed_runs(store: str | os.PathLike) -> set[str]:
-    """Names of the runs whose metrics.json is published (a missing store has none)."""
-    return {name for name, run in list_runs(store, missing_ok=True).items() if run.complete}
+def completed_runs(store: str | os.PathLike, benchmark: str = V1) -> set[str]:
+    """Names of the runs done for ``benchmark`` (its metrics file is published; a missing
+    store has none)."""
+    files_of(benchmark)
+    return {n for n, run in list_runs(store, missing_ok=True).items() if run.done(benchmark)}
 
 
 def read_metrics(
@@ -119,11 +164,13 @@ def publish(
     metrics: bytes,
     *,
     replace_metrics: bool = False,
+    metrics_name: str = METRICS_FILE,
 ) -> str:
     """Publish ``run``: ``files`` in order (each atomically, replacing what an unfinished
     attempt left), then metrics.json **last**, so that the run reads as complete only once
     everything else is there. An existing metrics.json is replaced only with
-    ``replace_metrics``. Returns the metrics.json URI."""
+    ``replace_metrics``. ``metrics_name``: the benchmark's metrics file
+    (:data:`FILES`). Returns the metrics file's URI."""
     for name, content in files:
         uri = run_file(store, run, name)
         if isinstance(content, Path):
@@ -131,6 +178,6 @@ def publish(
         else:
             data = content if isinstance(content, bytes) else content()
             storage.write_bytes(uri, data, overwrite=True)
-    metrics_uri = run_file(store, run, METRICS_FILE)
+    metrics_uri = run_file(store, run, metrics_name)
     storage.write_bytes(metrics_uri, metrics, overwrite=replace_metrics)
     return metrics_uri

@@ -30,10 +30,10 @@ from typing import Any
 
 from rmeval import storage
 from rmeval.errors import AlreadyExistsError, CollectError, StoreError
-from rmeval.rewardbench import scoring
+from rmeval.rewardbench import scoring, scoring_v2
 
 FLOAT_DIGITS = 6
-TARGET = scoring.OVERALL
+TARGET = scoring.OVERALL  # the default target; ``--target`` picks another score column
 LABEL = "label"
 NAME = "name"
 SCORING = "scoring"
@@ -42,6 +42,13 @@ META_COLUMNS = ("model_type", "chat_template", NAME, SCORING, WEIGHTS)
 JOIN_COLUMNS = ("uuid", "budget")
 SUBSET_COLUMNS: tuple[str, ...] = scoring.SUBSETS
 SECTION_COLUMNS: tuple[str, ...] = scoring.SECTION_NAMES
+# RewardBench 2 columns, after the v1 ones when any run has RewardBench 2 metrics: its six
+# subset scores and its Overall (their mean), each under this prefix.
+V2_PREFIX = "rb2_"
+V2_OVERALL = V2_PREFIX + scoring_v2.OVERALL
+V2_SUBSET_COLUMNS: tuple[str, ...] = tuple(V2_PREFIX + s for s in scoring_v2.SUBSETS)
+V2_COLUMNS: tuple[str, ...] = (V2_OVERALL, *V2_SUBSET_COLUMNS)
+TARGETS: tuple[str, ...] = (TARGET, V2_OVERALL)
 
 # Files of a table, beside its CSV (<stem>.csv) and in its dataset directory.
 COLUMNS_SUFFIX = ".columns.json"
@@ -117,6 +124,8 @@ class Table:
     runs_seen: int = 0
     # run name -> the settings that can change its scores (rmeval.provenance.score_settings)
     settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    v2: bool = False  # whether the RewardBench 2 columns are in the table
+    target: str = TARGET
 
     @property
     def columns(self) -> list[str]:
@@ -126,14 +135,17 @@ class Table:
             TARGET,
             *([LABEL] if self.label else []),
             *SUBSET_COLUMNS,
+            *(V2_COLUMNS if self.v2 else ()),
             *self.feature_columns,
         ]
 
     def columns_spec(self) -> dict[str, Any]:
         """What the columns.json sidecar holds (the fit command reads ``features`` and
         ``target``)."""
+        extra = {"rewardbench2": list(V2_COLUMNS)} if self.v2 else {}
         return {
-            "target": TARGET,
+            "target": self.target,
+            **extra,
             "meta": self.meta_columns,
             "sections": list(SECTION_COLUMNS),
             "label": LABEL if self.label else None,

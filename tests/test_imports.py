@@ -76,7 +76,8 @@ def test_the_import_graph_has_no_cycle():
 def test_table_and_store_import_no_stage():
     graph = import_graph()
     infrastructure = {"rmeval.storage", "rmeval.errors", "rmeval.procutil"}
-    scoring = {"rmeval.rewardbench", "rmeval.rewardbench.scoring"}  # the weights, no stage
+    scoring = {"rmeval.rewardbench", "rmeval.rewardbench.scoring", "rmeval.rewardbench.scoring_v2"}
+    # ^ the weights and the RewardBench 2 rules, no stage
     assert graph["rmeval.table"] <= infrastructure | scoring
     assert graph["rmeval.store"] <= infrastructure
     # ... and the stages reach the store's layout through it, not through run-one

@@ -65,7 +65,8 @@ def _every_template_value() -> dict:
     for o in options.TEMPLATE_OPTIONS:
         choices = o.resolved_choices()
         if choices:
-            out[o.dest] = [c for c in choices if c != o.resolved_default()][-1]
+            value = [c for c in choices if c != o.resolved_default()][-1]
+            out[o.dest] = [value] if o.nargs else value
         elif o.nargs:
             out[o.dest] = ["chat", "hep-go"]
         elif o.type is options.positive_int:

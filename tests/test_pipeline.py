@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from rmeval import results
+from rmeval.rewardbench import scoring_v2
+from rmeval.store import METRICS_V2_FILE
 from tests.cli_runner import run_rmeval
 
 _rmeval = run_rmeval  # the shared runner (tests/cli_runner.py); tests take the rmeval_cli fixture
@@ -53,6 +55,12 @@ def test_demo_end_to_end_and_idempotent(rmeval_cli, tmp_path):
         metrics = json.loads((store / row["name"] / "metrics.json").read_text())
         assert metrics["model_type"] == "Seq. Classifier"
         assert float(row["hep-go"]) == pytest.approx(metrics["hep-go"], abs=1e-6)
+        # and RewardBench 2, from the same conversion, beside it
+        v2 = json.loads((store / row["name"] / METRICS_V2_FILE).read_text())
+        assert v2["model"] == row["name"] and v2["chat_template"] == metrics["chat_template"]
+        assert float(row["rb2_Ties"]) == pytest.approx(v2["Ties"], abs=1e-6)
+        six = [v2[s] for s in scoring_v2.SUBSETS]
+        assert float(row["rb2_Overall"]) == pytest.approx(sum(six) / 6, abs=1e-6)
     history = (ds / "HISTORY.jsonl").read_text().splitlines()
     assert len(history) == 1 and json.loads(history[0])["rows"]["added"] == 3
     assert (ds / "counts-runs.report.ipynb").exists()

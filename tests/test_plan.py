@@ -356,3 +356,29 @@ def test_seed_script_generate_eval_runs(gcs_bucket, tmp_path):
     names = sorted(t["name"] for t in data["tasks"])
     assert "helpsteer2-counts-x" in names and len(names) == 5
     assert data["tasks"][0]["context"]["priority"] == specs.load_preset("helpsteer2")["priority"]
+
+
+def test_done_per_benchmark_adding_rewardbench2_plans_those_runs_again(source, store_root):
+    from rmeval.store import METRICS_V2_FILE
+
+    store = storage.join(store_root, "results")
+    for run in ("hs-x", "hs-y-1"):
+        storage.write_text(storage.join(store, run, "metrics.json"), "{}")
+    storage.write_text(storage.join(store, "hs-y-1", METRICS_V2_FILE), "{}")
+    v1 = plan.plan(source, prefix="hs", store=store)
+    assert {r.run for r in v1.done} == {"hs-x", "hs-y-1"}
+    both = plan.plan(source, prefix="hs", store=store, benchmarks=["rewardbench", "rewardbench2"])
+    assert [r.run for r in both.done] == ["hs-y-1"]
+    assert "hs-x" in {r.run for r in both.to_run}
+    # the tasks carry the list to run-one, which evaluates only what is missing
+    p, spec = _make_plan(
+        source, template=TEMPLATE, prefix="hs", store=store,
+        values={"benchmarks": ["rewardbench", "rewardbench2"]},
+    )  # fmt: skip
+    assert [r.run for r in p.done] == ["hs-y-1"]
+    for task in yaml.safe_load(spec.text)["tasks"]:
+        args = task["arguments"]
+        i = args.index("--benchmarks")
+        assert args[i + 1 : i + 3] == ["rewardbench", "rewardbench2"]
+    with pytest.raises(Exception, match="unknown benchmark 'rewardbench3'"):
+        _make_plan(source, template=TEMPLATE, store=store, values={"benchmarks": "rewardbench3"})

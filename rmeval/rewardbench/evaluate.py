@@ -17,6 +17,14 @@ What it does, and why:
   the mask, so a text gets the same reward alone or in any batch, with left or right
   padding;
 - a pair is correct iff reward(chosen) > reward(rejected): a tie counts as wrong;
+- ``--benchmark rewardbench2``: every completion of a RewardBench 2 row is one text in the
+  same formats and the same batches; rows roll up as run_v2 does
+  (:mod:`rmeval.rewardbench.scoring_v2`), metrics.json is run_v2's flat object (one score
+  per subset) and the scores file has one line per completion. One difference from
+  run_v2, on purpose: run_rm truncates a too-long text from the left
+  (``tokenizer.truncation_side = "left"``), run_v2 does not set it and so cuts the end of
+  the response, eos included, where the reward is read; rmeval truncates from the left
+  for both (tests/test_run_v2_parity.py shows the difference on such texts);
 - ``metrics.json`` is the flat object RewardBench's ``run_rm`` saves: ``model``,
   ``model_type`` ("Seq. Classifier"), ``chat_template`` (which format: ``easylm-trained``,
   or run_rm's own ``tulu`` / ``tokenizer``), one accuracy per subset.
@@ -37,8 +45,18 @@ from pathlib import Path
 from rmeval import storage
 from rmeval.checkpoints.llama import CONFIG_FILE
 from rmeval.errors import AlreadyExistsError, CheckpointError, EvalError, StoreError, UsageError
-from rmeval.rewardbench import formats, scoring
-from rmeval.rewardbench.data import Pair, load_pairs
+from rmeval.rewardbench import formats, scoring, scoring_v2
+from rmeval.rewardbench.data import (
+    BENCHMARKS,
+    DEFAULT_BENCHMARK,
+    HUB_DATASET,
+    HUB_DATASET_V2,
+    V2,
+    Pair,
+    Row,
+    load_pairs,
+    load_rows_v2,
+)
 from rmeval.tokenizer import TOKENIZER_CONFIG, TOKENIZER_JSON, declared_class, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -59,7 +77,9 @@ _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 @dataclass
 class EvalResult:
     """``metrics`` is exactly what metrics.json holds; ``sections`` the four section
-    scores (None where no subset of a section was scored); ``seconds`` the time spent
+    scores (None where no subset of a section was scored; empty for RewardBench 2);
+    ``overall`` RewardBench's Overall, or RewardBench 2's (the mean of its six subsets);
+    ``n_pairs`` the pairs, or RewardBench 2 rows, scored; ``seconds`` the time spent
     formatting, tokenizing and scoring (model loading excluded); ``padding_ratio`` is
     padded tokens / real tokens (1.0 = no padding)."""
 
@@ -77,6 +97,7 @@ class EvalResult:
     n_truncated: int = 0
     unknown_subsets: list[str] = field(default_factory=list)
     attention: str = ""  # the attention implementation the model ran with (e.g. sdpa)
+    benchmark: str = DEFAULT_BENCHMARK
 
 
 # --------------------------------------------------------------------------- setup
@@ -415,10 +436,10 @@ def _check_outputs(out: str | None, save_scores: str | None, overwrite: bool) ->
     return replace_scores
 
 
-def _check_finite(rewards: Sequence[float], pairs: Sequence[Pair], model_dir: str) -> None:
+def _check_finite(rewards: Sequence[float], text_subsets: Sequence[str], model_dir: str) -> None:
     bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
     if bad:
-        subsets = sorted({pairs[i // 2].subset for i in bad})
+        subsets = sorted({text_subsets[i] for i in bad})
         shown = ", ".join(subsets[:5]) + (
             f" and {len(subsets) - 5} more" if len(subsets) > 5 else ""
         )
@@ -428,11 +449,108 @@ def _check_finite(rewards: Sequence[float], pairs: Sequence[Pair], model_dir: st
         )
 
 
+@dataclass
+class _Scored:
+    rewards: list[float]
+    seqs: list[list[int]]
+    label: str
+    n_truncated: int
+    n_batches: int
+    padded: int
+    seconds: float
+    device: str
+    dtype: str
+    attention: str  # the attention implementation the model ran with (e.g. sdpa)
+
+
+def _score_items(
+    model_dir: str,
+    items: Sequence[Pair | Row],
+    *,
+    scoring_format: str,
+    chat_template: str | None,
+    max_length: int,
+    max_tokens: int,
+    dev: str,
+    torch_dtype,
+    progress: bool,
+    desc: str,
+) -> _Scored:
+    """Load the model, format every text of ``items`` (two per pair, one per completion of a
+    RewardBench 2 row), score them length-packed, and return the rewards in text order."""
+    from tqdm.auto import tqdm
+
+    with contextlib.ExitStack() as stack:
+        local = _local_model_dir(model_dir, stack)
+        model, tokenizer = load_reward_model(local, dev, torch_dtype)
+        attention = str(getattr(model.config, "_attn_implementation", "") or "")
+        t0 = time.perf_counter()
+        limit = getattr(model.config, "max_position_embeddings", None) or max_length
+        if limit < max_length:  # a model with learned positions cannot read further
+            log.info("--max-length %d is above the model's %d positions", max_length, limit)
+        encoded = formats.encode(
+            tokenizer,
+            items,
+            scoring_format,
+            min(max_length, limit),
+            tokenizer_class=declared_class(local),
+            model_pad_token_id=getattr(model.config, "pad_token_id", None),
+            chat_template=chat_template,
+        )
+        seqs, n_truncated = encoded.seqs, encoded.n_truncated
+        if n_truncated:
+            log.info(
+                "%d of %d texts truncated from the left to %d tokens",
+                n_truncated,
+                len(seqs),
+                max_length,
+            )
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:  # any id works: padded positions are masked and never read
+            pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        batches = plan_batches([len(s) for s in seqs], max_tokens, slack=PAD_SLACK[dev])
+        owner = [k for k, it in enumerate(items) for _ in range(_n_texts(it))]
+        left = [_n_texts(it) for it in items]
+        bar = tqdm(total=len(items), unit="row", desc=desc, disable=None if progress else True)
+
+        def advance(batch: Sequence[int]) -> None:
+            finished = 0
+            for i in batch:
+                left[owner[i]] -= 1
+                finished += left[owner[i]] == 0
+            if finished:
+                bar.update(finished)
+
+        try:
+            rewards, padded = score_batches(
+                model, seqs, batches, pad_id=pad_id, device=dev, progress=advance
+            )
+        finally:
+            bar.close()
+    return _Scored(
+        rewards=rewards,
+        seqs=seqs,
+        label=encoded.label,
+        n_truncated=n_truncated,
+        n_batches=len(batches),
+        padded=padded,
+        seconds=time.perf_counter() - t0,
+        device=dev,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        attention=attention,
+    )
+
+
+def _n_texts(item: Pair | Row) -> int:
+    return len(item.completions) if isinstance(item, Row) else 2
+
+
 def evaluate(
     model_dir: str,
     dataset: str,
     out: str | None = None,
     *,
+    benchmark: str = DEFAULT_BENCHMARK,
     subsets: Sequence[str] | None = None,
     scoring_format: str = formats.DEFAULT_SCORING,
     chat_template: str | None = None,
@@ -445,74 +563,85 @@ def evaluate(
     progress: bool = True,
     model_name: str | None = None,
 ) -> EvalResult:
-    """Score the reward model in ``model_dir`` (local or gs://) on ``dataset``; write
-    ``metrics.json`` to ``out`` and per-pair rewards to ``save_scores`` if given (local or
-    gs://, atomic, never clobbering unless ``overwrite``). ``model_name`` is what
-    metrics.json records as ``model`` (default: ``model_dir`` as given, like run_rm).
-    ``scoring_format``: a format of :mod:`rmeval.rewardbench.formats` (``--scoring``;
-    this module's ``scoring`` is RewardBench's section arithmetic); ``chat_template``
-    (``run_rm`` only): ``"tulu"``, ``"tokenizer"`` or a Jinja file instead of run_rm's
-    choice."""
-    from tqdm.auto import tqdm
-
+    """Score the reward model in ``model_dir`` (local or gs://) on ``dataset`` of
+    ``benchmark`` (``rewardbench`` pairs or ``rewardbench2`` rows); write ``metrics.json``
+    to ``out`` and per-text rewards to ``save_scores`` if given (local or gs://, atomic,
+    never clobbering unless ``overwrite``). ``model_name`` is what metrics.json records as
+    ``model`` (default: ``model_dir`` as given, like run_rm). ``scoring_format``: a format
+    of :mod:`rmeval.rewardbench.formats` (``--scoring``; this module's ``scoring`` is
+    RewardBench's section arithmetic); ``chat_template`` (``run_rm`` only): ``"tulu"``,
+    ``"tokenizer"`` or a Jinja file instead of run_rm's choice."""
     model_dir = os.fspath(model_dir)
+    if benchmark not in BENCHMARKS:
+        raise UsageError(f"--benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
     formats.check_options(scoring_format, chat_template)
     replace_scores = _check_outputs(out, save_scores, overwrite)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    pairs = load_pairs(dataset, subsets)
-    with contextlib.ExitStack() as stack:
-        local = _local_model_dir(model_dir, stack)
-        model, tokenizer = load_reward_model(local, dev, torch_dtype)
-        attention = str(getattr(model.config, "_attn_implementation", "") or "")
-        t0 = time.perf_counter()
-        limit = getattr(model.config, "max_position_embeddings", None) or max_length
-        if limit < max_length:  # a model with learned positions cannot read further
-            log.info("--max-length %d is above the model's %d positions", max_length, limit)
-        encoded = formats.encode(
-            tokenizer,
-            pairs,
-            scoring_format,
-            min(max_length, limit),
-            tokenizer_class=declared_class(local),
-            model_pad_token_id=getattr(model.config, "pad_token_id", None),
-            chat_template=chat_template,
-        )
-        seqs, n_truncated, template_name = encoded.seqs, encoded.n_truncated, encoded.label
-        if n_truncated:
-            log.info(
-                "%d of %d texts truncated from the left to %d tokens",
-                n_truncated,
-                len(seqs),
-                max_length,
-            )
-        pad_id = tokenizer.pad_token_id
-        if pad_id is None:  # any id works: padded positions are masked and never read
-            pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        batches = plan_batches([len(s) for s in seqs], max_tokens, slack=PAD_SLACK[dev])
-        done = [0] * len(pairs)
-        bar = tqdm(
-            total=len(pairs), unit="pair", desc="rewardbench", disable=None if progress else True
-        )
+    knobs = dict(
+        scoring_format=scoring_format,
+        chat_template=chat_template,
+        max_length=max_length,
+        max_tokens=max_tokens,
+        dev=dev,
+        torch_dtype=torch_dtype,
+        progress=progress,
+    )
+    if benchmark == V2:
+        if dataset == HUB_DATASET:  # the option's default names v1's hub dataset
+            dataset = HUB_DATASET_V2
+        rows = load_rows_v2(dataset, subsets)  # before any model is loaded
+        scored = _score_items(model_dir, rows, desc="rewardbench2", **knobs)
+        _check_finite(scored.rewards, [r.subset for r in rows for _ in r.completions], model_dir)
+        metrics, score_rows = _roll_up_v2(rows, scored, model_name or model_dir)
+        v2_overall = scoring_v2.overall(metrics)
+        sections: dict[str, float | None] = {}
+        unknown = sorted(s for s in {r.subset for r in rows} if s not in scoring_v2.SUBSETS)
+        n_items = len(rows)
+    else:
+        pairs = load_pairs(dataset, subsets)
+        scored = _score_items(model_dir, pairs, desc="rewardbench", **knobs)
+        _check_finite(scored.rewards, [p.subset for p in pairs for _ in (0, 1)], model_dir)
+        metrics, score_rows = _roll_up_v1(pairs, scored, model_name or model_dir)
+        summary = scoring.summarize(scoring.subset_accuracies(metrics))
+        v2_overall = summary[scoring.OVERALL]
+        sections = {k: v for k, v in summary.items() if k != scoring.OVERALL}
+        unknown = scoring.unknown_subsets({p.subset for p in pairs})
+        n_items = len(pairs)
+    real = sum(len(s) for s in scored.seqs)
+    result = EvalResult(
+        metrics=metrics,
+        sections=sections,
+        overall=v2_overall,
+        n_pairs=n_items,
+        seconds=scored.seconds,
+        padding_ratio=scored.padded / real if real else 1.0,
+        chat_template=scored.label,
+        scoring=scoring_format,
+        device=scored.device,
+        dtype=scored.dtype,
+        n_batches=scored.n_batches,
+        n_truncated=scored.n_truncated,
+        unknown_subsets=unknown,
+        benchmark=benchmark,
+        attention=scored.attention,
+    )
+    files = []  # one unit, metrics last: its presence means the scores beside it are whole
+    if save_scores:
+        text = "".join(json.dumps(r) + "\n" for r in score_rows)
+        files.append((save_scores, text.encode("utf-8"), replace_scores))
+    if out:
+        files.append((out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"), overwrite))
+    storage.write_together(files)
+    return result
 
-        def advance(batch: Sequence[int]) -> None:
-            finished = 0
-            for i in batch:
-                done[i // 2] += 1
-                finished += done[i // 2] == 2
-            if finished:
-                bar.update(finished)
 
-        try:
-            rewards, padded = score_batches(
-                model, seqs, batches, pad_id=pad_id, device=dev, progress=advance
-            )
-        finally:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    real = sum(len(s) for s in seqs)
-    _check_finite(rewards, pairs, model_dir)
+def _meta(model: str, label: str) -> dict:
+    return {"model": model, "model_type": MODEL_TYPE, "chat_template": label}
 
+
+def _roll_up_v1(pairs: Sequence[Pair], scored: _Scored, model: str) -> tuple[dict, list[dict]]:
+    rewards, seqs = scored.rewards, scored.seqs
     per_subset: dict[str, list[int]] = {}
     score_rows = []
     for k, p in enumerate(pairs):
@@ -533,38 +662,41 @@ def evaluate(
     ordered = [s for s in scoring.SUBSETS if s in per_subset] + sorted(
         s for s in per_subset if s not in scoring.EXAMPLE_COUNTS
     )
-    metrics: dict = {
-        "model": model_name or model_dir,
-        "model_type": MODEL_TYPE,
-        "chat_template": template_name,
-    }
+    metrics = _meta(model, scored.label)
     for s in ordered:
         metrics[s] = sum(per_subset[s]) / len(per_subset[s])
-    summary = scoring.summarize(scoring.subset_accuracies(metrics))
-    result = EvalResult(
-        metrics=metrics,
-        sections={k: v for k, v in summary.items() if k != scoring.OVERALL},
-        overall=summary[scoring.OVERALL],
-        n_pairs=len(pairs),
-        seconds=seconds,
-        padding_ratio=padded / real if real else 1.0,
-        chat_template=template_name,
-        scoring=scoring_format,
-        device=dev,
-        dtype=str(torch_dtype).removeprefix("torch."),
-        n_batches=len(batches),
-        n_truncated=n_truncated,
-        unknown_subsets=scoring.unknown_subsets(per_subset),
-        attention=attention,
+    return metrics, score_rows
+
+
+def _roll_up_v2(rows: Sequence[Row], scored: _Scored, model: str) -> tuple[dict, list[dict]]:
+    """run_v2's roll-up: per row its completions' scores, per subset best-of-n (Ties: its
+    formula). The scores file has one line per completion."""
+    by_subset: dict[str, list[tuple[str, int, list[float]]]] = {}
+    score_rows = []
+    i = 0
+    for r in rows:
+        n = len(r.completions)
+        scores = scored.rewards[i : i + n]
+        for j in range(n):
+            score_rows.append(
+                {
+                    "id": r.id,
+                    "subset": r.subset,
+                    "completion": j,
+                    "correct": j < r.num_correct,
+                    "reward": scores[j],
+                    "tokens": len(scored.seqs[i + j]),
+                }
+            )
+        by_subset.setdefault(r.subset, []).append((r.id, r.num_correct, scores))
+        i += n
+    ordered = [s for s in scoring_v2.SUBSETS if s in by_subset] + sorted(
+        s for s in by_subset if s not in scoring_v2.SUBSETS
     )
-    files = []  # one unit, metrics last: its presence means the scores beside it are whole
-    if save_scores:
-        text = "".join(json.dumps(r) + "\n" for r in score_rows)
-        files.append((save_scores, text.encode("utf-8"), replace_scores))
-    if out:
-        files.append((out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"), overwrite))
-    storage.write_together(files)
-    return result
+    metrics = _meta(model, scored.label)
+    for s in ordered:
+        metrics[s] = scoring_v2.subset_score(s, by_subset[s])
+    return metrics, score_rows
 
 
 def format_summary(result: EvalResult) -> str:
@@ -573,9 +705,12 @@ def format_summary(result: EvalResult) -> str:
     def pct(v: float | None) -> str:
         return "   n/a" if v is None else f"{100 * v:6.2f}"
 
+    v2 = result.benchmark == V2
+    unit = "rows" if v2 else "pairs"
+    known = scoring_v2.SUBSETS if v2 else scoring.EXAMPLE_COUNTS
     lines = [
-        f"{result.n_pairs} pairs in {result.seconds:.1f} s "
-        f"({result.n_pairs / max(result.seconds, 1e-9):.1f} pairs/s), "
+        f"{result.n_pairs} {unit} in {result.seconds:.1f} s "
+        f"({result.n_pairs / max(result.seconds, 1e-9):.1f} {unit}/s), "
         f"padding {result.padding_ratio:.3f}x, {result.n_batches} batches, "
         f"{result.device} {result.dtype}, scoring {result.scoring} "
         f"(chat template {result.chat_template})",
@@ -583,9 +718,10 @@ def format_summary(result: EvalResult) -> str:
     for k, v in result.metrics.items():
         if k in scoring.META_KEYS:
             continue
-        note = "" if k in scoring.EXAMPLE_COUNTS else "  (not a RewardBench subset)"
+        note = "" if k in known else f"  (not a RewardBench{' 2' if v2 else ''} subset)"
         lines.append(f"  {k:<24} {pct(v)}{note}")
     for name, v in result.sections.items():
         lines.append(f"{name:<26} {pct(v)}")
-    lines.append(f"{scoring.OVERALL:<26} {pct(result.overall)}")
+    overall_name = f"{scoring_v2.OVERALL} (RewardBench 2)" if v2 else scoring.OVERALL
+    lines.append(f"{overall_name:<26} {pct(result.overall)}")
     return "\n".join(lines)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rmeval.errors import EvalError, UsageError
-from rmeval.rewardbench.data import Pair
+from rmeval.rewardbench.data import Pair, Row
 
 TRAINED = "trained"
 RUN_RM = "run_rm"
@@ -118,8 +118,9 @@ def scoring_of_label(label: object) -> str | None:
 
 @dataclass
 class Encoded:
-    """``seqs``: two per pair (chosen at 2i, rejected at 2i+1), each ending at the token
-    whose reward is read; ``label``: metrics.json's ``chat_template``."""
+    """``seqs``: two per pair (chosen at 2i, rejected at 2i+1), or one per completion of a
+    RewardBench 2 row in order, each ending at the token whose reward is read; ``label``:
+    metrics.json's ``chat_template``."""
 
     seqs: list[list[int]]
     label: str
@@ -131,9 +132,15 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _chats(pairs: Sequence[Pair]) -> Iterable[tuple[Pair, list[dict]]]:
+def _responses(item: Pair | Row) -> tuple[str, ...]:
+    """The texts of one item in scoring order: a pair's chosen then rejected; a RewardBench 2
+    row's completions (chosen..., then rejected...), one text each."""
+    return item.completions if isinstance(item, Row) else (item.chosen, item.rejected)
+
+
+def _chats(pairs: Sequence[Pair | Row]) -> Iterable[tuple[Pair | Row, list[dict]]]:
     for p in pairs:
-        for response in (p.chosen, p.rejected):
+        for response in _responses(p):
             yield (
                 p,
                 [
@@ -143,7 +150,7 @@ def _chats(pairs: Sequence[Pair]) -> Iterable[tuple[Pair, list[dict]]]:
             )
 
 
-def _render(tokenizer, template: str, pairs: Sequence[Pair]) -> list[str]:
+def _render(tokenizer, template: str, pairs: Sequence[Pair | Row]) -> list[str]:
     texts = []
     for p, chat in _chats(pairs):
         try:
@@ -152,7 +159,7 @@ def _render(tokenizer, template: str, pairs: Sequence[Pair]) -> list[str]:
             )
         except Exception as exc:  # jinja and transformers raise many types
             raise EvalError(
-                f"cannot render pair {p.id} with the chat template: {_first_line(exc)}"
+                f"cannot render row {p.id} with the chat template: {_first_line(exc)}"
             ) from exc
     return texts
 
@@ -192,7 +199,7 @@ def _check_max_length(max_length: int, fixed: int) -> None:
         )
 
 
-def encode_trained(tokenizer, pairs: Sequence[Pair], max_length: int) -> Encoded:
+def encode_trained(tokenizer, pairs: Sequence[Pair | Row], max_length: int) -> Encoded:
     """The ``trained`` format (see the module docstring)."""
     bos, eos = tokenizer.bos_token, tokenizer.eos_token
     if not bos or not eos:
@@ -229,7 +236,7 @@ def _run_rm_read_pad(tokenizer, model_pad_token_id: int | None) -> int | None:
 
 def encode_run_rm(
     tokenizer,
-    pairs: Sequence[Pair],
+    pairs: Sequence[Pair | Row],
     max_length: int,
     *,
     tokenizer_class: str | None = None,
@@ -299,7 +306,7 @@ def encode_run_rm(
 
 def encode(
     tokenizer,
-    pairs: Sequence[Pair],
+    pairs: Sequence[Pair | Row],
     scoring: str,
     max_length: int,
     *,
