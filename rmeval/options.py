@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH = "convert", "evaluate", "run-one", "plan", "launch"
 COLLECT = "collect"
+STATUS = "status"
 # The commands whose template-variable options are run-one arguments of the planned tasks.
 TEMPLATE_COMMANDS = (PLAN, LAUNCH)
 
@@ -98,6 +99,12 @@ def _rope_scalings() -> tuple[str, ...]:
     from rmeval.checkpoints.llama import ROPE_SCALINGS
 
     return tuple(ROPE_SCALINGS)
+
+
+def _max_attempts() -> int:
+    from rmeval.state import DEFAULT_MAX_ATTEMPTS
+
+    return DEFAULT_MAX_ATTEMPTS
 
 
 def _hub_dataset() -> str:
@@ -369,6 +376,40 @@ OPTIONS: tuple[Option, ...] = (
         type=None,
         switch=True,
     ),
+    # ------------------------------------------------------------ run state (rmeval.state)
+    Option(
+        "gpus",
+        ("--gpus",),
+        "GPU ids this run may use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES; default: the "
+        "inherited CUDA_VISIBLE_DEVICES); recorded in the claim",
+        _cmds(RUN_ONE),
+        metavar="IDS",
+    ),
+    Option(
+        "notify",
+        ("--notify",),
+        "webhook URL (Slack-compatible) told of each given-up run (plan) and each new best "
+        "Overall (run-one); a failing webhook is logged, never fatal",
+        _cmds(RUN_ONE, PLAN),
+        metavar="URL",
+    ),
+    Option(
+        "max_attempts",
+        ("--max-attempts",),
+        "retry a failed run until it has failed this often, then list it as given up",
+        _cmds(PLAN, STATUS),
+        type=positive_int,
+        default=_max_attempts,
+        metavar="N",
+    ),
+    Option(
+        "retry_failed",
+        ("--retry-failed",),
+        "plan given-up runs again",
+        _cmds(PLAN, STATUS),
+        type=None,
+        switch=True,
+    ),
     Option(
         "result_json",
         ("--result-json",),
@@ -415,7 +456,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     as_variable = command in TEMPLATE_COMMANDS
     for o in options_of(command):
         kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if o.hidden else o.help}
-        default = None if as_variable else o.resolved_default()
+        default = None if as_variable and o.template else o.resolved_default()
         if o.switch:
             p.add_argument(*o.flags, *o.aliases, dest=o.dest, action="store_true", **kwargs)
             continue
@@ -433,7 +474,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
             continue
         if default is not None and not o.hidden:
             kwargs["help"] += f" (default {default})"
-        elif as_variable:
+        elif as_variable and o.template:
             kwargs["help"] += " (passed to each task's run-one)"
         if o.deprecated:
             kwargs["action"] = _Deprecated
@@ -572,6 +613,12 @@ CONFIG_KEYS: tuple[Key, ...] = (
         positive=True,
     ),
     *_option_keys(),
+    Key(
+        "notify",
+        str,
+        _BOTH,
+        "webhook URL (from a secret) for given-up runs and new best Overall (--notify)",
+    ),
     Key("fit", (dict, bool), _PIPE, "fit settings (model, log_linear, seed) or false"),
     Key("report", bool, _PIPE, "render the report notebook"),
 )
@@ -699,7 +746,9 @@ def markdown_table() -> str:
         default = o.resolved_default()
         default = "-" if default is None or o.switch else f"`{default}`"
         commands = [
-            c for c in (CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH, COLLECT) if c in o.commands
+            c
+            for c in (CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH, COLLECT, STATUS)
+            if c in o.commands
         ]
         if o.template:
             commands.append("pipeline")

@@ -25,35 +25,31 @@ a local sample.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from rmeval import preflight, source_root, storage, version
+from rmeval import preflight, source_root, state, storage, version
 from rmeval import store as store_layout
 from rmeval.errors import StoreError
-from rmeval.procutil import git_head, is_stale, owned_name, sigterm_as_exit
+from rmeval.procutil import git_head, sigterm_as_exit
 from rmeval.rewardbench import formats
-from rmeval.store import CLAIM_FILE, METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
+from rmeval.store import METRICS_FILE, PROVENANCE_FILE, SCORES_FILE
 
 log = logging.getLogger(__name__)
 
-CLAIM_STALE_S = 6 * 3600  # a claim this old is a crashed attempt's, whatever its host
-ATTEMPT_PREFIX = "run-one-"
 WORK_PREFIX = "rmeval-run-"
 
 
 @dataclass
 class RunOneResult:
     run: str
-    status: str  # "ok" | "skipped"
+    status: str  # "ok" | "skipped" | "claimed" (another runner holds the run)
     result_uri: str
     metrics: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -112,6 +108,8 @@ def run_one(
     work_dir: str | None = None,
     progress: bool = True,
     checked: preflight.Checked | None = None,
+    gpus: str | None = None,
+    notify: str | None = None,
 ) -> RunOneResult:
     """Convert ``checkpoint``, evaluate it on ``eval_data`` and publish under ``store``.
     Every option is checked first (:func:`rmeval.preflight.check_run`: values, device,
@@ -120,7 +118,12 @@ def run_one(
     format (:mod:`rmeval.rewardbench.formats`).
 
     ``run_name`` overrides the name derived from the checkpoint (plan gives one when two
-    run directories would otherwise share a name; see :func:`rmeval.naming.run_names`)."""
+    run directories would otherwise share a name; see :func:`rmeval.naming.run_names`).
+
+    Run state (:mod:`rmeval.state`): the run is claimed before any work; a run another
+    runner holds returns status ``claimed`` (detail "claimed by …"); a failure writes
+    failed.json and releases the claim. ``gpus`` (else ``$CUDA_VISIBLE_DEVICES``) picks
+    and records the GPUs; ``notify`` is a webhook told of a new best Overall."""
     opts = {
         "prefix": prefix,
         "run_name": run_name,
@@ -148,6 +151,60 @@ def run_one(
         from rmeval.rewardbench.data import HUB_DATASET
 
         eval_data = HUB_DATASET
+    gpus = _select_gpus(gpus)
+    claim = state.Claim(store, run, checkpoint=checkpoint, gpus=gpus)
+    holder = claim.acquire()
+    if holder is not None:
+        detail = f"claimed by {holder.who()}"
+        log.info("%s: %s; nothing to do", run, detail)
+        return RunOneResult(run, "claimed", dest, detail=detail)
+    with sigterm_as_exit(), state.attempt(claim):
+        return _attempt(
+            claim,
+            checkpoint,
+            store,
+            dest,
+            opts,
+            checked=checked,
+            eval_data=eval_data,
+            subsets=subsets,
+            keep_model=keep_model,
+            work_dir=work_dir,
+            force=force,
+            verify=verify,
+            progress=progress,
+            notify=notify,
+        )
+
+
+def _attempt(
+    claim: state.Claim,
+    checkpoint: str,
+    store: str,
+    dest: str,
+    opts: dict[str, Any],
+    *,
+    checked: preflight.Checked | None,
+    eval_data: str,
+    subsets: list[str] | None,
+    keep_model: str | None,
+    work_dir: str | None,
+    force: bool,
+    verify: bool,
+    progress: bool,
+    notify: str | None,
+) -> RunOneResult:
+    """One claimed attempt: preflight, convert, evaluate, publish (``claim.stage`` says
+    which, for failed.json)."""
+    run = claim.run
+    model_size, num_heads = opts["model_size"], opts["num_heads"]
+    rope_theta, rope_scaling, tokenizer = (
+        opts["rope_theta"],
+        opts["rope_scaling"],
+        opts["tokenizer"],
+    )
+    scoring, max_length, max_tokens = opts["scoring"], opts["max_length"], opts["max_tokens"]
+    device, dtype = opts["device"], opts["dtype"]
     preflight.check_run(
         checkpoint,
         store,
@@ -169,11 +226,12 @@ def run_one(
             Path(work_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage.write_error(exc, work_dir, "create the work directory") from None
-    with sigterm_as_exit(), storage.owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
+    with storage.owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
         model_dir = tmpdir / run
         metrics_path = tmpdir / METRICS_FILE
         scores_path = tmpdir / SCORES_FILE
 
+        claim.renew(stage="convert")
         t0 = time.perf_counter()
         log.info("%s: converting %s", run, checkpoint)
         conv = convert(
@@ -189,6 +247,7 @@ def run_one(
         )
         timings["convert"] = time.perf_counter() - t0
 
+        claim.renew(stage="evaluate")
         t0 = time.perf_counter()
         log.info("%s: evaluating on %s", run, eval_data)
         ev = evaluate(
@@ -215,6 +274,8 @@ def run_one(
             "rmeval_version": version(),
             "git_sha": git_sha(),
             "hostname": socket.gethostname(),
+            "gpus": claim.gpus,
+            "job": claim.job,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "dataset": str(eval_data),
             "subsets": subsets,
@@ -242,84 +303,70 @@ def run_one(
                 "seconds": ev.seconds,
             },
         }
-        with _claim(dest, force) as claim:
-            if claim is None or (not force and store_layout.is_complete(store, run)):
-                detail = _lost_detail(run, claim)
-                log.info("%s", detail)
-                return RunOneResult(run, "skipped", dest, detail=detail)
-            provenance["attempt"] = claim
-            t0 = time.perf_counter()
-            if keep_model:
-                _keep(model_dir, keep_model, overwrite=force)
+        if not claim.renew(stage="publish") or (not force and store_layout.is_complete(store, run)):
+            detail = _lost_detail(run, claim.lost_to)
+            log.info("%s", detail)
+            return RunOneResult(run, "skipped", dest, detail=detail)
+        provenance["attempt"] = claim.attempt
+        t0 = time.perf_counter()
+        if keep_model:
+            _keep(model_dir, keep_model, overwrite=force)
 
-            def provenance_json() -> bytes:  # written after the scores: it times them
-                timings["publish"] = time.perf_counter() - t0
-                timings_s["publish"] = round(timings["publish"], 3)
-                text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
-                return text.encode("utf-8")
+        def provenance_json() -> bytes:  # written after the scores: it times them
+            timings["publish"] = time.perf_counter() - t0
+            timings_s["publish"] = round(timings["publish"], 3)
+            text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
+            return text.encode("utf-8")
 
-            scores: list[tuple[str, store_layout.Content]] = (
-                [(SCORES_FILE, scores_path)] if scores_path.exists() else []
-            )
-            metrics_uri = store_layout.publish(
-                store,
-                run,
-                [*scores, (PROVENANCE_FILE, provenance_json)],
-                metrics_bytes,
-                replace_metrics=force,
-            )
+        scores: list[tuple[str, store_layout.Content]] = (
+            [(SCORES_FILE, scores_path)] if scores_path.exists() else []
+        )
+        metrics_uri = store_layout.publish(
+            store,
+            run,
+            [*scores, (PROVENANCE_FILE, provenance_json)],
+            metrics_bytes,
+            replace_metrics=force,
+            overall=ev.overall,
+        )
     log.info("%s: published %s", run, metrics_uri)
-    return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings, attempt=claim)
+    if notify:
+        _notify_if_best(notify, store, run, ev.overall)
+    return RunOneResult(run, "ok", dest, json.loads(metrics_bytes), timings, attempt=claim.attempt)
 
 
-def _lost_detail(run: str, claim: str | None) -> str:
-    if claim is None:
-        return f"{run}: another run is publishing it right now; nothing written"
+def _lost_detail(run: str, lost_to: str | None) -> str:
+    if lost_to is not None:
+        return f"{run}: the claim was taken over by {lost_to}; nothing written"
     return f"{run}: another run published it first; nothing written (pass --force to replace)"
 
 
-# --------------------------------------------------------------------------- the claim
+# --------------------------------------------------------------------------- GPUs, notices
 
 
-@contextlib.contextmanager
-def _claim(dest: str, force: bool) -> Iterator[str | None]:
-    """Hold ``<dest>/.claim`` while publishing: the one run that creates it (no-clobber)
-    publishes; a concurrent run gets None and writes nothing, so it can never overwrite the
-    winner's scores or provenance. A claim whose process is gone (same host, dead pid) or
-    older than :data:`CLAIM_STALE_S` is taken over; ``force`` takes over any claim.
-    Yields this attempt's id (recorded in provenance.json) or None."""
-    uri = storage.join(dest, CLAIM_FILE)
-    token = owned_name(ATTEMPT_PREFIX)
-    body = json.dumps({"attempt": token, "since": time.time()}).encode()
-    if not storage.create_exclusive(uri, body):
-        state = _claim_state(uri)
-        if state == "held" and not force:
-            yield None
-            return
-        if state != "released":
-            storage.delete(uri)
-        if not storage.create_exclusive(uri, body):  # another run was quicker
-            yield None
-            return
+def _select_gpus(gpus: str | None) -> str | None:
+    """``--gpus`` becomes CUDA_VISIBLE_DEVICES (before torch starts); without it, the
+    inherited CUDA_VISIBLE_DEVICES. Either way, what the claim records."""
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+        return gpus
+    return os.environ.get("CUDA_VISIBLE_DEVICES") or None
+
+
+def _notify_if_best(url: str, store: str, run: str, overall: float | None) -> None:
+    """Post one notice when ``run``'s Overall is the best of the store's finished runs."""
+    from rmeval import notify, status
+
+    if overall is None:
+        return
     try:
-        yield token
-    finally:
-        storage.delete(uri)
-
-
-def _claim_state(uri: str) -> str:
-    """``held`` (a live attempt publishes), ``stale`` (its process is gone, or it is older
-    than :data:`CLAIM_STALE_S`) or ``released`` (removed meanwhile: the holder finished)."""
-    try:
-        held = json.loads(storage.read_text(uri))
-        token, since = str(held["attempt"]), float(held["since"])
-    except StoreError:
-        return "released"
-    except (ValueError, KeyError, TypeError):
-        return "stale"  # unreadable: nothing a live run-one writes
-    if is_stale(token, ATTEMPT_PREFIX) or time.time() - since > CLAIM_STALE_S:
-        return "stale"
-    return "held"
+        best = status.best_overall(store, exclude=run)
+    except StoreError as exc:
+        log.warning("%s: cannot compare with the store's best Overall: %s", run, exc)
+        return
+    if best is None or overall > best:
+        before = f" (previous best {best:.4f})" if best is not None else ""
+        notify.post(url, f"rmeval: new best Overall {overall:.4f} in {store}: {run}{before}")
 
 
 def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:

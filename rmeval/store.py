@@ -8,7 +8,10 @@ the run (:func:`rmeval.naming.run_name`)::
     <store>/<run>/provenance.json   where the run came from, how long each stage took
     <store>/<run>/metrics.json      the evaluator's metrics, written last: its presence
                                     means the run is complete
-    <store>/<run>/.claim            held while one attempt publishes (run-one)
+    <store>/<run>/claim.json        who runs it now: written by run-one before any work,
+                                    renewed by its heartbeat, removed when it ends
+    <store>/<run>/failed.json       the last failed attempt: stage, error, attempt number
+                                    (:mod:`rmeval.state` reads and writes both)
 
 Hidden entries of the store (``.<name>``: staging directories such as
 ``.<run>.partial-…``) are not runs; files directly in the store are not runs either; files
@@ -31,7 +34,12 @@ from rmeval.procutil import bounded_map
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.jsonl"
 PROVENANCE_FILE = "provenance.json"
-CLAIM_FILE = ".claim"
+CLAIM_FILE = "claim.json"
+FAILED_FILE = "failed.json"
+# gs:// custom metadata of metrics.json: the run's Overall, so that one listing of the store
+# tells status every finished run's score without reading 10,000 files.
+OVERALL_METADATA = "rmeval-overall"
+STATE_FILES = (METRICS_FILE, SCORES_FILE, CLAIM_FILE, FAILED_FILE)
 
 
 def run_dir(store: str | os.PathLike, run: str) -> str:
@@ -57,6 +65,8 @@ class StoredRun:
     uri: str  # the run directory
     metrics: storage.ObjectInfo | None = None
     scores: storage.ObjectInfo | None = None
+    claim: storage.ObjectInfo | None = None
+    failed: storage.ObjectInfo | None = None
 
     @property
     def complete(self) -> bool:
@@ -74,11 +84,16 @@ def list_runs(store: str | os.PathLike, *, missing_ok: bool = False) -> dict[str
         if len(parts) < 2 or parts[0].startswith("."):
             continue  # a file of the store itself, or a hidden / staging directory
         mine = found.setdefault(parts[0], {})
-        if len(parts) == 2 and parts[1] in (METRICS_FILE, SCORES_FILE):
+        if len(parts) == 2 and parts[1] in STATE_FILES:
             mine[parts[1]] = obj  # deeper files only mark the run directory
     return {
         run: StoredRun(
-            run, run_dir(store, run), metrics=files.get(METRICS_FILE), scores=files.get(SCORES_FILE)
+            run,
+            run_dir(store, run),
+            metrics=files.get(METRICS_FILE),
+            scores=files.get(SCORES_FILE),
+            claim=files.get(CLAIM_FILE),
+            failed=files.get(FAILED_FILE),
         )
         for run, files in found.items()
     }
@@ -119,11 +134,13 @@ def publish(
     metrics: bytes,
     *,
     replace_metrics: bool = False,
+    overall: float | None = None,
 ) -> str:
     """Publish ``run``: ``files`` in order (each atomically, replacing what an unfinished
     attempt left), then metrics.json **last**, so that the run reads as complete only once
     everything else is there. An existing metrics.json is replaced only with
-    ``replace_metrics``. Returns the metrics.json URI."""
+    ``replace_metrics``. ``overall`` is stored as metrics.json's gs:// metadata
+    (:data:`OVERALL_METADATA`). Returns the metrics.json URI."""
     for name, content in files:
         uri = run_file(store, run, name)
         if isinstance(content, Path):
@@ -132,5 +149,6 @@ def publish(
             data = content if isinstance(content, bytes) else content()
             storage.write_bytes(uri, data, overwrite=True)
     metrics_uri = run_file(store, run, METRICS_FILE)
-    storage.write_bytes(metrics_uri, metrics, overwrite=replace_metrics)
+    meta = {OVERALL_METADATA: repr(float(overall))} if overall is not None else None
+    storage.write_bytes(metrics_uri, metrics, overwrite=replace_metrics, metadata=meta)
     return metrics_uri
