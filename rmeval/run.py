@@ -152,6 +152,17 @@ def run_one(
 
         eval_data = HUB_DATASET
     gpus = _select_gpus(gpus)
+    # bad input fails here, before the claim: one line, nothing written to the store
+    preflight.check_run(
+        checkpoint,
+        store,
+        checked=checked,
+        eval_data=eval_data,
+        subsets=subsets,
+        keep_model=keep_model,
+        work_dir=work_dir,
+        **opts,
+    )
     claim = state.Claim(store, run, checkpoint=checkpoint, gpus=gpus)
     holder = claim.acquire()
     if holder is not None:
@@ -165,7 +176,6 @@ def run_one(
             store,
             dest,
             opts,
-            checked=checked,
             eval_data=eval_data,
             subsets=subsets,
             keep_model=keep_model,
@@ -184,7 +194,6 @@ def _attempt(
     dest: str,
     opts: dict[str, Any],
     *,
-    checked: preflight.Checked | None,
     eval_data: str,
     subsets: list[str] | None,
     keep_model: str | None,
@@ -194,8 +203,8 @@ def _attempt(
     progress: bool,
     notify: str | None,
 ) -> RunOneResult:
-    """One claimed attempt: preflight, convert, evaluate, publish (``claim.stage`` says
-    which, for failed.json)."""
+    """One claimed attempt: convert, evaluate, publish (``claim.stage`` says which, for
+    failed.json)."""
     run = claim.run
     model_size, num_heads = opts["model_size"], opts["num_heads"]
     rope_theta, rope_scaling, tokenizer = (
@@ -205,16 +214,6 @@ def _attempt(
     )
     scoring, max_length, max_tokens = opts["scoring"], opts["max_length"], opts["max_tokens"]
     device, dtype = opts["device"], opts["dtype"]
-    preflight.check_run(
-        checkpoint,
-        store,
-        checked=checked,
-        eval_data=eval_data,
-        subsets=subsets,
-        keep_model=keep_model,
-        work_dir=work_dir,
-        **opts,
-    )
 
     from rmeval.checkpoints.convert import convert
     from rmeval.rewardbench.evaluate import DEFAULT_MAX_TOKENS, evaluate

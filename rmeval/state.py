@@ -18,8 +18,9 @@ metrics.json stays the one "done" marker (:mod:`rmeval.store`). The state files:
   to decide. A claim made on this host (and pid namespace) whose process is gone is
   expired at once (a ``kill -9``). An expired claim is taken over with the generation
   precondition of the version that was read, so of two takers only one wins.
-- **failed.json**: written by run-one when an attempt fails: error type and line, the stage
-  (``preflight``, ``convert``, ``evaluate``, ``publish``), the attempt number (one more than
+- **failed.json**: written by run-one when a claimed attempt fails (bad input fails
+  run-one's preflight before it claims anything, and is written nowhere): error type and line, the stage
+  (``convert``, ``evaluate``, ``publish``), the attempt number (one more than
   the previous failed.json's), the time, the job; SIGTERM / preemption / Ctrl-C are kind
   ``interrupted``. Plan retries a failed run until it has failed ``max_attempts`` times,
   then lists it as *given up* until ``--retry-failed``.
@@ -54,7 +55,7 @@ SKEW_ENV = "RMEVAL_CLAIM_SKEW"  # seconds added for the reader's clock against t
 DEFAULT_TTL_S = 600.0
 SKEW_MARGIN_S = 120.0
 ATTEMPT_PREFIX = "run-one-"
-STAGES = ("preflight", "convert", "evaluate", "publish")
+STAGES = ("convert", "evaluate", "publish")
 ERROR, INTERRUPTED = "error", "interrupted"
 DEFAULT_MAX_ATTEMPTS = 3
 

@@ -109,20 +109,35 @@ def test_expired_claim_is_taken_over_by_one_taker(store_root, monkeypatch):
     assert now.attempt == winners[0].attempt and now.gpus == "0"
 
 
-def test_a_live_foreign_claim_blocks_and_the_cli_says_claimed_by(tmp_path):
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    from tests.run_fixtures import make_material
+
+    return make_material(tmp_path_factory.mktemp("material"), n=1)
+
+
+def _run_one_cli(material, store: str, *extra: str, env=None) -> list[str]:
+    from tests.run_fixtures import HEADS
+
+    return [
+        sys.executable, "-m", "rmeval", "run-one", material.checkpoints[0], "--store", store,
+        "--prefix", "t", "--tokenizer", material.tokenizer, "--eval-data", material.dataset,
+        "--num-heads", str(HEADS), *extra,
+    ]  # fmt: skip
+
+
+def test_a_live_foreign_claim_blocks_and_the_cli_says_claimed_by(material, tmp_path):
+    from rmeval import naming
+
     store = str(tmp_path / "store")
-    _foreign_claim(store, "t-x")
-    ckpt = tmp_path / "ckpts" / "x" / "streaming_params_5"
-    r = subprocess.run(
-        [sys.executable, "-m", "rmeval", "run-one", str(ckpt), "--store", store,
-         "--run-name", "t-x", "--tokenizer", str(tmp_path / "tok.model")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    run = naming.run_name(material.checkpoints[0], "t")
+    _foreign_claim(store, run)
+    r = subprocess.run(_run_one_cli(material, store), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines() == [
         "claimed by otherhost (run 99/1 job run, GPUs 3) since 2026-12-01T00:00:00Z"
     ]
-    assert sorted(o.name for o in storage.list_objects(store)) == ["t-x/claim.json"]
+    assert sorted(o.name for o in storage.list_objects(store)) == [f"{run}/claim.json"]
 
 
 def test_heartbeat_renews_and_a_lost_claim_is_noticed(store_root, monkeypatch):
@@ -162,7 +177,7 @@ def test_attempt_records_a_failure_and_releases(store_root):
     with pytest.raises(SystemExit), state.attempt(claim):
         raise SystemExit(143)  # what SIGTERM becomes (procutil.sigterm_as_exit)
     failure = state.read_failure(store_root, RUN)
-    assert (failure.kind, failure.attempts, failure.stage) == ("interrupted", 3, "preflight")
+    assert (failure.kind, failure.attempts, failure.stage) == ("interrupted", 3, "convert")
 
 
 def test_job_ids_of_each_backend():
