@@ -368,3 +368,81 @@ def test_a_failing_webhook_is_logged_and_never_fatal(tmp_path, caplog):
     _fail(store, "t-gaveup", 3)
     p, _ = planner.make_plan(src, prefix="t", store=store, render=False, notify=url)
     assert [r.run for r in p.given_up] == ["t-gaveup"]
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def _wait_converting(proc, tmpdir) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(tmpdir.glob("rmeval-run-*")):  # claimed, past the preflight: converting
+            return
+        time.sleep(0.005)
+    raise AssertionError("run-one finished (or never started converting) before the signal")
+
+
+@pytest.mark.slow  # a killed run-one and its rerun, each an interpreter with torch
+def test_kill_9_mid_convert_expires_and_the_next_plan_takes_over(material, tmp_path):
+    import signal
+
+    from rmeval import naming
+    from tests.run_fixtures import HEADS
+
+    store, ref_store = str(tmp_path / "store"), str(tmp_path / "ref")
+    run = naming.run_name(material.checkpoints[0], "t")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    # a short expiry, as for a claim of another host whose liveness nobody can check
+    env = dict(os.environ, TMPDIR=str(tmpdir), **{state.TTL_ENV: "1", state.SKEW_ENV: "0"})
+    proc = subprocess.Popen(_run_one_cli(material, store), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    _wait_converting(proc, tmpdir)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    held = state.read_claim(store, run)
+    assert held is not None and held.stage in ("convert", "evaluate")  # left by the kill
+    assert not storage.exists(store_layout.run_file(store, run, store_layout.FAILED_FILE))
+    time.sleep(1.5)  # past its expiry even without the dead-pid rule
+    src = storage.parent(storage.parent(material.checkpoints[0]))
+    p = planner.plan(src, prefix="t", store=store)
+    assert [r.run for r in p.to_run] == [run] and p.running == []
+    again = subprocess.run(_run_one_cli(material, store), env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "taking over the expired claim" in again.stderr
+    from rmeval import run as run_mod
+
+    ref = run_mod.run_one(material.checkpoints[0], ref_store, prefix="t", num_heads=HEADS,
+                          tokenizer=material.tokenizer, eval_data=material.dataset,
+                          progress=False)  # fmt: skip
+    got = json.loads(storage.read_text(store_layout.run_file(store, run, "metrics.json")))
+    assert got == ref.metrics  # identical metrics
+    assert state.read_claim(store, run) is None
+
+
+@pytest.mark.slow  # a run-one stopped by SIGTERM, in its own interpreter
+def test_sigterm_is_an_interrupted_failure_and_releases_the_claim(material, tmp_path):
+    import signal
+
+    from rmeval import naming
+
+    store = str(tmp_path / "store")
+    run = naming.run_name(material.checkpoints[0], "t")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpdir), CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen(_run_one_cli(material, store, "--gpus", "5"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_converting(proc, tmpdir)
+    assert state.read_claim(store, run).gpus == "5"  # the claim records the GPUs
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "recorded in" in err and "failed.json" in err
+    failure = state.read_failure(store, run)
+    assert (failure.kind, failure.attempts) == ("interrupted", 1)
+    assert failure.stage in ("convert", "evaluate")
+    assert failure.raw["gpus"] == "5"
+    assert state.read_claim(store, run) is None
+    assert not list(tmpdir.glob("rmeval-run-*"))  # temporary files removed too
