@@ -148,6 +148,8 @@ def plan_entry(
         cmd += ["--preset", entry["preset"]]
     if entry["prefix"]:
         cmd += ["--prefix", entry["prefix"]]
+    if entry.get("notify"):  # given-up runs are announced by plan
+        cmd += ["--notify", entry["notify"]]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
@@ -189,7 +191,11 @@ def job_args(kind: str, job: dict[str, Any]) -> list[str]:
     beaker`` (a Beaker entry) for one matrix item."""
     if kind == "run-one":
         out = [job["checkpoint"], "--store", job["store"]]
-        for key, flag in (("prefix", "--prefix"), ("run_name", "--run-name")):
+        for key, flag in (
+            ("prefix", "--prefix"),
+            ("run_name", "--run-name"),
+            ("notify", "--notify"),  # a new best Overall is announced by run-one
+        ):
             if job.get(key):
                 out += [flag, job[key]]
         return out + _flags(job)
