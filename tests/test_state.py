@@ -446,3 +446,23 @@ def test_sigterm_is_an_interrupted_failure_and_releases_the_claim(material, tmp_
     assert failure.raw["gpus"] == "5"
     assert state.read_claim(store, run) is None
     assert not list(tmpdir.glob("rmeval-run-*"))  # temporary files removed too
+
+
+def test_run_one_notifies_a_new_best_overall_only(material, tmp_path, receiver):
+    from rmeval import run as run_mod
+    from tests.run_fixtures import HEADS
+
+    def go(store):
+        return run_mod.run_one(material.checkpoints[0], store, prefix="t", num_heads=HEADS,
+                               tokenizer=material.tokenizer, eval_data=material.dataset,
+                               progress=False, notify=receiver.url)  # fmt: skip
+
+    beaten = str(tmp_path / "beaten")
+    _publish_done(beaten, "t-best", 0.999)  # a better run is already there: no message
+    assert go(beaten).status == "ok"
+    assert receiver.bodies == []
+    first = str(tmp_path / "first")
+    res = go(first)
+    (body,) = receiver.bodies
+    overall = status.status(first).rows[0].overall
+    assert body == {"text": f"rmeval: new best Overall {overall:.4f} in {first}: {res.run}"}

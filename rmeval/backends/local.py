@@ -79,7 +79,7 @@ class LaunchSummary:
         counts = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
-        order = ["ok", "created", "skipped", "exists", "planned", "failed"]
+        order = ["ok", "created", "skipped", "claimed", "exists", "planned", "failed"]
         total = ", ".join(f"{counts.get(k, 0)} {k}" for k in order if k in counts or k == "failed")
         out.append(f"{self.backend}: {len(self.outcomes)} run(s): {total}")
         return out
