@@ -20,6 +20,7 @@ from rmeval import state, status, storage
 from rmeval import store as store_layout
 from rmeval.errors import EvalError
 from rmeval.rewardbench import scoring
+from tests.fake_beaker import fake_beaker  # noqa: F401
 
 RUN = "t-run"
 
@@ -466,3 +467,17 @@ def test_run_one_notifies_a_new_best_overall_only(material, tmp_path, receiver):
     (body,) = receiver.bodies
     overall = status.status(first).rows[0].overall
     assert body == {"text": f"rmeval: new best Overall {overall:.4f} in {first}: {res.run}"}
+
+
+def test_status_shows_the_beaker_experiment_state(fake_beaker, tmp_path):  # noqa: F811
+    store = str(tmp_path / "store")
+    _demo_store(store)
+    ws = fake_beaker.add_workspace("ai2/hp-evals")
+    fake_beaker.add_experiment(ws, "rm-eval-t-running", state="running")
+    fake_beaker.add_experiment(ws, "rm-eval-t-a", state="finalized")
+    st = status.status(store, workspace="ai2/hp-evals", beaker_timeout=30)
+    by_run = {r.run: r for r in st.rows}
+    assert by_run["t-running"].beaker == "running"
+    assert by_run["t-a"].beaker == "succeeded"
+    assert by_run["t-failed"].beaker is None  # no experiment of that name
+    assert "[beaker: running]" in st.table()
