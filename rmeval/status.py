@@ -155,6 +155,8 @@ def _detail(st: state.RunState, overall: float | None, max_attempts: int) -> tup
             "stage": f.stage, "error_type": f.error_type, "error": f.error,
             "attempts": f.attempts, "time": f.time, "job": f.job,
         }  # fmt: skip
+    if st.claim is not None:  # planned: a claim nobody renews any more
+        return f"expired claim of {st.claim.who()}: the next plan takes it over", {}
     return "", {}
 
 
