@@ -93,6 +93,7 @@ class Plan:
     failed: list[PlannedRun] = field(default_factory=list)  # retried: also in to_run
     given_up: list[PlannedRun] = field(default_factory=list)
     states: dict[str, state.RunState] = field(default_factory=dict)
+    store_runs: dict[str, store_layout.StoredRun] = field(default_factory=dict)  # the listing
     skipped: list[str] = field(default_factory=list)
     seconds_listing: float = 0.0
     seconds_rendering: float = 0.0
@@ -253,6 +254,7 @@ def plan(
         kept = best[loser.run][1].checkpoint
         result.superseded.append(Superseded(checkpoint=loser.checkpoint, run=loser.run, kept=kept))
     listed = store_layout.list_runs(store, missing_ok=True) if store else {}
+    result.store_runs = listed
     result.states = state.states(
         {run: listed[run] for run in best if run in listed},
         max_attempts=max_attempts,

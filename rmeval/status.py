@@ -184,7 +184,7 @@ def status(
             source, prefix=prefix, store=store, max_attempts=max_attempts,
             retry_failed=retry_failed, allow_empty=True,
         )  # fmt: skip
-        listed = store_layout.list_runs(store, missing_ok=True)
+        listed = p.store_runs  # the plan's one listing of the store
         others = {n: r for n, r in listed.items() if n not in p.states}  # not from source
         states = state.states(others, max_attempts=max_attempts, retry_failed=retry_failed)
         states.update(p.states)
