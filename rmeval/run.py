@@ -11,8 +11,9 @@ is :mod:`rmeval.store`'s):
 - ``metrics.json``: exactly the evaluator's metrics file, written **last**: its presence
   means the run is done. A run whose metrics.json exists is skipped unless ``force``.
 
-Files of an unfinished run (no metrics.json: a crash between uploads) are replaced on the
-next attempt; a finished run is only overwritten with ``force``. The converted model is
+Before any work the run is claimed (``claim.json``, renewed by a heartbeat, removed at the
+end); a failed attempt leaves ``failed.json`` (:mod:`rmeval.state`). Files of an unfinished
+run (no metrics.json: a crash between uploads) are replaced on the next attempt; a finished run is only overwritten with ``force``. The converted model is
 kept only with ``keep_model`` (a URI: local dir or gs://). Temporary files live in one
 temporary directory that is removed on success, failure and SIGTERM.
 
