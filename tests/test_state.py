@@ -481,3 +481,24 @@ def test_status_shows_the_beaker_experiment_state(fake_beaker, tmp_path):  # noq
     assert by_run["t-a"].beaker == "succeeded"
     assert by_run["t-failed"].beaker is None  # no experiment of that name
     assert "[beaker: running]" in st.table()
+
+
+@pytest.mark.slow  # 20 interpreters at once (each stops at the claim but one)
+def test_20_concurrent_run_one_processes_on_the_emulator_one_converts(material, gcs_bucket):
+    """The CLI as runners start it, 20 processes on one run against gs://: exactly one
+    converts and publishes, the 19 others print one "claimed by" line (or, started after the
+    winner finished, "skipped") and exit 0."""
+    store = f"{gcs_bucket}/store"
+    cmd = _run_one_cli(material, store)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = [subprocess.Popen(cmd, **pipes) for _ in range(20)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 20, [e[-300:] for _, e in outs]
+    firsts = [o.strip().splitlines()[0].split()[0] for o, _ in outs]
+    assert firsts.count("ok") == 1, firsts
+    assert set(firsts) <= {"ok", "claimed", "skipped"} and "claimed" in firsts
+    converted = [e for _, e in outs if ": converting " in e]
+    assert len(converted) == 1
+    names = sorted(o.name for o in storage.list_objects(store))
+    assert [n.split("/", 1)[1] for n in names] == ["metrics.json", "provenance.json",
+                                                   "scores.jsonl"]  # fmt: skip
