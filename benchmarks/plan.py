@@ -17,6 +17,13 @@ with ``streaming_params`` in its name, drop a checkpoint when its experiment nam
 substring of any finished name, copy a template task per checkpoint (deepcopy), dump the
 spec with PyYAML and load it back with beaker-py's ``BeakerExperimentSpec.from_file``.
 
+Status at the same scale: a second store of ``--n`` runs (all done but 10: 4 failed, 3
+given up, 3 running, with real claim.json / failed.json bodies and metrics.json carrying
+its Overall as object metadata, as run-one publishes it), timed as ``rmeval status
+--store`` end to end (target <= 10 s: one listing, state files read only for the 10
+unfinished runs). Baseline, same store: per-run lookups (read each run's metrics.json for
+its Overall, look for its claim.json and failed.json), 16 at a time.
+
 Run: python benchmarks/plan.py [--n 10000] [--done 2000]
 """
 
@@ -78,15 +85,22 @@ def _names(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return ckpts, others
 
 
-def _bulk_insert(server, base_url: str, bucket: str, names: list[str]) -> None:
-    """Put tiny objects straight into the emulator's in-memory store."""
-    from gcp_storage_emulator.handlers.objects import _make_object_resource
+def _bulk_insert(
+    server, base_url: str, bucket: str, names: list[str], content: dict | None = None
+) -> None:
+    """Put tiny objects straight into the emulator's in-memory store (``content``: some
+    objects' ``(bytes, metadata)``)."""
+    from gcp_storage_emulator.handlers.objects import _checksums, _make_object_resource
 
     st = server._storage
     objs = st.objects.setdefault(bucket, {})
     for name in names:
-        data = b"x"
-        obj = _make_object_resource(base_url, bucket, name, "application/octet-stream", 1)
+        data, meta = (content or {}).get(name, (b"x", None))
+        obj = _make_object_resource(base_url, bucket, name, "application/octet-stream", len(data))
+        if meta:
+            obj["metadata"] = meta
+        if content and name in content:
+            obj = _checksums(data, obj)  # as an upload sets them: readers check them
         st._store.write_bytes(st._object_path(bucket, name), data)
         objs[name] = obj
     st._write_config_to_file()
@@ -148,8 +162,62 @@ def baseline(source: str, store: str, prefix: str) -> tuple[float, float, int]:
     return t1 - t0, t2 - t1, len(todo)
 
 
+def _status_store(n: int, prefix: str) -> dict[str, tuple[bytes, dict | None]]:
+    """``{object name: (bytes, metadata)}`` of a store of ``n`` runs: all done but 10."""
+    import json
+
+    from rmeval import state
+    from rmeval import store as store_layout
+    from rmeval.rewardbench.scoring import SUBSETS
+
+    out: dict[str, tuple[bytes, dict | None]] = {}
+    for i in range(n):
+        run = f"{prefix}/run-{i:05d}"
+        if i < n - 10:
+            value = 0.5 + (i % 97) / 200
+            metrics = json.dumps({**{s: value for s in SUBSETS}, "model": run}).encode()
+            out[f"{run}/{store_layout.METRICS_FILE}"] = (
+                metrics, {store_layout.OVERALL_METADATA: repr(value)}
+            )  # fmt: skip
+            out[f"{run}/{store_layout.SCORES_FILE}"] = (b"{}\n", None)
+            out[f"{run}/{store_layout.PROVENANCE_FILE}"] = (b"{}\n", None)
+        elif i < n - 3:
+            attempts = 1 if i < n - 6 else state.DEFAULT_MAX_ATTEMPTS
+            body = {"kind": "error", "error_type": "EvalError", "error": "NaN rewards",
+                    "stage": "evaluate", "attempts": attempts, "time": "2026-12-02T00:00:00Z",
+                    "job": {"backend": "github", "id": f"run {i}/1 job run"}}  # fmt: skip
+            out[f"{run}/{store_layout.FAILED_FILE}"] = (json.dumps(body).encode(), None)
+        else:
+            body = {"attempt": f"run-one-otherhost.1-{i}-x", "host": "otherhost",
+                    "job": {"backend": "beaker", "id": f"job {i}"}, "started": "2026-12-02T00:00:00Z",
+                    "ttl_s": 3600.0, "stage": "convert"}  # fmt: skip
+            out[f"{run}/{store_layout.CLAIM_FILE}"] = (json.dumps(body).encode(), None)
+    return out
+
+
+def status_baseline(store: str, runs: list[str]) -> tuple[float, int]:
+    """Per-run lookups (see the module doc): seconds, and the runs found done."""
+    import concurrent.futures as cf
+
+    from rmeval import storage
+
+    def one(run: str) -> bool:
+        done = storage.exists(f"{store}/{run}/metrics.json")
+        if done:
+            storage.read_bytes(f"{store}/{run}/metrics.json")
+        storage.exists(f"{store}/{run}/claim.json")
+        storage.exists(f"{store}/{run}/failed.json")
+        return done
+
+    t = time.perf_counter()
+    with cf.ThreadPoolExecutor(16) as pool:
+        done = sum(pool.map(one, runs))
+    return time.perf_counter() - t, done
+
+
 def _timed_cli(*args: str) -> tuple[float, str]:
-    """Seconds ``rmeval ARGS`` takes as a user runs it (a new interpreter), and its stderr."""
+    """Seconds ``rmeval ARGS`` takes as a user runs it (a new interpreter), and its stderr
+    followed by its stdout."""
     t = time.perf_counter()
     r = subprocess.run(
         [sys.executable, "-m", "rmeval", *args], capture_output=True, text=True, check=False
@@ -157,7 +225,7 @@ def _timed_cli(*args: str) -> tuple[float, str]:
     seconds = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit(f"rmeval {args[0]} failed:\n{r.stderr}")
-    return seconds, r.stderr
+    return seconds, r.stderr + r.stdout
 
 
 def main() -> int:
@@ -165,6 +233,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10_000, help="checkpoints")
     ap.add_argument("--done", type=int, default=2_000, help="runs already finished in the store")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--status-only", action="store_true", help="only the status benchmark")
     args = ap.parse_args()
 
     from gcp_storage_emulator.server import create_server
@@ -194,7 +263,28 @@ def main() -> int:
             for f in ("metrics.json", "scores.jsonl", "provenance.json")
         ]
         _bulk_insert(server, host, "ljm-dev", [f"{root}/{c}" for c in ckpts + others] + store_objs)
+        status_objs = _status_store(args.n, "status-store")
+        _bulk_insert(server, host, "ljm-dev", sorted(status_objs), status_objs)
         setup_s = time.perf_counter() - t
+        status_e2e, status_out = _timed_cli("status", "--store", "gs://ljm-dev/status-store")
+        status_counts = status_out.strip().splitlines()[-1] if status_out.strip() else "?"
+        if not args.no_baseline:
+            run_names = sorted({n.split("/")[1] for n in status_objs})
+            s_base, s_done = status_baseline("gs://ljm-dev/status-store", run_names)
+        else:
+            s_base, s_done = float("nan"), -1
+        print(f"status benchmark: {args.n} runs in the store (10 not done)")
+        print(f"rmeval status: {status_counts}")
+        print(f"{'stage':<30}{'rmeval':>10}{'per-run':>12}{'ratio':>8}")
+        print(f"{'status (CLI, end to end)':<30}{status_e2e:>9.2f}s{s_base:>11.2f}s"
+              f"{s_base / status_e2e:>7.1f}x")  # fmt: skip
+        print(
+            f"end to end (rmeval status CLI):  {status_e2e:.2f} s  = {status_e2e / TARGET_S:.2f} "
+            f"of the {TARGET_S:.0f} s target ({'OK' if status_e2e <= TARGET_S else 'OVER TARGET'});"
+            f" per-run baseline found {s_done} done"
+        )
+        if args.status_only:
+            return 0
         source, store = f"gs://ljm-dev/{root}", "gs://ljm-dev/results"
         TOKENIZER = "gs://ljm-dev/tokenizers/llama2/tokenizer.model"  # plan checks it is given
 

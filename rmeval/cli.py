@@ -154,6 +154,9 @@ def _plan_kwargs(args: argparse.Namespace) -> dict:
         "values": specs.parse_set(args.values),
         "force": args.force,
         "allow_empty": args.allow_empty,
+        "max_attempts": getattr(args, "max_attempts", None),
+        "retry_failed": getattr(args, "retry_failed", False),
+        "notify": getattr(args, "notify", None),
     }
 
 
@@ -260,6 +263,9 @@ def _run_run_one(args: argparse.Namespace) -> int:
 
     result = run.run_one(args.checkpoint, args.store, **run_options(args))
     args.result_record = result.record()  # the status file's fields (--result-json)
+    if result.status == "claimed":  # another runner has it: not an error
+        _print(result.detail)
+        return 0
     _print(f"{result.status} {result.run} {result.result_uri}")
     return 0
 
@@ -290,6 +296,50 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     for line in result.lines():
         _print(line)
     return 0 if result.ok else 1
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    from rmeval import status
+
+    p = sub.add_parser(
+        "status",
+        help="what runs, what is done (Overall), what failed and why, from the store",
+        description="One line per run of --store: planned, running (who, since when), done "
+        "(Overall), failed (stage, error, attempts), given up or superseded; then the counts. "
+        "One listing of the store; state files are read only for unfinished runs.",
+    )
+    p.add_argument("--store", required=True, help="results store URI (dir or gs://…)")
+    p.add_argument("--source", default=None, help="checkpoints too: those not started are planned")
+    p.add_argument("--prefix", default=None, help="run-name prefix (with --source)")
+    p.add_argument(
+        "--workspace", default=None, help="Beaker ORG/NAME: show each run's experiment state"
+    )
+    p.add_argument("--experiment-prefix", default=None, help="Beaker experiment name prefix")
+    p.add_argument("--json", action="store_true", help="print the runs and counts as JSON")
+    p.add_argument("--only", choices=status.ORDER, default=None, help="only the runs in this state")
+    options.add_arguments(p, options.STATUS)
+    _add_beaker_timeout(p)
+    p.set_defaults(handler=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from rmeval import status
+
+    st = status.status(
+        args.store,
+        source=args.source,
+        prefix=args.prefix,
+        workspace=args.workspace,
+        experiment_prefix=args.experiment_prefix,
+        max_attempts=args.max_attempts,
+        retry_failed=args.retry_failed,
+        beaker_timeout=args.beaker_timeout,
+    )
+    _print(st.to_json(args.only) if args.json else st.table(args.only))
+    return 0
 
 
 # --------------------------------------------------------------------------- convert / verify
@@ -788,6 +838,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_launch,
     _add_run_one,
     _add_reproduce,
+    _add_status,
     _add_convert,
     _add_verify,
     _add_evaluate,

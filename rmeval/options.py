@@ -39,6 +39,7 @@ CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH = "convert", "evaluate", "run-one", "pl
 COLLECT = "collect"
 REPRODUCE = "reproduce"
 SAMPLE = "rewardbench-sample"
+STATUS = "status"
 # The commands whose template-variable options are run-one arguments of the planned tasks.
 TEMPLATE_COMMANDS = (PLAN, LAUNCH)
 # The commands whose options override a published run's recorded settings (default: as
@@ -139,6 +140,12 @@ def _hub_dataset_v2() -> str:
     from rmeval.rewardbench.data import HUB_DATASET_V2
 
     return HUB_DATASET_V2
+
+
+def _max_attempts() -> int:
+    from rmeval.state import DEFAULT_MAX_ATTEMPTS
+
+    return DEFAULT_MAX_ATTEMPTS
 
 
 def _hub_dataset() -> str:
@@ -474,6 +481,40 @@ OPTIONS: tuple[Option, ...] = (
         type=None,
         switch=True,
     ),
+    # ------------------------------------------------------------ run state (rmeval.state)
+    Option(
+        "gpus",
+        ("--gpus",),
+        "GPU ids this run may use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES; default: the "
+        "inherited CUDA_VISIBLE_DEVICES); recorded in the claim",
+        _cmds(RUN_ONE),
+        metavar="IDS",
+    ),
+    Option(
+        "notify",
+        ("--notify",),
+        "webhook URL (Slack-compatible) told of each given-up run (plan) and each new best "
+        "Overall (run-one); a failing webhook is logged, never fatal",
+        _cmds(RUN_ONE, PLAN),
+        metavar="URL",
+    ),
+    Option(
+        "max_attempts",
+        ("--max-attempts",),
+        "retry a failed run until it has failed this often, then list it as given up",
+        _cmds(PLAN, STATUS),
+        type=positive_int,
+        default=_max_attempts,
+        metavar="N",
+    ),
+    Option(
+        "retry_failed",
+        ("--retry-failed",),
+        "plan given-up runs again",
+        _cmds(PLAN, STATUS),
+        type=None,
+        switch=True,
+    ),
 )
 
 # reproduce's overrides of what a run recorded
@@ -517,7 +558,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     as_recorded = command in RECORDED_COMMANDS
     for o in options_of(command):
         kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if o.hidden else o.help}
-        unset = as_variable or (as_recorded and o.dest in RECORDED_SETTINGS)
+        unset = (as_variable and o.template) or (as_recorded and o.dest in RECORDED_SETTINGS)
         default = None if unset else o.resolved_default()
         if o.switch:
             p.add_argument(*o.flags, *o.aliases, dest=o.dest, action="store_true", **kwargs)
@@ -536,7 +577,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
             continue
         if default is not None and not o.hidden:
             kwargs["help"] += f" (default {default})"
-        elif as_variable:
+        elif as_variable and o.template:
             kwargs["help"] += " (passed to each task's run-one)"
         elif unset:
             kwargs["help"] += " (default: as the run recorded)"
@@ -692,6 +733,12 @@ CONFIG_KEYS: tuple[Key, ...] = (
         "fetch-results: push to the branch, or pull-request (one PR per dataset); default push",
         choices=LANDINGS,
     ),
+    Key(
+        "notify",
+        str,
+        _BOTH,
+        "webhook URL (from a secret) for given-up runs and new best Overall (--notify)",
+    ),
     Key("fit", (dict, bool), _PIPE, "fit settings (model, log_linear, seed) or false"),
     Key("report", bool, _PIPE, "render the report notebook"),
 )
@@ -821,7 +868,7 @@ def markdown_table() -> str:
         default = "-" if default is None or o.switch else f"`{default}`"
         commands = [
             c
-            for c in (CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH, COLLECT, REPRODUCE)
+            for c in (CONVERT, EVALUATE, RUN_ONE, PLAN, LAUNCH, COLLECT, REPRODUCE, STATUS)
             if c in o.commands
         ]
         if o.template:

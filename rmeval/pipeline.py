@@ -179,7 +179,7 @@ def run_pipeline(cfg: dict[str, Any], *, progress: bool = True) -> PipelineResul
         )
         log.info("%s", summary.lines()[-1])
         res.runs_ok = summary.count("ok") + summary.count("created")
-        res.runs_skipped = summary.count("skipped") + summary.count("exists")
+        res.runs_skipped = sum(summary.count(k) for k in ("skipped", "claimed", "exists"))
         res.runs_failed = [f"{o.name} (log: {o.log})" for o in summary.failed]
     res.runs_skipped += len(plan.done)
 

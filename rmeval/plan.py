@@ -19,7 +19,14 @@ seed's ``--gcs_dir_path`` and ``list_blobs(prefix=...)`` read it) through
   collect reads too), or a Beaker experiment with exactly the run's experiment name
   exists. Matching is by exact name, never by substring. ``force`` moves them back to
   *to run*.
+- **running**: a live claim.json (:mod:`rmeval.state`): another runner works on it.
+- **given up**: failed.json says it failed ``max_attempts`` times (default 3); planned
+  again only with ``retry_failed``. A run that failed fewer times is retried (to run,
+  counted as *failed*).
 - **to run**: everything else.
+
+Done, running and failed come from one listing of the store; only the state files of
+unfinished runs are read.
 
 :func:`render_plan` turns the to-run list into a Beaker spec with a Jinja template (see
 :mod:`rmeval.specs`).
@@ -35,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rmeval import naming, specs, storage
+from rmeval import naming, specs, state, storage
 from rmeval import store as store_layout
 from rmeval.errors import NamingError, SpecError, StoreError, UsageError
 
@@ -82,6 +89,11 @@ class Plan:
     to_run: list[PlannedRun] = field(default_factory=list)
     done: list[PlannedRun] = field(default_factory=list)
     superseded: list[Superseded] = field(default_factory=list)
+    running: list[PlannedRun] = field(default_factory=list)
+    failed: list[PlannedRun] = field(default_factory=list)  # retried: also in to_run
+    given_up: list[PlannedRun] = field(default_factory=list)
+    states: dict[str, state.RunState] = field(default_factory=dict)
+    store_runs: dict[str, store_layout.StoredRun] = field(default_factory=dict)  # the listing
     skipped: list[str] = field(default_factory=list)
     seconds_listing: float = 0.0
     seconds_rendering: float = 0.0
@@ -90,7 +102,8 @@ class Plan:
         extra = f", {len(self.superseded)} superseded" if self.superseded else ""
         return (
             f"found {self.found} checkpoint(s){extra}: {len(self.done)} done, "
-            f"{len(self.to_run)} to run"
+            f"{len(self.running)} running, {len(self.failed)} failed (retried), "
+            f"{len(self.given_up)} given up, {len(self.to_run)} to run"
         )
 
     def to_json(self) -> str:
@@ -102,6 +115,9 @@ class Plan:
                 "prefix": self.prefix,
                 "found": self.found,
                 "done": len(self.done),
+                "running": len(self.running),
+                "failed": len(self.failed),
+                "given_up": len(self.given_up),
                 "to_run": len(self.to_run),
                 "superseded": [asdict(s) for s in self.superseded],
                 "runs": [r.as_dict() for r in self.to_run],
@@ -176,6 +192,8 @@ def plan(
     force: bool = False,
     allow_empty: bool = False,
     benchmarks: Iterable[str] | None = None,
+    max_attempts: int = state.DEFAULT_MAX_ATTEMPTS,
+    retry_failed: bool = False,
 ) -> Plan:
     """List checkpoints under ``source`` and decide what to run (see the module doc).
 
@@ -188,7 +206,7 @@ def plan(
     ``store`` is where results are published; ``existing_experiments`` are Beaker
     experiment names already present (a run whose experiment name is in it is done).
     A source without any checkpoint is an error naming the nearest existing prefixes,
-    unless ``allow_empty``."""
+    unless ``allow_empty``. ``max_attempts`` / ``retry_failed``: see the module doc."""
     t0 = time.perf_counter()
     result = Plan(source=source, prefix=prefix, store=store, experiment_prefix=experiment_prefix)
     best: dict[str, tuple[tuple, PlannedRun]] = {}
@@ -243,18 +261,29 @@ def plan(
         kept = best[loser.run][1].checkpoint
         result.superseded.append(Superseded(checkpoint=loser.checkpoint, run=loser.run, kept=kept))
     benches = list(dict.fromkeys(benchmarks or [store_layout.V1]))
-    finished: set[str] = set()
-    if store:
-        done_each = [store_layout.completed_runs(store, b) for b in benches]
-        finished = set.intersection(*done_each)
+    listed = store_layout.list_runs(store, missing_ok=True) if store else {}
+    result.store_runs = listed
+    result.states = state.states(
+        {run: listed[run] for run in best if run in listed},
+        benchmarks=benches,
+        max_attempts=max_attempts,
+        retry_failed=retry_failed,
+    )
     only_v1 = benches == [store_layout.V1]
     existing = set(existing_experiments or ()) if only_v1 else set()
     for run in sorted(best):
         planned = best[run][1]
-        is_done = planned.run in finished or planned.experiment in existing
-        if is_done and not force:
+        st = result.states.get(run)
+        kind = st.state if st is not None else state.PLANNED
+        if (kind == state.DONE or planned.experiment in existing) and not force:
             result.done.append(planned)
+        elif kind == state.RUNNING:
+            result.running.append(planned)
+        elif kind == state.GIVEN_UP:
+            result.given_up.append(planned)
         else:
+            if kind == state.FAILED:
+                result.failed.append(planned)
             result.to_run.append(planned)
     result.seconds_listing = time.perf_counter() - t0
     for s in result.superseded:
@@ -265,6 +294,26 @@ def plan(
             s.kept,
         )
     return result
+
+
+def notify_given_up(p: Plan, url: str) -> int:
+    """Post one notice per run given up that none was posted for yet (failed.json records
+    it, under its generation precondition, so two plans do not both post). The count."""
+    from rmeval import notify
+
+    n = 0
+    for planned in p.given_up:
+        failure = p.states[planned.run].failure
+        if failure is None or failure.notified or not state.mark_notified(failure):
+            continue
+        notify.post(
+            url,
+            f"rmeval: gave up on {planned.run} after {failure.attempts} failed attempt(s); "
+            f"last at {failure.stage}: {failure.error_type}: {failure.error} "
+            "(rmeval plan --retry-failed plans it again)",
+        )
+        n += 1
+    return n
 
 
 # --------------------------------------------------------------------------- rendering
@@ -353,6 +402,9 @@ def make_plan(
     beaker_timeout: float | None = None,
     allow_empty: bool = False,
     options: Mapping[str, Any] | None = None,
+    max_attempts: int | None = None,
+    retry_failed: bool = False,
+    notify: str | None = None,
 ) -> tuple[Plan, specs.ValidSpec | None]:
     """Plan and render in one call (what ``rmeval plan`` does).
 
@@ -411,7 +463,11 @@ def make_plan(
         force=force,
         allow_empty=allow_empty,
         benchmarks=_benchmark_list(merged.get("benchmarks")),
+        max_attempts=max_attempts or state.DEFAULT_MAX_ATTEMPTS,
+        retry_failed=retry_failed,
     )
+    if notify:
+        notify_given_up(p, notify)
     if not render or not p.to_run:
         return p, None
     merged["experiment_prefix"] = experiment_prefix

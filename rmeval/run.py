@@ -13,8 +13,9 @@ is :mod:`rmeval.store`'s):
 - ``metrics.json``: exactly the evaluator's metrics file, written **last**: its presence
   means the run is done. A run whose metrics.json exists is skipped unless ``force``.
 
-Files of an unfinished run (no metrics.json: a crash between uploads) are replaced on the
-next attempt; a finished run is only overwritten with ``force``. The converted model is
+Before any work the run is claimed (``claim.json``, renewed by a heartbeat, removed at the
+end); a failed attempt leaves ``failed.json`` (:mod:`rmeval.state`). Files of an unfinished
+run (no metrics.json: a crash between uploads) are replaced on the next attempt; a finished run is only overwritten with ``force``. The converted model is
 kept only with ``keep_model`` (a URI: local dir or gs://). Temporary files live in one
 temporary directory that is removed on success, failure and SIGTERM.
 
@@ -27,36 +28,32 @@ a local sample.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from rmeval import preflight, source_root, storage, version
+from rmeval import preflight, source_root, state, storage, version
 from rmeval import provenance as run_provenance
 from rmeval import store as store_layout
 from rmeval.errors import AlreadyExistsError, StoreError
-from rmeval.procutil import git_head, is_stale, owned_name, sigterm_as_exit
+from rmeval.procutil import git_head, sigterm_as_exit
 from rmeval.rewardbench import formats
 from rmeval.store import CLAIM_FILE, METRICS_FILE, PROVENANCE_FILE, SCORES_FILE  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-CLAIM_STALE_S = 6 * 3600  # a claim this old is a crashed attempt's, whatever its host
-ATTEMPT_PREFIX = "run-one-"
 WORK_PREFIX = "rmeval-run-"
 
 
 @dataclass
 class RunOneResult:
     run: str
-    status: str  # "ok" | "skipped"
+    status: str  # "ok" | "skipped" | "claimed" (another runner holds the run)
     result_uri: str
     metrics: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -123,6 +120,8 @@ def run_one(
     checked: preflight.Checked | None = None,
     benchmarks: list[str] | None = None,
     eval_data_v2: str | None = None,
+    gpus: str | None = None,
+    notify: str | None = None,
 ) -> RunOneResult:
     """Convert ``checkpoint``, evaluate it on ``eval_data`` and publish under ``store``.
     Every option is checked first (:func:`rmeval.preflight.check_run`: values, device,
@@ -137,7 +136,12 @@ def run_one(
     not done yet (``eval_data`` for RewardBench, ``eval_data_v2`` for RewardBench 2), each
     published as its own files (:data:`rmeval.store.FILES`). When only benchmarks other
     than a done RewardBench remain, the kept model (``keep_model``) is evaluated as it is;
-    with none kept the checkpoint is converted again, and the result's ``detail`` says so."""
+    with none kept the checkpoint is converted again, and the result's ``detail`` says so.
+
+    Run state (:mod:`rmeval.state`): the run is claimed before any work; a run another
+    runner holds returns status ``claimed`` (detail "claimed by …"); a failure writes
+    failed.json and releases the claim. ``gpus`` (else ``$CUDA_VISIBLE_DEVICES``) picks
+    and records the GPUs; ``notify`` is a webhook told of a new best Overall."""
     opts: dict[str, Any] = {  # the options check_values and check_run take by keyword
         "prefix": prefix,
         "run_name": run_name,
@@ -172,6 +176,8 @@ def run_one(
     eval_data = eval_data or HUB_DATASET
     eval_data_v2 = eval_data_v2 or HUB_DATASET_V2
     data_of = {store_layout.V1: eval_data, store_layout.V2: eval_data_v2}
+    gpus = _select_gpus(gpus)
+    # bad input fails here, before the claim: one line, nothing written to the store
     preflight.check_run(
         checkpoint,
         store,
@@ -184,6 +190,59 @@ def run_one(
         work_dir=work_dir,
         **opts,
     )
+    claim = state.Claim(store, run, checkpoint=checkpoint, gpus=gpus)
+    holder = claim.acquire()
+    if holder is not None:
+        detail = f"claimed by {holder.who()}"
+        log.info("%s: %s; nothing to do", run, detail)
+        return RunOneResult(run, "claimed", dest, detail=detail)
+    with sigterm_as_exit(), state.attempt(claim):
+        return _attempt(
+            claim,
+            checkpoint,
+            store,
+            dest,
+            opts,
+            data_of=data_of,
+            todo=todo,
+            subsets=subsets,
+            keep_model=keep_model,
+            work_dir=work_dir,
+            force=force,
+            verify=verify,
+            progress=progress,
+            notify=notify,
+        )
+
+
+def _attempt(
+    claim: state.Claim,
+    checkpoint: str,
+    store: str,
+    dest: str,
+    opts: dict[str, Any],
+    *,
+    data_of: dict[str, str],
+    todo: list[str],
+    subsets: list[str] | None,
+    keep_model: str | None,
+    work_dir: str | None,
+    force: bool,
+    verify: bool,
+    progress: bool,
+    notify: str | None,
+) -> RunOneResult:
+    """One claimed attempt: convert, evaluate, publish (``claim.stage`` says which, for
+    failed.json)."""
+    run = claim.run
+    model_size, num_heads = opts["model_size"], opts["num_heads"]
+    rope_theta, rope_scaling, tokenizer = (
+        opts["rope_theta"],
+        opts["rope_scaling"],
+        opts["tokenizer"],
+    )
+    scoring, max_length, max_tokens = opts["scoring"], opts["max_length"], opts["max_tokens"]
+    device, dtype = opts["device"], opts["dtype"]
 
     from rmeval.checkpoints.convert import convert
     from rmeval.checkpoints.llama import CONFIG_FILE
@@ -212,12 +271,13 @@ def run_one(
             Path(work_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage.write_error(exc, work_dir, "create the work directory") from exc
-    with sigterm_as_exit(), storage.owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
+    with storage.owned_tempdir(WORK_PREFIX, work_dir) as tmpdir:
         model_dir = str(tmpdir / run)
         conv = None
         if reuse:
             model_dir = reuse
         else:
+            claim.renew(stage="convert")
             t0 = time.perf_counter()
             log.info("%s: converting %s", run, checkpoint)
             conv = convert(
@@ -233,6 +293,7 @@ def run_one(
             )
             timings["convert"] = time.perf_counter() - t0
 
+        claim.renew(stage="evaluate")
         evals = {}
         for bench in todo:
             names = store_layout.files_of(bench)
@@ -264,6 +325,8 @@ def run_one(
             "rmeval_version": version(),
             "git_sha": git_sha(),
             "hostname": socket.gethostname(),
+            "gpus": claim.gpus,
+            "job": claim.job,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "subsets": subsets,
             "max_length": max_length,
@@ -308,97 +371,83 @@ def run_one(
             run_provenance.merge(recorded, fields)
             return recorded
 
-        with _claim(dest, force) as claim:
-            if claim is None or (
-                not force and all(store_layout.is_complete(store, run, b) for b in todo)
-            ):
-                detail = _lost_detail(run, claim)
-                log.info("%s", detail)
-                return RunOneResult(run, "skipped", dest, detail=detail)
-            t0 = time.perf_counter()
-            if keep_model and not reuse:
-                _keep(Path(model_dir), keep_model, overwrite=force)
-            # RewardBench last: its metrics.json is what older readers take as "done"
-            for bench in sorted(todo, key=lambda b: b == store_layout.V1):
-                names = store_layout.files_of(bench)
-                provenance = provenance_of(bench)
-                provenance["attempt"] = claim
+        if not claim.renew(stage="publish") or (
+            not force and all(store_layout.is_complete(store, run, b) for b in todo)
+        ):
+            detail = _lost_detail(run, claim.lost_to)
+            log.info("%s", detail)
+            return RunOneResult(run, "skipped", dest, detail=detail)
+        t0 = time.perf_counter()
+        if keep_model and not reuse:
+            _keep(Path(model_dir), keep_model, overwrite=force)
+        # RewardBench last: its metrics.json is what older readers take as "done"
+        for bench in sorted(todo, key=lambda b: b == store_layout.V1):
+            names = store_layout.files_of(bench)
+            provenance = provenance_of(bench)
+            provenance["attempt"] = claim.attempt
 
-                def provenance_json(provenance=provenance) -> bytes:  # after the scores
-                    timings["publish"] = time.perf_counter() - t0
-                    timings_s["publish"] = round(timings["publish"], 3)
-                    text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
-                    return text.encode("utf-8")
+            def provenance_json(provenance=provenance) -> bytes:  # after the scores
+                timings["publish"] = time.perf_counter() - t0
+                timings_s["publish"] = round(timings["publish"], 3)
+                text = json.dumps(_plain(provenance), indent=2, sort_keys=True) + "\n"
+                return text.encode("utf-8")
 
-                scores_path = tmpdir / names.scores
-                scores: list[tuple[str, store_layout.Content]] = (
-                    [(names.scores, scores_path)] if scores_path.exists() else []
-                )
-                metrics_uri = store_layout.publish(
-                    store,
-                    run,
-                    [*scores, (names.provenance, provenance_json)],
-                    (tmpdir / names.metrics).read_bytes(),  # exactly the evaluator's file
-                    replace_metrics=force,
-                    metrics_name=names.metrics,
-                )
-                log.info("%s: published %s", run, metrics_uri)
+            scores_path = tmpdir / names.scores
+            scores: list[tuple[str, store_layout.Content]] = (
+                [(names.scores, scores_path)] if scores_path.exists() else []
+            )
+            metrics_uri = store_layout.publish(
+                store,
+                run,
+                [*scores, (names.provenance, provenance_json)],
+                (tmpdir / names.metrics).read_bytes(),  # exactly the evaluator's file
+                replace_metrics=force,
+                metrics_name=names.metrics,
+                overall=evals[bench].overall if bench == store_layout.V1 else None,
+            )
+            log.info("%s: published %s", run, metrics_uri)
+    if notify and store_layout.V1 in evals:
+        _notify_if_best(notify, store, run, evals[store_layout.V1].overall)
     first = todo[0]
     metrics = json.loads(json.dumps(evals[first].metrics))
     return RunOneResult(
-        run, "ok", dest, metrics, timings, attempt=claim, detail=detail, benchmarks=todo,
+        run, "ok", dest, metrics, timings, attempt=claim.attempt, detail=detail, benchmarks=todo,
         metrics_by_benchmark={b: evals[b].metrics for b in todo},
     )  # fmt: skip
 
 
-def _lost_detail(run: str, claim: str | None) -> str:
-    if claim is None:
-        return f"{run}: another run is publishing it right now; nothing written"
+def _lost_detail(run: str, lost_to: str | None) -> str:
+    if lost_to is not None:
+        return f"{run}: the claim was taken over by {lost_to}; nothing written"
     return f"{run}: another run published it first; nothing written (pass --force to replace)"
 
 
-# --------------------------------------------------------------------------- the claim
+# --------------------------------------------------------------------------- GPUs, notices
 
 
-@contextlib.contextmanager
-def _claim(dest: str, force: bool) -> Iterator[str | None]:
-    """Hold ``<dest>/.claim`` while publishing: the one run that creates it (no-clobber)
-    publishes; a concurrent run gets None and writes nothing, so it can never overwrite the
-    winner's scores or provenance. A claim whose process is gone (same host, dead pid) or
-    older than :data:`CLAIM_STALE_S` is taken over; ``force`` takes over any claim.
-    Yields this attempt's id (recorded in provenance.json) or None."""
-    uri = storage.join(dest, CLAIM_FILE)
-    token = owned_name(ATTEMPT_PREFIX)
-    body = json.dumps({"attempt": token, "since": time.time()}).encode()
-    if not storage.create_exclusive(uri, body):
-        state = _claim_state(uri)
-        if state == "held" and not force:
-            yield None
-            return
-        if state != "released":
-            storage.delete(uri)
-        if not storage.create_exclusive(uri, body):  # another run was quicker
-            yield None
-            return
+def _select_gpus(gpus: str | None) -> str | None:
+    """``--gpus`` becomes CUDA_VISIBLE_DEVICES (before torch starts); without it, the
+    inherited CUDA_VISIBLE_DEVICES. Either way, what the claim records."""
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+        return gpus
+    return os.environ.get("CUDA_VISIBLE_DEVICES") or None
+
+
+def _notify_if_best(url: str, store: str, run: str, overall: float | None) -> None:
+    """Post one notice when ``run``'s Overall is the best of the store's finished runs."""
+    from rmeval import notify, status
+
+    if overall is None:
+        return
     try:
-        yield token
-    finally:
-        storage.delete(uri)
-
-
-def _claim_state(uri: str) -> str:
-    """``held`` (a live attempt publishes), ``stale`` (its process is gone, or it is older
-    than :data:`CLAIM_STALE_S`) or ``released`` (removed meanwhile: the holder finished)."""
-    try:
-        held = json.loads(storage.read_text(uri))
-        token, since = str(held["attempt"]), float(held["since"])
-    except StoreError:
-        return "released"
-    except (ValueError, KeyError, TypeError):
-        return "stale"  # unreadable: nothing a live run-one writes
-    if is_stale(token, ATTEMPT_PREFIX) or time.time() - since > CLAIM_STALE_S:
-        return "stale"
-    return "held"
+        best = status.best_overall(store, exclude=run)
+    except StoreError as exc:
+        log.warning("%s: cannot compare with the store's best Overall: %s", run, exc)
+        return
+    if best is None or overall > best:
+        before = f" (previous best {best:.4f})" if best is not None else ""
+        notify.post(url, f"rmeval: new best Overall {overall:.4f} in {store}: {run}{before}")
 
 
 def _keep(model_dir: Path, keep_model: str, overwrite: bool) -> None:

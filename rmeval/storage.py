@@ -59,6 +59,7 @@ class ObjectInfo:
     name: str
     size: int
     updated: datetime | None
+    metadata: dict[str, str] | None = None  # gs:// custom metadata (listed with the object)
 
 
 # --------------------------------------------------------------------------- OS errors
@@ -394,7 +395,11 @@ def _list_gcs_prefix(client, bucket: str, prefix: str, base: str, match: str | N
                 yield None
                 continue
             yield ObjectInfo(
-                f"{GCS_SCHEME}{bucket}/{blob.name}", name, int(blob.size or 0), blob.updated
+                f"{GCS_SCHEME}{bucket}/{blob.name}",
+                name,
+                int(blob.size or 0),
+                blob.updated,
+                blob.metadata or None,
             )
 
 
@@ -729,9 +734,12 @@ def _commit_local(tmp: Path, path: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def open_writer(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[bytes]]:
+def open_writer(
+    uri: str | os.PathLike, overwrite: bool = False, metadata: dict[str, str] | None = None
+) -> Iterator[IO[bytes]]:
     """A binary file to write; it becomes visible at ``uri`` only when the block ends
-    without error. GCS: one upload with ``if_generation_match=0`` unless ``overwrite``."""
+    without error. GCS: one upload with ``if_generation_match=0`` unless ``overwrite``;
+    ``metadata`` becomes the object's custom metadata (listed with it; ignored locally)."""
     uri = os.fspath(uri)
     if not is_gcs(uri):
         with atomic_local_file(local_path(uri), overwrite=overwrite) as tmp, open(tmp, "wb") as f:
@@ -748,14 +756,19 @@ def open_writer(uri: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[
                 yield f
         except OSError as exc:
             raise write_error(exc, tmp.parent, f"stage the upload of {uri}") from exc
-        upload_file(tmp, uri, overwrite=overwrite)
+        upload_file(tmp, uri, overwrite=overwrite, metadata=metadata)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
 
-def write_bytes(uri: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
-    with open_writer(uri, overwrite=overwrite) as f:
+def write_bytes(
+    uri: str | os.PathLike,
+    data: bytes,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    with open_writer(uri, overwrite=overwrite, metadata=metadata) as f:
         f.write(data)
 
 
@@ -768,6 +781,136 @@ def create_exclusive(uri: str | os.PathLike, data: bytes) -> bool:
     creators wins). True when this call created it."""
     try:
         write_bytes(uri, data, overwrite=False)
+    except AlreadyExistsError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- versions
+# Compare-and-swap on one small object (the run state of :mod:`rmeval.state`): read it with
+# its version, then replace or delete it only if it is still that version. gs:// uses the
+# object generation (``if_generation_match``); a local file uses (inode, mtime_ns, size)
+# checked and replaced under an advisory lock (``fcntl.flock``) on its directory, which
+# every reader and writer of this module takes.
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes, its version token and the store's own time of its last write."""
+
+    data: bytes
+    version: str
+    updated: datetime
+
+
+@contextlib.contextmanager
+def _local_lock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    try:  # the directory itself is the lock: no lock file to leave behind
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _local_version(path: Path) -> tuple[str, datetime] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_ino}.{st.st_mtime_ns}.{st.st_size}", datetime.fromtimestamp(
+        st.st_mtime, tz=timezone.utc
+    )
+
+
+def read_versioned(uri: str | os.PathLike) -> Versioned | None:
+    """``uri``'s bytes with their version, or None when it does not exist."""
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        path = local_path(uri)
+        if not path.parent.is_dir():
+            return None
+        with _local_lock(path):
+            found = _local_version(path)
+            if found is None:
+                return None
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+        return Versioned(data, found[0], found[1])
+    bucket, key = split_gcs(uri)
+    with _gcs_errors(uri):
+        blob = gcs_client(uri).bucket(bucket).get_blob(key, retry=_retry())
+        if blob is None:
+            return None
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        generation, updated = blob.generation, blob.updated  # a download may reset them
+        try:
+            data = blob.download_as_bytes(if_generation_match=generation, retry=_retry())
+        except (NotFound, PreconditionFailed):  # replaced or removed meanwhile: read again
+            return read_versioned(uri)
+    return Versioned(data, str(generation), updated)
+
+
+def replace_if(uri: str | os.PathLike, data: bytes, version: str | None) -> str | None:
+    """Write ``data`` at ``uri`` only if it is still at ``version`` (None: only if it does
+    not exist). Returns the new version, or None when another writer came first."""
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _local_lock(path):
+            found = _local_version(path)
+            if (found[0] if found else None) != version:
+                return None
+            tmp = _make_temp(path, overwrite=True)
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            except OSError as exc:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                raise write_error(exc, path) from None
+            return _local_version(path)[0]  # type: ignore[index]
+    blob = _blob(uri)
+    try:
+        with _gcs_errors(uri, writing=True):
+            blob.upload_from_string(data, if_generation_match=int(version or 0), retry=_retry())
+        if blob.generation is None:  # an answer without the new generation: ask for it
+            blob.reload(retry=_retry())
+    except AlreadyExistsError:
+        return None
+    return str(blob.generation)
+
+
+def delete_if(uri: str | os.PathLike, version: str) -> bool:
+    """Delete ``uri`` only if it is still at ``version``. True when this call deleted it."""
+    uri = os.fspath(uri)
+    if not is_gcs(uri):
+        path = local_path(uri)
+        if not path.parent.is_dir():
+            return False
+        with _local_lock(path):
+            found = _local_version(path)
+            if found is None or found[0] != version:
+                return False
+            path.unlink()
+            return True
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    try:
+        with _gcs_errors(uri, writing=True):
+            try:
+                _blob(uri).delete(if_generation_match=int(version), retry=_retry())
+            except (NotFound, PreconditionFailed):
+                return False
     except AlreadyExistsError:
         return False
     return True
@@ -811,7 +954,12 @@ def check_writable(uri: str | os.PathLike) -> None:
             os.unlink(name)
 
 
-def upload_file(src: str | os.PathLike, uri: str | os.PathLike, overwrite: bool = False) -> None:
+def upload_file(
+    src: str | os.PathLike,
+    uri: str | os.PathLike,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Copy a local file to ``uri`` (local or gs://), atomically and without clobbering."""
     uri = os.fspath(uri)
     src = Path(src)
@@ -821,7 +969,10 @@ def upload_file(src: str | os.PathLike, uri: str | os.PathLike, overwrite: bool 
         return
     kwargs = {} if overwrite else {"if_generation_match": 0}
     with _gcs_errors(uri, writing=True):
-        _blob(uri).upload_from_filename(str(src), retry=_retry(), **kwargs)
+        blob = _blob(uri)
+        if metadata:
+            blob.metadata = metadata
+        blob.upload_from_filename(str(src), retry=_retry(), **kwargs)
 
 
 def upload_tree(src_dir: str | os.PathLike, uri: str | os.PathLike, overwrite: bool = False) -> int:

@@ -8,7 +8,10 @@ the run (:func:`rmeval.naming.run_name`)::
     <store>/<run>/provenance.json   where the run came from, how long each stage took
     <store>/<run>/metrics.json      the evaluator's metrics, written last: its presence
                                     means the run is complete
-    <store>/<run>/.claim            held while one attempt publishes (run-one)
+    <store>/<run>/claim.json        who runs it now: written by run-one before any work,
+                                    renewed by its heartbeat, removed when it ends
+    <store>/<run>/failed.json       the last failed attempt: stage, error, attempt number
+                                    (:mod:`rmeval.state` reads and writes both)
 
 and, for RewardBench 2 (run-one's ``benchmarks``), beside them and on the same rule::
 
@@ -39,7 +42,11 @@ from rmeval.procutil import bounded_map
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.jsonl"
 PROVENANCE_FILE = "provenance.json"
-CLAIM_FILE = ".claim"
+CLAIM_FILE = "claim.json"
+FAILED_FILE = "failed.json"
+# gs:// custom metadata of metrics.json: the run's Overall, so that one listing of the store
+# tells status every finished run's score without reading 10,000 files.
+OVERALL_METADATA = "rmeval-overall"
 METRICS_V2_FILE = "metrics-rewardbench2.json"
 SCORES_V2_FILE = "scores-rewardbench2.jsonl"
 PROVENANCE_V2_FILE = "provenance-rewardbench2.json"
@@ -68,6 +75,9 @@ def files_of(benchmark: str) -> BenchmarkFiles:
         ) from None
 
 
+STATE_FILES = (METRICS_FILE, SCORES_FILE, METRICS_V2_FILE, CLAIM_FILE, FAILED_FILE)
+
+
 def run_dir(store: str | os.PathLike, run: str) -> str:
     """``<store>/<run>``: where one run's files live."""
     return storage.join(store, run)
@@ -92,6 +102,8 @@ class StoredRun:
     metrics: storage.ObjectInfo | None = None
     scores: storage.ObjectInfo | None = None
     metrics_v2: storage.ObjectInfo | None = None
+    claim: storage.ObjectInfo | None = None
+    failed: storage.ObjectInfo | None = None
 
     @property
     def complete(self) -> bool:
@@ -113,7 +125,7 @@ def list_runs(store: str | os.PathLike, *, missing_ok: bool = False) -> dict[str
         if len(parts) < 2 or parts[0].startswith("."):
             continue  # a file of the store itself, or a hidden / staging directory
         mine = found.setdefault(parts[0], {})
-        if len(parts) == 2 and parts[1] in (METRICS_FILE, SCORES_FILE, METRICS_V2_FILE):
+        if len(parts) == 2 and parts[1] in STATE_FILES:
             mine[parts[1]] = obj  # deeper files only mark the run directory
     return {
         run: StoredRun(
@@ -122,6 +134,8 @@ def list_runs(store: str | os.PathLike, *, missing_ok: bool = False) -> dict[str
             metrics=files.get(METRICS_FILE),
             scores=files.get(SCORES_FILE),
             metrics_v2=files.get(METRICS_V2_FILE),
+            claim=files.get(CLAIM_FILE),
+            failed=files.get(FAILED_FILE),
         )
         for run, files in found.items()
     }
@@ -165,12 +179,14 @@ def publish(
     *,
     replace_metrics: bool = False,
     metrics_name: str = METRICS_FILE,
+    overall: float | None = None,
 ) -> str:
     """Publish ``run``: ``files`` in order (each atomically, replacing what an unfinished
     attempt left), then metrics.json **last**, so that the run reads as complete only once
     everything else is there. An existing metrics.json is replaced only with
     ``replace_metrics``. ``metrics_name``: the benchmark's metrics file
-    (:data:`FILES`). Returns the metrics file's URI."""
+    (:data:`FILES`). ``overall`` is stored as the metrics file's gs:// metadata
+    (:data:`OVERALL_METADATA`). Returns the metrics file's URI."""
     for name, content in files:
         uri = run_file(store, run, name)
         if isinstance(content, Path):
@@ -179,5 +195,6 @@ def publish(
             data = content if isinstance(content, bytes) else content()
             storage.write_bytes(uri, data, overwrite=True)
     metrics_uri = run_file(store, run, metrics_name)
-    storage.write_bytes(metrics_uri, metrics, overwrite=replace_metrics)
+    meta = {OVERALL_METADATA: repr(float(overall))} if overall is not None else None
+    storage.write_bytes(metrics_uri, metrics, overwrite=replace_metrics, metadata=meta)
     return metrics_uri

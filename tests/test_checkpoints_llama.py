@@ -13,6 +13,7 @@ from rmeval.checkpoints import convert as conv
 from rmeval.checkpoints import llama
 from rmeval.checkpoints.easylm import CheckpointIndex, TensorInfo
 from rmeval.errors import UsageError
+from rmeval.provenance import ChunkedSha256, file_digest
 
 
 def _index(spec: llama.LlamaSpec, dtype: str = "bfloat16") -> CheckpointIndex:
@@ -155,9 +156,10 @@ def test_writer_tiles_and_permutes(
     placed = conv._Placed(plan, dst_dt, 0, 16, int(np.prod(shape)) * dst_dt.itemsize)
     path = tmp_path / "out.bin"
     fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    out = conv._Out(fd, ChunkedSha256(16 + placed.nbytes))  # the tensor's bytes are hashed too
     writer = conv._Writer(threads=3)
     try:
-        writer.write(fd, placed, src_np.reshape(-1).view(np.uint8).copy())
+        writer.write(out, placed, src_np.reshape(-1).view(np.uint8).copy())
     finally:
         writer.close()
         os.close(fd)
@@ -166,6 +168,8 @@ def test_writer_tiles_and_permutes(
     got = np.frombuffer(raw[16:], dtype=dst_dt).reshape(out_shape)
     want = _expected(src_np, transform, heads).astype(dst_dt)
     np.testing.assert_array_equal(got.view(np.uint8), np.ascontiguousarray(want).view(np.uint8))
+    out.digest.update(0, raw[:16])  # the header, which the shard writer adds itself
+    assert out.digest.hexdigest() == file_digest(path)
 
 
 def test_parse_size():

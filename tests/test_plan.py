@@ -87,7 +87,10 @@ def test_plan_names_supersedes_and_counts(source, store_root):
         storage.join(source, "relaunch--aaa/streaming_params_5"): runs["hs-relaunch"].checkpoint,
     }
     assert p.done == []
-    assert p.summary() == "found 8 checkpoint(s), 3 superseded: 0 done, 5 to run"
+    assert (
+        p.summary()
+        == "found 8 checkpoint(s), 3 superseded: 0 done, 0 running, 0 failed (retried), 0 given up, 5 to run"
+    )
 
 
 def test_done_is_exact_name_and_needs_metrics(source, store_root):
@@ -173,7 +176,10 @@ def test_cli_minimal_flags_render_a_valid_spec(tmp_path):
     assert r.returncode == 0, r.stderr
     data, _ = specs.validate_spec(r.stdout)
     assert len(data["tasks"]) == 5
-    assert "found 8 checkpoint(s), 3 superseded: 0 done, 5 to run" in r.stderr
+    assert (
+        "found 8 checkpoint(s), 3 superseded: 0 done, 0 running, 0 failed (retried), 0 given up, 5 to run"
+        in r.stderr
+    )
 
 
 def test_cli_output_json_and_no_clobber(tmp_path):

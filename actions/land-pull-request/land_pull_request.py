@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +33,9 @@ from rmeval.errors import RmevalError  # noqa: E402
 from rmeval.github import Client  # noqa: E402
 
 git = commit_results.git
+# A force push that meets another push of the same branch (two fetch-results racing) is
+# refused by the remote's ref lock; the branch is ours to replace, so try again, a few times.
+PUSH_ATTEMPTS = 3
 
 
 def land(path: Path, base: str, remote: str = "origin") -> dict[str, str]:
@@ -43,13 +47,23 @@ def land(path: Path, base: str, remote: str = "origin") -> dict[str, str]:
     git("checkout", "-q", "-B", branch)
     subject = commit_results.commit(path)
     sha = git("rev-parse", "HEAD").stdout.strip()
-    git("push", "-q", "--force", remote, f"HEAD:refs/heads/{branch}")
+    _force_push(remote, branch)
     body = results_summary.markdown(path, branch, subject)
     body += f"\n_Opened by fetch-results: `{path.as_posix()}` at {sha[:12]} on `{branch}`._\n"
     done, pull = client.upsert_pull(branch, base, subject, body)
     results_summary.write_summary(body + f"\nPull request #{pull['number']} {done}.")
     print(f"pull request #{pull['number']} {done}: {subject}", flush=True)
     return {"committed": "true", "sha": sha, "branch": branch, "pull": str(pull["number"])}
+
+
+def _force_push(remote: str, branch: str) -> None:
+    for attempt in range(1, PUSH_ATTEMPTS):
+        proc = git("push", "-q", "--force", remote, f"HEAD:refs/heads/{branch}", check=False)
+        if proc.returncode == 0:
+            return
+        print(f"push of {branch} refused (attempt {attempt}); trying again", flush=True)
+        time.sleep(attempt)
+    git("push", "-q", "--force", remote, f"HEAD:refs/heads/{branch}")  # the last: git's line
 
 
 def main(argv: list[str] | None = None) -> int:

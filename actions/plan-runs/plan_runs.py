@@ -151,6 +151,8 @@ def plan_entry(
         cmd += ["--preset", entry["preset"]]
     if entry["prefix"]:
         cmd += ["--prefix", entry["prefix"]]
+    if entry.get("notify"):  # given-up runs are announced by plan
+        cmd += ["--notify", entry["notify"]]
     with tempfile.TemporaryDirectory(prefix="plan-runs-") as tmp:
         result_json = Path(tmp) / "result.json"
         cmd += [outcome.FLAG, str(result_json)]
@@ -197,7 +199,11 @@ def job_args(kind: str, job: dict[str, Any]) -> list[str]:
     beaker`` (a Beaker entry) for one matrix item."""
     if kind == "run-one":
         out = [job["checkpoint"], "--store", job["store"]]
-        for key, flag in (("prefix", "--prefix"), ("run_name", "--run-name")):
+        for key, flag in (
+            ("prefix", "--prefix"),
+            ("run_name", "--run-name"),
+            ("notify", "--notify"),  # a new best Overall is announced by run-one
+        ):
             if job.get(key):
                 out += [flag, job[key]]
         return out + _flags(job)

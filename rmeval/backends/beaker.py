@@ -326,6 +326,32 @@ def existing_experiments(
             raise BackendError(f"cannot list experiments in {workspace!r}: {exc}") from exc
 
 
+def experiment_states(
+    workspace: str, prefix: str | None = None, *, timeout: float | None = None
+) -> dict[str, str]:
+    """``{experiment name: workload status}`` (e.g. ``running``, ``succeeded``) of the
+    experiments in ``workspace`` whose names contain ``prefix``: one listing."""
+    from beaker.exceptions import BeakerError
+
+    with client(workspace, timeout=timeout) as b:
+        ws = get_workspace(b, workspace)
+        try:
+            out = {}
+            for w in b.workload.list(workspace=ws, name_or_description=prefix or None):
+                if w.experiment.name:
+                    out[w.experiment.name] = _status_name(w)
+            return out
+        except BeakerError as exc:
+            raise BackendError(f"cannot list experiments in {workspace!r}: {exc}") from None
+
+
+def _status_name(workload: Any) -> str:
+    field = type(workload).DESCRIPTOR.fields_by_name["status"]
+    value = field.enum_type.values_by_number.get(workload.status)
+    name = value.name if value is not None else str(workload.status)
+    return name.lower().removeprefix("status_").replace("_", " ")
+
+
 def experiment_specs(
     spec: Mapping[str, Any], experiment_prefix: str = naming.DEFAULT_EVAL_EXPERIMENT_PREFIX
 ) -> list[tuple[str, str, dict[str, Any]]]:

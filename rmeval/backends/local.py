@@ -80,7 +80,7 @@ class LaunchSummary:
         counts: dict[str, int] = {}
         for o in self.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
-        order = ["ok", "created", "skipped", "exists", "planned", "failed"]
+        order = ["ok", "created", "skipped", "claimed", "exists", "planned", "failed"]
         total = ", ".join(f"{counts.get(k, 0)} {k}" for k in order if k in counts or k == "failed")
         out.append(f"{self.backend}: {len(self.outcomes)} run(s): {total}")
         return out
