@@ -221,8 +221,8 @@ def _outliers(x, y) -> tuple[list[int], Any]:
 
 
 def overall_vs_budget(df, labels: Sequence[str], meta: Mapping[str, Any]):
-    """Overall of each run against its budget, the mean per budget, a least-squares trend
-    line, and the runs far from it labelled."""
+    """Overall of each run against its budget, the mean of each budget that has several
+    runs, a least-squares trend line, and the runs far from it labelled."""
     import numpy as np
 
     keep = df[OVERALL].notna() & df["budget"].notna()
@@ -232,19 +232,24 @@ def overall_vs_budget(df, labels: Sequence[str], meta: Mapping[str, Any]):
     fig = _figure(7, 4.2)
     ax = fig.add_subplot()
     ax.scatter(x, y, s=22, alpha=0.7, color="tab:blue", label="run", zorder=2)
-    means = df.loc[keep].groupby("budget", sort=True)[OVERALL].mean()
-    ax.plot(
-        means.index.to_numpy(dtype=float),
-        means.to_numpy(),
-        color=COLORS["mean"],
-        marker="_",
-        markersize=14,
-        markeredgewidth=2,
-        linewidth=0.8,
-        alpha=0.8,
-        label="per-budget mean",
-        zorder=3,
-    )
+    groups = df.loc[keep].groupby("budget", sort=True)[OVERALL]
+    counts = groups.count()
+    # a mean of one run is that run: means only where a budget has several runs, so that the
+    # line does not zigzag through single points and suggest a curve that is not there
+    means = groups.mean()[counts >= 2]
+    if len(means):
+        ax.plot(
+            means.index.to_numpy(dtype=float),
+            means.to_numpy(),
+            color=COLORS["mean"],
+            marker="_",
+            markersize=14,
+            markeredgewidth=2,
+            linewidth=0.8,
+            alpha=0.8,
+            label="per-budget mean (budgets with 2+ runs)",
+            zorder=3,
+        )
     far, line = _outliers(x, y)
     if line is not None:
         slope, intercept = line
@@ -284,7 +289,8 @@ def overall_vs_budget(df, labels: Sequence[str], meta: Mapping[str, Any]):
     _integer_axis(ax.xaxis)
     ax.margins(x=0.08, y=0.12)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, fontsize=7, frameon=False)
-    _title(ax, "Overall against budget", meta, f"{len(x)} runs at {len(means)} budgets")
+    at = f"{len(x)} runs at {len(counts)} budgets" + ("" if len(means) else ", one run per budget")
+    _title(ax, "Overall against budget", meta, at)
     return fig
 
 

@@ -131,6 +131,23 @@ def test_overall_vs_budget_shows_means_trend_and_labels_the_outlier():
     assert any(t.startswith("outlier") for t in legend)
 
 
+def test_overall_vs_budget_draws_means_only_where_a_budget_has_several_runs():
+    """A mean of one run is that run: a line through single runs would only zigzag through
+    the points and suggest a curve that is not there."""
+    frame = _budget_table(outlier=None).drop_duplicates("budget").reset_index(drop=True)
+    frame = pd.concat([frame, frame.iloc[[2]].assign(Overall=0.5)], ignore_index=True)
+    fig = figures.overall_vs_budget(frame, figures.run_labels(frame["name"]), _meta(frame))
+    ax = fig.axes[0]
+    means = _line(ax, "per-budget mean")
+    assert list(means.get_xdata()) == [2500.0]  # the one budget with two runs
+    expected = float(frame.loc[frame["budget"] == 2500, "Overall"].mean())
+    assert list(means.get_ydata()) == pytest.approx([expected])
+    single = frame.drop_duplicates("budget")
+    fig = figures.overall_vs_budget(single, figures.run_labels(single["name"]), _meta(single))
+    assert not [ln for ln in fig.axes[0].get_lines() if "mean" in str(ln.get_label())]
+    assert "one run per budget" in _titles(fig)
+
+
 def test_overall_vs_budget_without_outliers_labels_nothing():
     frame = _budget_table(outlier=None)
     fig = figures.overall_vs_budget(frame, figures.run_labels(frame["name"]), _meta(frame))
