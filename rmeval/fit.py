@@ -173,9 +173,9 @@ def read_table(csv: str | os.PathLike):
     return frame
 
 
-def recorded_features(csv: str | os.PathLike) -> list[str] | None:
-    """The feature columns collect recorded for ``csv`` (the ``features`` list of its
-    ``<table>.columns.json`` sidecar), or ``None`` when there is no sidecar."""
+def _columns_sidecar(csv: str | os.PathLike) -> tuple[str, dict] | None:
+    """``csv``'s ``<table>.columns.json`` sidecar (its path and content), or ``None`` when
+    there is none."""
     from rmeval.table import columns_path
 
     sidecar = columns_path(csv)
@@ -185,7 +185,17 @@ def recorded_features(csv: str | os.PathLike) -> list[str] | None:
         data = json.loads(storage.read_text(sidecar))
     except json.JSONDecodeError as exc:
         raise FitError(f"{sidecar}: not valid JSON ({exc.msg}); collect the table again") from exc
-    feats = data.get("features") if isinstance(data, dict) else None
+    return str(sidecar), data if isinstance(data, dict) else {}
+
+
+def recorded_features(csv: str | os.PathLike) -> list[str] | None:
+    """The feature columns collect recorded for ``csv`` (the ``features`` list of its
+    ``<table>.columns.json`` sidecar), or ``None`` when there is no sidecar."""
+    found = _columns_sidecar(csv)
+    if found is None:
+        return None
+    sidecar, data = found
+    feats = data.get("features")
     if not isinstance(feats, list) or not all(isinstance(c, str) for c in feats):
         raise FitError(
             f"{sidecar}: no list of feature columns under 'features'; collect the table again"
@@ -196,16 +206,8 @@ def recorded_features(csv: str | os.PathLike) -> list[str] | None:
 def recorded_target(csv: str | os.PathLike) -> str | None:
     """The target collect recorded for ``csv`` (``--target``: its columns sidecar's
     ``target``), or ``None`` without a sidecar."""
-    from rmeval.table import columns_path
-
-    sidecar = columns_path(csv)
-    if not storage.exists(sidecar):
-        return None
-    try:
-        data = json.loads(storage.read_text(sidecar))
-    except json.JSONDecodeError as exc:
-        raise FitError(f"{sidecar}: not valid JSON ({exc.msg}); collect the table again") from exc
-    target = data.get("target") if isinstance(data, dict) else None
+    found = _columns_sidecar(csv)
+    target = found[1].get("target") if found is not None else None
     return target if isinstance(target, str) else None
 
 
