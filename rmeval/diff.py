@@ -31,7 +31,7 @@ from typing import Any
 from rmeval.errors import ResultsError
 from rmeval.figures import run_labels
 from rmeval.results import dataset_table
-from rmeval.table import NAME, SCORING, SECTION_COLUMNS, TARGET, WEIGHTS
+from rmeval.table import NAME, SCORING, SECTION_COLUMNS, TARGET, V2_OVERALL, WEIGHTS
 
 VERSION_RE = re.compile(r"^v(?P<n>\d+)$")
 SCORE_COLUMNS = (TARGET, *SECTION_COLUMNS)
@@ -179,13 +179,18 @@ def compare(old: Side, new: Side, *, force: bool = False) -> dict[str, Any]:
                 "diff anyway)"
             )
     rows = diff_rows(old.text, new.text)
+    # RewardBench 2's Overall beside RewardBench's when either table has it; a run whose
+    # RewardBench 2 cells alone changed is a changed run marked as such (results.diff_rows)
+    has_v2 = any(V2_OVERALL in r for t in (a, b) for r in t.values())
+    columns = [*SCORE_COLUMNS, *([V2_OVERALL] if has_v2 else [])]
     # one label per run, distinct over both tables (longer uuids where short ones collide)
     names = sorted(a.keys() | b.keys())
     label_of = dict(zip(names, run_labels(names), strict=True)) if names else {}
     changed = []
-    for name in rows.changed_names:
+    v1_changed, v2_changed = set(rows.changed_names), set(rows.changed_v2_names)
+    for name in sorted(v1_changed | v2_changed):
         deltas = {}
-        for col in SCORE_COLUMNS:
+        for col in columns:
             x, y = _num(a[name].get(col)), _num(b[name].get(col))
             if x is not None and y is not None and x != y:
                 deltas[col] = {"old": x, "new": y, "delta": y - x}
@@ -196,12 +201,17 @@ def compare(old: Side, new: Side, *, force: bool = False) -> dict[str, Any]:
                 "label": label_of[name],
                 "deltas": deltas,
                 "columns": cols,
+                "benchmarks": [
+                    bench
+                    for bench, seen in (("rewardbench", v1_changed), ("rewardbench2", v2_changed))
+                    if name in seen
+                ],
             }
         )
 
     def brief(r: dict[str, str], name: str) -> dict[str, Any]:
         out: dict[str, Any] = {"name": name, "label": label_of[name]}
-        out.update({c: _num(r.get(c)) for c in SCORE_COLUMNS})
+        out.update({c: _num(r.get(c)) for c in columns})
         return out
 
     return {
@@ -210,6 +220,7 @@ def compare(old: Side, new: Side, *, force: bool = False) -> dict[str, Any]:
         "added": [brief(b[n], n) for n in rows.added_names],
         "removed": [brief(a[n], n) for n in rows.removed_names],
         "changed": changed,
+        "columns": columns,
         "best": {"before": _best(a, label_of), "after": _best(b, label_of)},
     }
 
@@ -275,7 +286,7 @@ def markdown(d: dict[str, Any], *, limit: int = 50) -> str:
         f"#### `{_cell(old['label'])}` → `{_cell(new['label'])}`",
         "",
         f"{old['rows']} → {new['rows']} runs: {len(d['added'])} added, "
-        f"{len(d['removed'])} removed, {len(d['changed'])} changed.",
+        f"{len(d['removed'])} removed, {len(d['changed'])} changed{_v2_only(d)}.",
         "",
         f"Best Overall: before {_best_line(d['best']['before'])}, "
         f"after {_best_line(d['best']['after'])}.",
@@ -290,23 +301,29 @@ def markdown(d: dict[str, Any], *, limit: int = 50) -> str:
         if len(body) > limit:
             lines.append(f"| … {len(body) - limit} more | " + " | ".join([""] * (len(head) - 1)))
 
-    head = ["run", *SCORE_COLUMNS]
+    columns = d.get("columns", list(SCORE_COLUMNS))
+    head = ["run", *columns]
     for key, title in (("added", "Added"), ("removed", "Removed")):
         table(
             title,
             head,
-            [[f"`{_cell(r['label'])}`", *(_f(r[c]) for c in SCORE_COLUMNS)] for r in d[key]],
+            [[f"`{_cell(r['label'])}`", *(_f(r[c]) for c in columns)] for r in d[key]],
         )
     body = []
     for r in d["changed"]:
         cells = []
-        for c in SCORE_COLUMNS:
+        for c in columns:
             x = r["deltas"].get(c)
             cells.append("" if x is None else f"{_f(x['new'])} ({_d(x['delta'])})")
-        others = [c for c in r["columns"] if c not in SCORE_COLUMNS]
+        others = [c for c in r["columns"] if c not in columns]
         body.append([f"`{_cell(r['label'])}`", *cells, _cell(", ".join(others)) or "-"])
     table("Changed", [*head, "other columns changed"], body)
     return "\n".join(lines) + "\n"
+
+
+def _v2_only(d: dict[str, Any]) -> str:
+    n = sum(1 for r in d["changed"] if r.get("benchmarks") == ["rewardbench2"])
+    return f" ({n} in RewardBench 2 only)" if n else ""
 
 
 def as_json(d: dict[str, Any]) -> str:

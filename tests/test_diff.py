@@ -162,3 +162,36 @@ def test_last_compares_the_newest_version_with_the_one_before(repo, capsys):
     assert "0 → 3 runs: 3 added, 0 removed, 0 changed." in diff.markdown(first)
     assert cli.main(["diff", "--last"]) == 2
     assert "--last takes --dataset-dir" in capsys.readouterr().err
+
+
+def test_rewardbench2_overall_is_diffed_apart_from_rewardbench(tmp_path):
+    """A run whose RewardBench 2 scores changed (and nothing else) is a changed run with its
+    rb2_Overall delta, marked as a RewardBench 2 change; RewardBench's columns stay as they
+    were, and the tables show rb2_Overall beside Overall."""
+    from rmeval.rewardbench import scoring_v2
+    from rmeval.store import METRICS_V2_FILE
+    from rmeval.table import V2_OVERALL, render_csv
+
+    def v2(seed: int) -> dict:
+        subsets = {s: (seed * 7 + i) % 10 / 10 for i, s in enumerate(scoring_v2.SUBSETS)}
+        return {"model": f"m{seed}", "model_type": "Seq. Classifier", **subsets}
+
+    store = tmp_path / "store"
+    _store(store, {run_name(i): _metrics(i) for i in range(2)})
+    for i in range(2):
+        (store / run_name(i) / METRICS_V2_FILE).write_text(json.dumps(v2(i)))
+    old = tmp_path / "old.csv"
+    old.write_text(render_csv(collect.collect(str(store))))
+    (store / run_name(1) / METRICS_V2_FILE).write_text(json.dumps(v2(5)))
+    new = tmp_path / "new.csv"
+    new.write_text(render_csv(collect.collect(str(store))))
+
+    d = diff.diff(str(old), str(new))
+    (ch,) = d["changed"]
+    assert ch["name"] == run_name(1) and ch["benchmarks"] == ["rewardbench2"]
+    mean = lambda m: sum(m[s] for s in scoring_v2.SUBSETS) / len(scoring_v2.SUBSETS)  # noqa: E731
+    assert ch["deltas"][V2_OVERALL]["delta"] == pytest.approx(mean(v2(5)) - mean(v2(1)), abs=2e-6)
+    assert "Overall" not in ch["deltas"]  # RewardBench's scores did not move
+    md = diff.markdown(d)
+    assert f"| run | Overall | Chat | Chat Hard | Safety | Reasoning | {V2_OVERALL} |" in md
+    assert "1 changed (1 in RewardBench 2 only)" in md
