@@ -233,7 +233,7 @@ def reproduce(
     """Re-score ``run`` of ``store`` and compare (see the module doc). ``dtype``,
     ``device``, ``scoring``: overrides of the recorded settings (None: as recorded)."""
     from rmeval.rewardbench import evaluate as ev_mod
-    from rmeval.rewardbench.data import HUB_DATASET
+    from rmeval.rewardbench.data import HUB_DATASET, load_pairs
 
     if not store_layout.is_complete(store, run):
         raise ReproduceError(
@@ -261,6 +261,10 @@ def reproduce(
     }
     if stored_scores is None:
         notes.append(f"no {SCORES_FILE}: per-pair rewards not compared")
+    # what cannot work fails here, before a conversion: the device and dtype, the data
+    dataset = str(prov.get("dataset") or HUB_DATASET)
+    ev_mod.dtype_name(str(settings["dtype"]), ev_mod.resolve_device(str(settings["device"])))
+    load_pairs(dataset, prov.get("subsets"))
 
     with storage.owned_tempdir(WORK_PREFIX, work_dir) as tmp:
         model = _kept_model(prov)
@@ -285,7 +289,7 @@ def reproduce(
         scores_path = tmp / SCORES_FILE
         result = ev_mod.evaluate(
             model,
-            str(prov.get("dataset") or HUB_DATASET),
+            dataset,
             None,
             subsets=prov.get("subsets"),
             scoring_format=str(settings["scoring"]),

@@ -91,6 +91,26 @@ def test_nothing_to_rescore_is_one_line(pub, tmp_path, capsys):
     assert rc == 1 and "not a published run" in err and err.count("\n") == 1
 
 
+def test_settings_and_data_that_cannot_work_fail_before_converting(pub, tmp_path, capsys):
+    """fp16 on a CPU and a recorded dataset that is gone are one line each, before the
+    checkpoint is converted again (counted, not mocked)."""
+    from rmeval.checkpoints.convert import convert
+    from tests.call_counter import CallCounter
+
+    store = copy_store(pub, tmp_path / "store")
+    run = pub.runs[1]
+    edit_provenance(store, run, lambda p: p.update(kept_model=str(tmp_path / "gone")))
+    with CallCounter(convert=convert) as calls:
+        rc, _, err = _cli(capsys, run, "--store", store, "--dtype", "fp16", "--device", "cpu")
+    assert rc == 1 and err.count("\n") == 1 and "fp16" in err, err
+    gone = tmp_path / "gone.jsonl"
+    edit_provenance(store, run, lambda p: p.update(dataset=str(gone)))
+    with CallCounter(convert=convert) as more:
+        rc, _, err = _cli(capsys, run, "--store", store)
+    assert rc == 1 and err.count("\n") == 1 and str(gone) in err, err
+    assert calls["convert"] == 0 and more["convert"] == 0
+
+
 def test_old_provenance_is_unknown_and_still_reproduced_from_the_kept_model(pub, tmp_path, capsys):
     store = copy_store(pub, tmp_path / "store")
     run = pub.runs[0]
