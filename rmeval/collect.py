@@ -61,9 +61,9 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from rmeval import naming, provenance, results, storage
 from rmeval import store as store_layout
@@ -89,6 +89,8 @@ from rmeval.table import (
     Table,
     sorted_issues,
 )
+
+T = TypeVar("T")
 
 DEFAULT_MAX_CONCURRENCY = 32
 
@@ -151,14 +153,7 @@ def fetch_store(
     complete = [r for r in stored if r.complete]
     v2 = _read_v2(complete, max_concurrency, issues)
     runs: list[RunMetrics] = []
-    for run, info, raw in store_layout.read_metrics(complete, max_concurrency, total=len(complete)):
-        if isinstance(raw, StoreError):
-            issues.append(Issue("missing_metrics", run.name, str(raw), file=info.uri))
-            continue
-        parsed = parse_metrics(run.name, info.uri, raw)
-        if isinstance(parsed, Issue):
-            issues.append(parsed)
-            continue
+    for run, info, parsed in _parsed(complete, parse_metrics, max_concurrency, issues):
         runs.append(
             RunMetrics(
                 run.name,
@@ -193,20 +188,30 @@ def _read_v2(
 ) -> dict[str, dict[str, Any]]:
     """The RewardBench 2 metrics of the runs that have them, by run name; a malformed file
     is a ``malformed_metrics`` issue (the run's v1 row stays, its v2 cells empty)."""
-    from dataclasses import replace
-
     have = [replace(r, metrics=r.metrics_v2) for r in complete if r.metrics_v2 is not None]
-    out: dict[str, dict[str, Any]] = {}
-    for run, info, raw in store_layout.read_metrics(have, max_concurrency, total=len(have)):
+    return {
+        run.name: parsed
+        for run, _, parsed in _parsed(have, parse_metrics_v2, max_concurrency, issues)
+    }
+
+
+def _parsed(
+    runs: list[store_layout.StoredRun],
+    parse: Callable[[str, str, bytes], T | Issue],
+    max_concurrency: int,
+    issues: list[Issue],
+) -> Iterator[tuple[store_layout.StoredRun, storage.ObjectInfo, T]]:
+    """Each run's metrics file (``run.metrics``) read concurrently and parsed; a file that
+    cannot be read or parsed becomes its issue instead."""
+    for run, info, raw in store_layout.read_metrics(runs, max_concurrency, total=len(runs)):
         if isinstance(raw, StoreError):
             issues.append(Issue("missing_metrics", run.name, str(raw), file=info.uri))
             continue
-        parsed = parse_metrics_v2(run.name, info.uri, raw)
+        parsed = parse(run.name, info.uri, raw)
         if isinstance(parsed, Issue):
             issues.append(parsed)
         else:
-            out[run.name] = parsed
-    return out
+            yield run, info, parsed
 
 
 def parse_metrics_v2(name: str, uri: str, raw: bytes) -> dict[str, Any] | Issue:
