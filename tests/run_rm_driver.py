@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import sys
 
+from cuda_to_cpu import send_cuda_to_cpu  # tests/, the script's own directory
+
 
 def main(data_file: str, argv: list[str]) -> None:
     import datasets
     import rewardbench.utils
-    import transformers
 
     def local_dataset(name, split=None, **kwargs):
         if name != rewardbench.utils.CORE_EVAL_SET or split != "filtered":
@@ -30,14 +31,7 @@ def main(data_file: str, argv: list[str]) -> None:
         return datasets.Dataset.from_json(data_file)
 
     rewardbench.utils.load_dataset = local_dataset
-    to = transformers.BatchEncoding.to
-
-    def to_cpu(self, device, *args, **kwargs):
-        if str(device).startswith("cuda"):
-            device = "cpu"
-        return to(self, device, *args, **kwargs)
-
-    transformers.BatchEncoding.to = to_cpu
+    send_cuda_to_cpu()
 
     from scripts import run_rm
 

@@ -16,18 +16,11 @@ from __future__ import annotations
 
 import sys
 
+from cuda_to_cpu import send_cuda_to_cpu  # tests/, the script's own directory
+
 
 def main(argv: list[str]) -> None:
-    import transformers
-
-    to = transformers.BatchEncoding.to
-
-    def to_cpu(self, device, *args, **kwargs):
-        if str(device).startswith("cuda"):
-            device = "cpu"
-        return to(self, device, *args, **kwargs)
-
-    transformers.BatchEncoding.to = to_cpu
+    send_cuda_to_cpu()
 
     from scripts import run_v2
 
