@@ -21,6 +21,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+@pytest.fixture(autouse=True)
+def _rmeval_logger_restored():
+    """Code run in-process that sets up logging for itself (actions/plan-runs' ``main``
+    sends rmeval's records to its own handler, ``propagate = False``) leaves the "rmeval"
+    logger as it found it for the tests after it."""
+    import logging
+
+    logger = logging.getLogger("rmeval")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Tables tests left to paste (e.g. the run_rm parity comparison), after the results."""
     from tests import refenv
