@@ -311,9 +311,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
         "(Overall), failed (stage, error, attempts), given up or superseded; then the counts. "
         "One listing of the store; state files are read only for unfinished runs.",
     )
-    p.add_argument("--store", required=True, help="results store URI (dir or gs://…)")
     p.add_argument("--source", default=None, help="checkpoints too: those not started are planned")
-    p.add_argument("--prefix", default=None, help="run-name prefix (with --source)")
     p.add_argument(
         "--workspace", default=None, help="Beaker ORG/NAME: show each run's experiment state"
     )
@@ -328,6 +326,8 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 def _run_status(args: argparse.Namespace) -> int:
     from rmeval import status
 
+    if not args.store:
+        raise UsageError("status: --store is required")
     st = status.status(
         args.store,
         source=args.source,

@@ -236,9 +236,14 @@ OPTIONS: tuple[Option, ...] = (
         "store",
         ("--store",),
         "results store URI (dir or gs://…): <store>/<run>/metrics.json (required)",
-        _cmds(RUN_ONE, REPRODUCE),
+        _cmds(RUN_ONE, REPRODUCE, STATUS),
     ),
-    Option("prefix", ("--prefix",), "run-name prefix: <prefix>-<experiment>", _cmds(RUN_ONE)),
+    Option(
+        "prefix",
+        ("--prefix",),
+        "run-name prefix: <prefix>-<experiment>",
+        _cmds(RUN_ONE, STATUS),
+    ),
     Option(
         "run_name",
         ("--run-name",),
